@@ -1,0 +1,360 @@
+//! Avro single-object encoding with a fingerprint cache.
+//!
+//! A message is `C3 01`, the 8-byte little-endian CRC-64-AVRO (Rabin)
+//! fingerprint of the writer schema's canonical form, then the Avro binary
+//! body. Every schema is parsed once, when the codec is built; decoding
+//! looks the writer schema up by fingerprint and, when it is an older
+//! version, resolves it to the current one (fields added with defaults).
+//!
+//! Invariants: encoding is deterministic (same record, same bytes); decoding
+//! never panics on any input, it returns a [`CodecError`] whose
+//! [`CodecError::reason`] is a stable dead-letter code.
+
+use std::{collections::HashMap, sync::LazyLock};
+
+use apache_avro::{rabin::Rabin, types::Value, Schema};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    names::reasons,
+    records::{AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, UsageEvent},
+};
+
+/// The two magic bytes of Avro single-object encoding.
+pub const MAGIC: [u8; 2] = [0xC3, 0x01];
+/// Header length: magic plus fingerprint.
+pub const HEADER_LEN: usize = 10;
+
+/// Which record a schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// [`UsageEvent`]
+    UsageEvent,
+    /// [`CreditPurchase`]
+    CreditPurchase,
+    /// [`AccountChange`]
+    AccountChange,
+    /// [`LedgerEntry`]
+    LedgerEntry,
+    /// [`Alert`]
+    Alert,
+    /// [`DeadLetter`]
+    DeadLetter,
+}
+
+impl RecordKind {
+    /// Every record kind.
+    pub const ALL: [RecordKind; 6] = [
+        RecordKind::UsageEvent,
+        RecordKind::CreditPurchase,
+        RecordKind::AccountChange,
+        RecordKind::LedgerEntry,
+        RecordKind::Alert,
+        RecordKind::DeadLetter,
+    ];
+
+    /// The record's Avro name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::UsageEvent => "UsageEvent",
+            RecordKind::CreditPurchase => "CreditPurchase",
+            RecordKind::AccountChange => "AccountChange",
+            RecordKind::LedgerEntry => "LedgerEntry",
+            RecordKind::Alert => "Alert",
+            RecordKind::DeadLetter => "DeadLetter",
+        }
+    }
+
+    /// Schema texts, current version first, then older versions still decoded.
+    pub fn schema_texts(self) -> &'static [&'static str] {
+        match self {
+            RecordKind::UsageEvent => &[
+                include_str!("../../../schemas/avro/usage_event.avsc"),
+                include_str!("../../../schemas/avro/previous/usage_event.avsc"),
+            ],
+            RecordKind::CreditPurchase => &[
+                include_str!("../../../schemas/avro/credit_purchase.avsc"),
+                include_str!("../../../schemas/avro/previous/credit_purchase.avsc"),
+            ],
+            RecordKind::AccountChange => &[
+                include_str!("../../../schemas/avro/account_change.avsc"),
+                include_str!("../../../schemas/avro/previous/account_change.avsc"),
+            ],
+            RecordKind::LedgerEntry => &[
+                include_str!("../../../schemas/avro/ledger_entry.avsc"),
+                include_str!("../../../schemas/avro/previous/ledger_entry.avsc"),
+            ],
+            RecordKind::Alert => &[
+                include_str!("../../../schemas/avro/alert.avsc"),
+                include_str!("../../../schemas/avro/previous/alert.avsc"),
+            ],
+            RecordKind::DeadLetter => &[
+                include_str!("../../../schemas/avro/dead_letter.avsc"),
+                include_str!("../../../schemas/avro/previous/dead_letter.avsc"),
+            ],
+        }
+    }
+}
+
+/// A Rust type that is the current version of an Avro record.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Which record.
+    const KIND: RecordKind;
+}
+
+macro_rules! record {
+    ($($ty:ident),*) => {$(impl Record for $ty { const KIND: RecordKind = RecordKind::$ty; })*};
+}
+record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter);
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// Fewer bytes than a header.
+    #[error("message of {len} bytes is too short for an Avro single-object header (10 bytes)")]
+    TooShort {
+        /// Length seen.
+        len: usize,
+    },
+    /// The first two bytes are not `C3 01`.
+    #[error("message starts with {found:02x?}, not the Avro single-object magic c3 01")]
+    BadMagic {
+        /// The bytes seen.
+        found: [u8; 2],
+    },
+    /// A fingerprint of no schema this codec knows.
+    #[error("unknown Avro schema fingerprint {fingerprint:016x}")]
+    UnknownSchema {
+        /// The fingerprint (as read, little-endian).
+        fingerprint: u64,
+    },
+    /// A known schema, but of another record than the one asked for.
+    #[error("message is a {found}, expected a {expected}")]
+    WrongRecord {
+        /// Record asked for.
+        expected: &'static str,
+        /// Record found.
+        found: &'static str,
+    },
+    /// The body does not decode with the writer schema, or does not fit the type.
+    #[error("malformed {record} body: {message}")]
+    Malformed {
+        /// Record being decoded.
+        record: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A record that does not fit its own schema (a bug in the caller's data).
+    #[error("cannot encode {record}: {message}")]
+    Encode {
+        /// Record being encoded.
+        record: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl CodecError {
+    /// The stable dead-letter reason code for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CodecError::UnknownSchema { .. } => reasons::UNKNOWN_SCHEMA,
+            CodecError::WrongRecord { .. } => reasons::NOT_AN_INPUT,
+            _ => reasons::MALFORMED,
+        }
+    }
+}
+
+/// Any decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// An input record.
+    Input(Input),
+    /// A ledger entry.
+    Ledger(LedgerEntry),
+    /// An alert.
+    Alert(Alert),
+    /// A dead letter.
+    DeadLetter(DeadLetter),
+}
+
+struct WriterSchema {
+    kind: RecordKind,
+    schema: Schema,
+    current: bool,
+}
+
+struct CurrentSchema {
+    schema: Schema,
+    fingerprint: [u8; 8],
+}
+
+/// Encoder and decoder of every tally record. Build it once (or use
+/// [`Codec::global`]); it holds the parsed schemas.
+pub struct Codec {
+    writers: HashMap<u64, WriterSchema>,
+    current: HashMap<RecordKind, CurrentSchema>,
+}
+
+static GLOBAL: LazyLock<Codec> = LazyLock::new(Codec::new);
+
+fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[..8]);
+    out
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codec {
+    /// Parses every schema. The schemas are compiled in, so a parse error is
+    /// a bug caught by the tests, not an operating error.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let mut writers = HashMap::new();
+        let mut current = HashMap::new();
+        for kind in RecordKind::ALL {
+            for (version, text) in kind.schema_texts().iter().enumerate() {
+                let schema = Schema::parse_str(text).expect("tally's own Avro schemas parse");
+                let fp = fingerprint(&schema);
+                if version == 0 {
+                    current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp });
+                }
+                writers.insert(u64::from_le_bytes(fp), WriterSchema { kind, schema, current: version == 0 });
+            }
+        }
+        Codec { writers, current }
+    }
+
+    /// A process-wide codec, built on first use.
+    pub fn global() -> &'static Codec {
+        &GLOBAL
+    }
+
+    /// The current schema of a record kind.
+    pub fn schema(&self, kind: RecordKind) -> &Schema {
+        &self.current[&kind].schema
+    }
+
+    /// The 8-byte fingerprint of a record kind's current schema, as written
+    /// in the header.
+    pub fn fingerprint(&self, kind: RecordKind) -> [u8; 8] {
+        self.current[&kind].fingerprint
+    }
+
+    /// Encodes a record with its current schema.
+    pub fn encode<T: Record>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(record, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes a record, appending to `out`.
+    pub fn encode_into<T: Record>(&self, record: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let current = &self.current[&T::KIND];
+        let err = |e: apache_avro::Error| CodecError::Encode { record: T::KIND.name(), message: e.to_string() };
+        let value = apache_avro::to_value(record).map_err(err)?;
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&current.fingerprint);
+        // resolve() maps serde's generic values (strings, longs) onto the
+        // schema's enums, unions and logical types before writing.
+        let value = value.resolve(&current.schema).map_err(err)?;
+        apache_avro::to_avro_datum(&current.schema, value)
+            .map(|body| out.extend_from_slice(&body))
+            .map_err(err)
+    }
+
+    fn header<'a>(&self, bytes: &'a [u8]) -> Result<(&WriterSchema, &'a [u8]), CodecError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(CodecError::TooShort { len: bytes.len() });
+        }
+        if bytes[..2] != MAGIC {
+            return Err(CodecError::BadMagic { found: [bytes[0], bytes[1]] });
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+        let fingerprint = u64::from_le_bytes(fp);
+        let writer = self.writers.get(&fingerprint).ok_or(CodecError::UnknownSchema { fingerprint })?;
+        Ok((writer, &bytes[HEADER_LEN..]))
+    }
+
+    /// The record kind a message claims to be, from its header alone.
+    pub fn kind_of(&self, bytes: &[u8]) -> Result<RecordKind, CodecError> {
+        Ok(self.header(bytes)?.0.kind)
+    }
+
+    fn decode_with<T: Record>(&self, writer: &WriterSchema, mut body: &[u8]) -> Result<T, CodecError> {
+        let record = writer.kind.name();
+        let malformed = |message: String| CodecError::Malformed { record, message };
+        let reader = (!writer.current).then(|| self.schema(writer.kind));
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader)
+            .map_err(|e| malformed(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(malformed(format!("{} trailing bytes after the record", body.len())));
+        }
+        from_value(&value).map_err(malformed)
+    }
+
+    /// Decodes a message that must be a `T`.
+    pub fn decode<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (writer, body) = self.header(bytes)?;
+        if writer.kind != T::KIND {
+            return Err(CodecError::WrongRecord { expected: T::KIND.name(), found: writer.kind.name() });
+        }
+        self.decode_with(writer, body)
+    }
+
+    /// Decodes a message of the input topic: a usage event, purchase or
+    /// account change.
+    pub fn decode_input(&self, bytes: &[u8]) -> Result<Input, CodecError> {
+        let (writer, body) = self.header(bytes)?;
+        match writer.kind {
+            RecordKind::UsageEvent => self.decode_with(writer, body).map(Input::Usage),
+            RecordKind::CreditPurchase => self.decode_with(writer, body).map(Input::Purchase),
+            RecordKind::AccountChange => self.decode_with(writer, body).map(Input::Account),
+            other => Err(CodecError::WrongRecord { expected: "usage event, purchase or account change", found: other.name() }),
+        }
+    }
+
+    /// Decodes any tally record.
+    pub fn decode_any(&self, bytes: &[u8]) -> Result<Message, CodecError> {
+        let (writer, body) = self.header(bytes)?;
+        Ok(match writer.kind {
+            RecordKind::UsageEvent | RecordKind::CreditPurchase | RecordKind::AccountChange => {
+                Message::Input(self.decode_input(bytes)?)
+            }
+            RecordKind::LedgerEntry => Message::Ledger(self.decode_with(writer, body)?),
+            RecordKind::Alert => Message::Alert(self.decode_with(writer, body)?),
+            RecordKind::DeadLetter => Message::DeadLetter(self.decode_with(writer, body)?),
+        })
+    }
+
+    /// Encodes an input record.
+    pub fn encode_input(&self, input: &Input) -> Result<Vec<u8>, CodecError> {
+        match input {
+            Input::Usage(e) => self.encode(e),
+            Input::Purchase(p) => self.encode(p),
+            Input::Account(c) => self.encode(c),
+        }
+    }
+}
+
+fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+    apache_avro::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Encodes with an explicit writer schema: for tests of schema evolution and
+/// for tools that must emit an older version.
+pub fn encode_with_schema(schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
+    let err = |e: apache_avro::Error| CodecError::Encode { record: "value", message: e.to_string() };
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&fingerprint(schema));
+    let value = value.resolve(schema).map_err(err)?;
+    out.extend_from_slice(&apache_avro::to_avro_datum(schema, value).map_err(err)?);
+    Ok(out)
+}

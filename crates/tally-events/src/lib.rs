@@ -1,0 +1,39 @@
+//! tally's wire records and their codec.
+//!
+//! This crate is the bottom of the workspace: every other crate speaks in
+//! these types. It does no I/O, reads no clock and uses no floats.
+//!
+//! - [`records`]: the Rust form of each Avro schema in `schemas/avro/`
+//!   (usage events, purchases, account changes, ledger entries, alerts,
+//!   dead letters).
+//! - [`codec`]: Avro single-object encoding (`C3 01` + 8-byte little-endian
+//!   CRC-64-AVRO fingerprint + Avro binary body). Any Avro implementation can
+//!   decode these messages without a registry; the codec resolves every
+//!   writer schema it knows (current and previous versions) by fingerprint.
+//! - [`names`]: topic names and stable reason codes, in one place.
+//!
+//! Invariant: money and credits are [`rust_decimal::Decimal`], carried on the
+//! wire as decimal text so no precision is ever lost.
+//!
+//! ```
+//! use tally_events::{codec::Codec, records::CreditPurchase};
+//! let purchase = CreditPurchase {
+//!     purchase_id: uuid::Uuid::nil(),
+//!     account_id: "acct-1".into(),
+//!     amount_dollars: "25.00".parse().unwrap(),
+//!     occurred_at: chrono::DateTime::from_timestamp_millis(0).unwrap(),
+//!     payment_reference: None,
+//! };
+//! let bytes = Codec::global().encode(&purchase).unwrap();
+//! assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+//! let back: CreditPurchase = Codec::global().decode(&bytes).unwrap();
+//! assert_eq!(back, purchase);
+//! ```
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod names;
+pub mod records;
+
+pub use codec::{Codec, CodecError, Message};
+pub use records::*;

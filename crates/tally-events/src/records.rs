@@ -1,0 +1,481 @@
+//! The Rust form of each Avro record in `schemas/avro/`.
+//!
+//! Field names and order follow the schema files exactly (serde maps them by
+//! name). UUIDs and decimals travel as text, instants as `timestamp-millis`.
+//! Maps are `BTreeMap` so that encoding is deterministic.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a usage quantity counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Unit {
+    /// One processed image.
+    Image,
+    /// One second of generated video.
+    VideoSecond,
+    /// One message sent (SMS).
+    Message,
+}
+
+impl Unit {
+    /// Stable lowercase code, as used in the rate table and ClickHouse.
+    pub fn code(self) -> &'static str {
+        match self {
+            Unit::Image => "image",
+            Unit::VideoSecond => "video_second",
+            Unit::Message => "message",
+        }
+    }
+}
+
+/// Whether the engine delivered a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobOutcome {
+    /// The job delivered: it is charged.
+    Succeeded,
+    /// The job failed: recorded, not charged.
+    Failed,
+}
+
+/// Plan tier: sets the dollar price of one credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PlanTier {
+    /// Pay as you go: the highest price per credit.
+    #[serde(rename = "PAYG")]
+    Payg,
+    /// Basic subscription.
+    #[serde(rename = "BASIC")]
+    Basic,
+    /// Pro subscription: the lowest price per credit.
+    #[serde(rename = "PRO")]
+    Pro,
+}
+
+impl PlanTier {
+    /// All tiers, highest price first.
+    pub const ALL: [PlanTier; 3] = [PlanTier::Payg, PlanTier::Basic, PlanTier::Pro];
+
+    /// Display name, as operators see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanTier::Payg => "PAYG",
+            PlanTier::Basic => "Basic",
+            PlanTier::Pro => "Pro",
+        }
+    }
+}
+
+impl std::str::FromStr for PlanTier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PAYG" => Ok(PlanTier::Payg),
+            "BASIC" => Ok(PlanTier::Basic),
+            "PRO" => Ok(PlanTier::Pro),
+            _ => Err(format!("unknown plan tier {s:?} (expected PAYG, BASIC or PRO)")),
+        }
+    }
+}
+
+/// Which worker emitted an event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Producer {
+    /// Worker name or host.
+    pub worker: String,
+    /// Worker software version.
+    pub version: String,
+}
+
+/// One use of a metered service by an AI engine worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Idempotency key, derived from (job id, service, engine).
+    #[serde(with = "text")]
+    pub event_id: Uuid,
+    /// Account charged.
+    pub account_id: String,
+    /// Photo-booth event the job belongs to.
+    pub photo_event_id: String,
+    /// Booth that captured the photo.
+    pub booth_id: String,
+    /// Worker job / request id.
+    pub job_id: String,
+    /// Service code, e.g. `ai_modify`.
+    pub service: String,
+    /// Engine code, e.g. `nano_banana_2`.
+    pub engine: String,
+    /// Units used.
+    #[serde(with = "text")]
+    pub quantity: Decimal,
+    /// Unit of the quantity.
+    pub unit: Unit,
+    /// Job outcome.
+    pub outcome: JobOutcome,
+    /// When the job finished.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    /// Producer metadata.
+    pub producer: Producer,
+    /// Free-form worker attributes (v2).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// An operator bought credits for a dollar amount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditPurchase {
+    /// Idempotency key.
+    #[serde(with = "text")]
+    pub purchase_id: Uuid,
+    /// Account credited.
+    pub account_id: String,
+    /// Dollars paid.
+    #[serde(with = "text")]
+    pub amount_dollars: Decimal,
+    /// When the payment settled.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    /// Payment processor reference (v2).
+    #[serde(default)]
+    pub payment_reference: Option<String>,
+}
+
+/// What an account change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccountChangeKind {
+    /// Create the account with a zero balance.
+    Open,
+    /// Set tier and threshold; credits are kept.
+    Update,
+    /// Delete the account; remaining credits are forfeited.
+    Delete,
+}
+
+/// Opens, updates or deletes an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountChange {
+    /// Idempotency key.
+    #[serde(with = "text")]
+    pub change_id: Uuid,
+    /// Account changed.
+    pub account_id: String,
+    /// What the change does.
+    pub kind: AccountChangeKind,
+    /// Tier from this change on.
+    pub tier: PlanTier,
+    /// Low-balance threshold in credits.
+    #[serde(with = "text")]
+    pub low_balance_threshold: Decimal,
+    /// When the change took effect.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    /// Why (v2).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Ledger entry type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntryType {
+    /// Account opened, balance zero.
+    Open,
+    /// A usage debit.
+    Consume,
+    /// A purchase.
+    Add,
+    /// Tier or threshold changed.
+    Update,
+    /// Credits forfeited at deletion.
+    Forfeit,
+}
+
+impl EntryType {
+    /// Display name, as operators see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryType::Open => "Open",
+            EntryType::Consume => "Consume",
+            EntryType::Add => "Add",
+            EntryType::Update => "Update",
+            EntryType::Forfeit => "Forfeit",
+        }
+    }
+}
+
+/// Ledger entry status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntryStatus {
+    /// Applied.
+    Success,
+    /// Recorded, changed no balance.
+    Failed,
+}
+
+/// Kafka coordinates of an input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceOffset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// One immutable ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Deterministic entry id.
+    #[serde(with = "text")]
+    pub entry_id: Uuid,
+    /// Account.
+    pub account_id: String,
+    /// Per-account gapless sequence, from 1.
+    pub sequence: i64,
+    /// Writer epoch (fence); not content.
+    pub epoch: i64,
+    /// Type.
+    pub entry_type: EntryType,
+    /// Status.
+    pub status: EntryStatus,
+    /// Reason code of a failed entry, empty otherwise.
+    pub reason: String,
+    /// Input id.
+    #[serde(with = "text")]
+    pub input_id: Uuid,
+    /// Service code (CONSUME).
+    pub service: String,
+    /// Engine code (CONSUME).
+    pub engine: String,
+    /// Photo-booth event (CONSUME).
+    pub photo_event_id: String,
+    /// Units used (CONSUME).
+    #[serde(with = "text")]
+    pub quantity: Decimal,
+    /// Credits moved, never negative.
+    #[serde(with = "text")]
+    pub credits: Decimal,
+    /// Dollar value, to the cent.
+    #[serde(with = "text")]
+    pub dollars: Decimal,
+    /// Tier at the entry.
+    pub tier: PlanTier,
+    /// Rate table version id.
+    pub rate_version: String,
+    /// Balance after the entry.
+    #[serde(with = "text")]
+    pub balance_after: Decimal,
+    /// Threshold after the entry.
+    #[serde(with = "text")]
+    pub low_balance_threshold: Decimal,
+    /// Paused after the entry.
+    pub paused: bool,
+    /// The input's occurred_at.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    /// The input's coordinates.
+    pub source: SourceOffset,
+    /// Booth (CONSUME) (v2).
+    #[serde(default)]
+    pub booth_id: String,
+}
+
+impl LedgerEntry {
+    /// The signed change of balance this entry makes: `+credits` for a
+    /// successful ADD, `-credits` for a successful CONSUME or FORFEIT, zero
+    /// otherwise.
+    pub fn signed_credits(&self) -> Decimal {
+        match (self.status, self.entry_type) {
+            (EntryStatus::Success, EntryType::Add) => self.credits,
+            (EntryStatus::Success, EntryType::Consume | EntryType::Forfeit) => -self.credits,
+            _ => Decimal::ZERO,
+        }
+    }
+
+    /// The entry with the writer epoch cleared: what two copies of the same
+    /// entry must agree on. The epoch is fencing metadata, not content.
+    pub fn content(&self) -> LedgerEntry {
+        LedgerEntry { epoch: 0, ..self.clone() }
+    }
+}
+
+/// Alert kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertKind {
+    /// Balance fell below the threshold.
+    LowBalance,
+    /// AI features paused.
+    Paused,
+    /// AI features resumed by a purchase.
+    Resumed,
+}
+
+/// A balance alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic alert id.
+    #[serde(with = "text")]
+    pub alert_id: Uuid,
+    /// Account.
+    pub account_id: String,
+    /// Kind.
+    pub kind: AlertKind,
+    /// Sequence of the entry that raised it.
+    pub sequence: i64,
+    /// Balance after that entry.
+    #[serde(with = "text")]
+    pub balance: Decimal,
+    /// Threshold.
+    #[serde(with = "text")]
+    pub threshold: Decimal,
+    /// occurred_at of the input.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub occurred_at: DateTime<Utc>,
+    /// Human-readable summary (v2).
+    #[serde(default)]
+    pub message: String,
+}
+
+/// An input that could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Stable reason code (see [`crate::names::reasons`]).
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Where the input was read.
+    pub source: SourceOffset,
+    /// Original key.
+    #[serde(with = "opt_bytes")]
+    pub key: Option<Vec<u8>>,
+    /// Original bytes.
+    #[serde(with = "opt_bytes")]
+    pub payload: Option<Vec<u8>>,
+    /// Input id, when the message decoded (v2).
+    #[serde(default)]
+    pub input_id: String,
+}
+
+/// An input of the metering service: the three records of the input topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A usage event.
+    Usage(UsageEvent),
+    /// A credit purchase.
+    Purchase(CreditPurchase),
+    /// An account change.
+    Account(AccountChange),
+}
+
+impl Input {
+    /// The idempotency key.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Input::Usage(e) => e.event_id,
+            Input::Purchase(p) => p.purchase_id,
+            Input::Account(c) => c.change_id,
+        }
+    }
+    /// The account the input concerns (also its Kafka key).
+    pub fn account_id(&self) -> &str {
+        match self {
+            Input::Usage(e) => &e.account_id,
+            Input::Purchase(p) => &p.account_id,
+            Input::Account(c) => &c.account_id,
+        }
+    }
+    /// When it happened.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Input::Usage(e) => e.occurred_at,
+            Input::Purchase(p) => p.occurred_at,
+            Input::Account(c) => c.occurred_at,
+        }
+    }
+}
+
+/// Serde for types carried as text (UUIDs, decimals): Display / FromStr.
+mod text {
+    use std::{fmt::Display, str::FromStr};
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
+/// Serde for optional bytes: Avro `["null","bytes"]` must see bytes, not a
+/// sequence of integers.
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_some(&serde_bytes_ref(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<ByteBuf>::deserialize(d)?.map(|b| b.0))
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    fn serde_bytes_ref(bytes: &[u8]) -> Bytes<'_> {
+        Bytes(bytes)
+    }
+
+    struct ByteBuf(Vec<u8>);
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(ByteBuf(out))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}

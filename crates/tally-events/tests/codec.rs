@@ -1,0 +1,263 @@
+//! Codec round trips, schema evolution and malformed input.
+
+use std::collections::BTreeMap;
+
+use apache_avro::{types::Value, Schema};
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use tally_events::{
+    codec::{encode_with_schema, RecordKind},
+    names::reasons,
+    *,
+};
+use uuid::Uuid;
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).expect("valid instant")
+}
+
+fn usage() -> UsageEvent {
+    UsageEvent {
+        event_id: Uuid::from_u128(0x1234),
+        account_id: "acct-7".into(),
+        photo_event_id: "wedding-42".into(),
+        booth_id: "booth-3".into(),
+        job_id: "job-99".into(),
+        service: "ai_image_to_video".into(),
+        engine: "kling".into(),
+        quantity: "7.125".parse().expect("decimal"),
+        unit: Unit::VideoSecond,
+        outcome: JobOutcome::Succeeded,
+        occurred_at: at(1_767_225_600_123),
+        producer: Producer { worker: "gpu-1".into(), version: "1.2.3".into() },
+        attributes: BTreeMap::from([("region".into(), "eu".into())]),
+    }
+}
+
+fn entry() -> LedgerEntry {
+    LedgerEntry {
+        entry_id: Uuid::from_u128(1),
+        account_id: "acct-7".into(),
+        sequence: 12,
+        epoch: 3,
+        entry_type: EntryType::Consume,
+        status: EntryStatus::Failed,
+        reason: reasons::INSUFFICIENT_CREDITS.into(),
+        input_id: Uuid::from_u128(2),
+        service: "sms".into(),
+        engine: "standard".into(),
+        photo_event_id: "corp-1".into(),
+        quantity: "3".parse().expect("decimal"),
+        credits: "0.15".parse().expect("decimal"),
+        dollars: "0.02".parse().expect("decimal"),
+        tier: PlanTier::Pro,
+        rate_version: "2026-01".into(),
+        balance_after: "0.1".parse().expect("decimal"),
+        low_balance_threshold: "10".parse().expect("decimal"),
+        paused: true,
+        occurred_at: at(1_767_225_600_000),
+        source: SourceOffset { topic: "tally.inputs".into(), partition: 2, offset: 991 },
+        booth_id: "booth-1".into(),
+    }
+}
+
+#[test]
+fn rabin_fingerprint_matches_the_avro_spec() {
+    // The Avro spec's reference value: CRC-64-AVRO of "null" is
+    // 0x63dd24e7cc258f8a, written little-endian in the header.
+    let schema = Schema::parse_str(r#""null""#).expect("parse");
+    let fp = schema.fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    assert_eq!(u64::from_le_bytes(fp[..8].try_into().expect("8 bytes")), 0x63dd_24e7_cc25_8f8a);
+}
+
+#[test]
+fn every_record_round_trips() {
+    let codec = Codec::global();
+    let e = usage();
+    let bytes = codec.encode(&e).expect("encode");
+    assert_eq!(&bytes[..2], &codec::MAGIC);
+    assert_eq!(&bytes[2..10], &codec.fingerprint(RecordKind::UsageEvent));
+    assert_eq!(codec.decode::<UsageEvent>(&bytes).expect("decode"), e);
+    assert_eq!(codec.decode_input(&bytes).expect("input"), Input::Usage(e));
+
+    let p = CreditPurchase {
+        purchase_id: Uuid::from_u128(5),
+        account_id: "a".into(),
+        amount_dollars: "49.99".parse().expect("decimal"),
+        occurred_at: at(1),
+        payment_reference: Some("ch_1".into()),
+    };
+    assert_eq!(codec.decode::<CreditPurchase>(&codec.encode(&p).expect("encode")).expect("decode"), p);
+
+    let c = AccountChange {
+        change_id: Uuid::from_u128(6),
+        account_id: "a".into(),
+        kind: AccountChangeKind::Update,
+        tier: PlanTier::Basic,
+        low_balance_threshold: "25.5".parse().expect("decimal"),
+        occurred_at: at(2),
+        reason: None,
+    };
+    assert_eq!(codec.decode::<AccountChange>(&codec.encode(&c).expect("encode")).expect("decode"), c);
+
+    let l = entry();
+    assert_eq!(codec.decode::<LedgerEntry>(&codec.encode(&l).expect("encode")).expect("decode"), l);
+
+    let a = Alert {
+        alert_id: Uuid::from_u128(7),
+        account_id: "a".into(),
+        kind: AlertKind::LowBalance,
+        sequence: 4,
+        balance: "1.5".parse().expect("decimal"),
+        threshold: "10".parse().expect("decimal"),
+        occurred_at: at(3),
+        message: "low".into(),
+    };
+    assert_eq!(codec.decode::<Alert>(&codec.encode(&a).expect("encode")).expect("decode"), a);
+
+    let d = DeadLetter {
+        reason: reasons::MALFORMED.into(),
+        detail: "bad".into(),
+        source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
+        key: Some(b"acct".to_vec()),
+        payload: Some(vec![0, 1, 2, 255]),
+        input_id: String::new(),
+    };
+    let back = codec.decode_any(&codec.encode(&d).expect("encode")).expect("decode");
+    assert_eq!(back, Message::DeadLetter(d));
+}
+
+#[test]
+fn encoding_is_deterministic() {
+    let codec = Codec::global();
+    assert_eq!(codec.encode(&entry()).expect("encode"), codec.encode(&entry()).expect("encode"));
+}
+
+/// A message written with the previous version of each schema (which lacks
+/// the field v2 added) still decodes, the new field taking its default.
+#[test]
+fn previous_schema_versions_still_decode() {
+    let codec = Codec::global();
+    for kind in RecordKind::ALL {
+        let previous = Schema::parse_str(kind.schema_texts()[1]).expect("previous parses");
+        let current = codec.schema(kind);
+        assert_ne!(
+            previous.fingerprint::<apache_avro::rabin::Rabin>().bytes,
+            current.fingerprint::<apache_avro::rabin::Rabin>().bytes,
+            "{} previous and current must differ",
+            kind.name()
+        );
+        // Encode a current record, drop the v2 field, write it with v1.
+        let full = match kind {
+            RecordKind::UsageEvent => apache_avro::to_value(usage()),
+            RecordKind::LedgerEntry => apache_avro::to_value(entry()),
+            RecordKind::CreditPurchase => apache_avro::to_value(CreditPurchase {
+                purchase_id: Uuid::from_u128(9),
+                account_id: "a".into(),
+                amount_dollars: Decimal::TEN,
+                occurred_at: at(10),
+                payment_reference: None,
+            }),
+            RecordKind::AccountChange => apache_avro::to_value(AccountChange {
+                change_id: Uuid::from_u128(9),
+                account_id: "a".into(),
+                kind: AccountChangeKind::Open,
+                tier: PlanTier::Payg,
+                low_balance_threshold: Decimal::TEN,
+                occurred_at: at(10),
+                reason: None,
+            }),
+            RecordKind::Alert => apache_avro::to_value(Alert {
+                alert_id: Uuid::from_u128(9),
+                account_id: "a".into(),
+                kind: AlertKind::Paused,
+                sequence: 1,
+                balance: Decimal::ZERO,
+                threshold: Decimal::TEN,
+                occurred_at: at(10),
+                message: String::new(),
+            }),
+            RecordKind::DeadLetter => apache_avro::to_value(DeadLetter {
+                reason: "too_late".into(),
+                detail: "d".into(),
+                source: SourceOffset { topic: "t".into(), partition: 1, offset: 2 },
+                key: None,
+                payload: None,
+                input_id: String::new(),
+            }),
+        }
+        .expect("to_value");
+        let Value::Record(mut fields) = full else { panic!("record") };
+        fields.pop();
+        let old_bytes = encode_with_schema(&previous, Value::Record(fields)).expect("v1 encode");
+        let decoded = codec.decode_any(&old_bytes).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+        match (kind, decoded) {
+            (RecordKind::UsageEvent, Message::Input(Input::Usage(e))) => {
+                assert_eq!(e, UsageEvent { attributes: BTreeMap::new(), ..usage() })
+            }
+            (RecordKind::LedgerEntry, Message::Ledger(l)) => assert_eq!(l, LedgerEntry { booth_id: String::new(), ..entry() }),
+            (RecordKind::CreditPurchase, Message::Input(Input::Purchase(p))) => {
+                assert_eq!((p.amount_dollars, p.payment_reference), (Decimal::TEN, None))
+            }
+            (RecordKind::AccountChange, Message::Input(Input::Account(c))) => assert_eq!(c.reason, None),
+            (RecordKind::Alert, Message::Alert(a)) => assert_eq!(a.message, ""),
+            (RecordKind::DeadLetter, Message::DeadLetter(d)) => assert_eq!(d.input_id, ""),
+            (kind, other) => panic!("{} decoded as {other:?}", kind.name()),
+        }
+    }
+}
+
+#[test]
+fn malformed_bytes_give_typed_errors() {
+    let codec = Codec::global();
+    assert_eq!(codec.decode_input(b"").unwrap_err(), CodecError::TooShort { len: 0 });
+    assert_eq!(codec.decode_input(b"{\"json\": true}").unwrap_err().reason(), reasons::MALFORMED);
+    let mut unknown = vec![0xC3, 0x01];
+    unknown.extend_from_slice(&[9; 8]);
+    assert_eq!(codec.decode_input(&unknown).unwrap_err().reason(), reasons::UNKNOWN_SCHEMA);
+    let good = codec.encode(&usage()).expect("encode");
+    let truncated = &good[..good.len() - 5];
+    assert_eq!(codec.decode_input(truncated).unwrap_err().reason(), reasons::MALFORMED);
+    let ledger = codec.encode(&entry()).expect("encode");
+    assert_eq!(codec.decode_input(&ledger).unwrap_err().reason(), reasons::NOT_AN_INPUT);
+    // A well-formed body whose decimal text is not a number.
+    let bad = UsageEvent { ..usage() };
+    let Value::Record(mut fields) = apache_avro::to_value(bad).expect("to_value") else { panic!() };
+    for (name, v) in fields.iter_mut() {
+        if name == "quantity" {
+            *v = Value::String("seven".into());
+        }
+    }
+    let bytes = encode_with_schema(codec.schema(RecordKind::UsageEvent), Value::Record(fields)).expect("encode");
+    let err = codec.decode_input(&bytes).unwrap_err();
+    assert_eq!(err.reason(), reasons::MALFORMED, "{err}");
+}
+
+proptest! {
+    /// Arbitrary bytes never panic the decoder.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), valid_header in any::<bool>()) {
+        let codec = Codec::global();
+        let mut msg = bytes;
+        if valid_header {
+            let mut head = codec::MAGIC.to_vec();
+            head.extend_from_slice(&codec.fingerprint(RecordKind::UsageEvent));
+            head.extend(msg);
+            msg = head;
+        }
+        let _ = codec.decode_any(&msg);
+    }
+
+    /// Usage events with arbitrary content round-trip.
+    #[test]
+    fn usage_events_round_trip(id in any::<u128>(), account in "[a-z0-9-]{1,20}", qty in 1u64..10_000_000, scale in 0u32..=3, ms in 0i64..4_000_000_000_000) {
+        let mut e = usage();
+        e.event_id = Uuid::from_u128(id);
+        e.account_id = account;
+        e.quantity = Decimal::new(qty as i64, scale);
+        e.occurred_at = at(ms);
+        let codec = Codec::global();
+        prop_assert_eq!(codec.decode::<UsageEvent>(&codec.encode(&e).expect("encode")).expect("decode"), e);
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what the local stack needs, once. Safe to run again: it only
+# checks when everything is already there (a second run takes well under a second).
+#   - Tansu (Kafka-compatible broker), built with `cargo install --locked`
+#     into ~/.cache/tally, with memory (dynostore) and SQLite (libsql) storage.
+#   - ClickHouse server from Debian's package.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=env.sh
+. "$here/env.sh"
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+install_tansu() {
+  if [ -x "$TANSU_BIN" ]; then
+    log "tansu $TANSU_VERSION already built at $TANSU_BIN"
+    return
+  fi
+  log "building tansu $TANSU_VERSION into $TANSU_ROOT (once; about 12-15 minutes on 2 cores)"
+  mkdir -p "$TANSU_ROOT"
+  # A separate target dir keeps this build out of the workspace's target/.
+  CARGO_TARGET_DIR="$TALLY_CACHE/tansu-build" \
+    cargo install tansu --locked --version "$TANSU_VERSION" \
+      --features dynostore,libsql --root "$TANSU_ROOT"
+  rm -rf "$TALLY_CACHE/tansu-build"
+  [ -x "$TANSU_BIN" ] || { log "tansu build finished but $TANSU_BIN is missing"; exit 1; }
+}
+
+install_clickhouse() {
+  if command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/bin/clickhouse ]; then
+    log "clickhouse already installed"
+    return
+  fi
+  log "installing clickhouse-server from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # The package's postinst would start a system service on the default ports;
+  # policy-rc.d 101 stops it: the stack starts its own server on loopback.
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  $sudo rm -f /usr/sbin/policy-rc.d
+  command -v clickhouse-server >/dev/null || { log "clickhouse-server did not install"; exit 1; }
+}
+
+case "${1:-all}" in
+  tansu) install_tansu ;;
+  clickhouse) install_clickhouse ;;
+  all) install_clickhouse; install_tansu ;;
+  *) echo "usage: $0 [all|tansu|clickhouse]" >&2; exit 2 ;;
+esac
