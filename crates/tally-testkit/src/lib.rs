@@ -1,0 +1,322 @@
+//! Real services for tests: a Tansu broker per test, on a free loopback port.
+//!
+//! Nothing here is a mock. [`Broker::start`] runs the Tansu binary that
+//! `deploy/local/install.sh` caches (or `$TALLY_TANSU_BIN`), waits until it
+//! answers metadata requests, and kills it when dropped. If the binary is
+//! missing or will not start, it fails loudly: a test never passes by
+//! skipping.
+//!
+//! [`read_topic`] reads a topic to its end using the high watermark that
+//! fetch responses carry (Tansu's memory storage answers ListOffsets(latest)
+//! wrongly, so the watermark from fetches is the one to trust).
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::{ClientContext, DefaultClientContext},
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::RDKafkaErrorCode,
+    statistics::Statistics,
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+
+/// Where the Tansu binary is: `$TALLY_TANSU_BIN`, else the install cache.
+pub fn tansu_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TALLY_TANSU_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let cache = match std::env::var_os("TALLY_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache/tally"),
+    };
+    let path = cache.join("tansu-0.6.0/bin/tansu");
+    if !path.exists() {
+        bail!("tansu is not installed at {}: run deploy/local/install.sh (the test command does)", path.display());
+    }
+    Ok(path)
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Where a broker keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In memory: fast, lost when the broker stops.
+    Memory,
+    /// SQLite file: survives a broker restart.
+    Sqlite(PathBuf),
+}
+
+/// A running Tansu broker, killed when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    storage: Storage,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on a free port and waits until it answers.
+    pub fn start(storage: Storage) -> Result<Broker> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!("tally-tansu-{port}.log"));
+        let mut broker = Broker { child: None, port, storage, log };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Starts a memory-storage broker.
+    pub fn memory() -> Result<Broker> {
+        Broker::start(Storage::Memory)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let url = match &self.storage {
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::Sqlite(path) => format!("sqlite://{}", path.display()),
+        };
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(tansu_binary()?)
+            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--storage-engine", &url])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start tansu")?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = consumer_config(&self.bootstrap(), None).create()?;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("tansu exited with {status} while starting; see {}", self.log.display());
+                }
+            }
+            if consumer.fetch_metadata(None, Duration::from_millis(500)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("tansu did not answer on port {} within {timeout:?}; see {}", self.port, self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `bootstrap.servers` of this broker.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Kills the broker with SIGKILL (no clean shutdown).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().context("reap tansu")?;
+        }
+        Ok(())
+    }
+
+    /// Stops the broker with SIGTERM, waiting up to 10 s before SIGKILL.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().ok();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill().ok();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait().ok();
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Consumer settings every tally consumer uses. `fetch.wait.max.ms=5`:
+/// Tansu answers a fetch only when that wait runs out, so the default
+/// (500 ms) would add half a second per hop.
+pub fn consumer_config(bootstrap: &str, group: Option<&str>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group.unwrap_or("tally-testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// Creates topics (an existing topic is fine).
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().context("admin client")?;
+    let new: Vec<NewTopic> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .context("create topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Payload.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Keeps the high watermarks that librdkafka's statistics report; they
+/// come from fetch responses, not from ListOffsets.
+#[derive(Default, Clone)]
+pub struct WatermarkContext {
+    high: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    reports: Arc<AtomicU64>,
+}
+
+impl WatermarkContext {
+    /// The last reported high watermark of a partition.
+    pub fn high(&self, topic: &str, partition: i32) -> Option<i64> {
+        let high = self.high.lock().ok()?;
+        high.get(&(topic.to_string(), partition)).copied().filter(|h| *h >= 0)
+    }
+    /// How many statistics reports arrived.
+    pub fn reports(&self) -> u64 {
+        self.reports.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientContext for WatermarkContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Ok(mut high) = self.high.lock() {
+            for (name, topic) in &statistics.topics {
+                for (id, partition) in &topic.partitions {
+                    if *id >= 0 {
+                        high.insert((name.clone(), *id), partition.hi_offset);
+                    }
+                }
+            }
+        }
+        self.reports.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl ConsumerContext for WatermarkContext {}
+
+/// Reads every partition of a topic from the start to its current end, as
+/// fetch responses report it. Records come in (partition, offset) order.
+pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
+    let context = WatermarkContext::default();
+    let consumer: BaseConsumer<WatermarkContext> = consumer_config(bootstrap, None)
+        .set("statistics.interval.ms", "50")
+        .create_with_context(context.clone())?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("topic {topic} not found"))?
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    // Only reports made after the assignment count: an earlier one may
+    // predate the last records produced.
+    let reports_at_start = context.reports();
+    let mut next = vec![0i64; partitions.len()];
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_millis(20)) {
+            let message = message?;
+            next[message.partition() as usize] = message.offset() + 1;
+            out.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            });
+            continue;
+        }
+        // At the end when every partition's high watermark (from fetch
+        // responses, via statistics) is known and reached.
+        let fresh = context.reports() >= reports_at_start + 2;
+        let done = fresh
+            && partitions.iter().all(|p| match context.high(topic, *p) {
+                Some(high) => next[*p as usize] >= high,
+                None => false,
+            });
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("reading {topic} did not reach its end within {timeout:?} ({} records read)", out.len());
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}
