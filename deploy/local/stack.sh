@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local stack: a Tansu broker and a ClickHouse server on loopback.
 #
-#   stack.sh up [--storage memory|sqlite]   install (cached) and start both, wait until they answer
+#   stack.sh up [--storage memory|sqlite] [--no-broker]
+#                                           install (cached) and start both, wait until they answer
 #   stack.sh down                           stop both cleanly
 #   stack.sh status                         say what runs
 #
@@ -89,17 +90,18 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   up)
-    storage=memory
+    storage=memory broker=1
     while [ $# -gt 0 ]; do
       case "$1" in
         --storage) storage=$2; shift 2 ;;
+        --no-broker) broker=0; shift ;;
         *) die "unknown option $1" ;;
       esac
     done
     "$here/install.sh"
     mkdir -p "$STACK_DIR"
     start_clickhouse
-    start_tansu "$storage"
+    [ "$broker" = 0 ] || start_tansu "$storage"
     ;;
   down)
     stop_pid tansu "$STACK_DIR/tansu.pid"
@@ -109,5 +111,5 @@ case "$cmd" in
     running "$STACK_DIR/tansu.pid" && echo "tansu: running (pid $(cat "$STACK_DIR/tansu.pid"))" || echo "tansu: stopped"
     running "$STACK_DIR/clickhouse.pid" && echo "clickhouse: running (pid $(cat "$STACK_DIR/clickhouse.pid"))" || echo "clickhouse: stopped"
     ;;
-  *) echo "usage: $0 up [--storage memory|sqlite] | down | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--storage memory|sqlite] [--no-broker] | down | status" >&2; exit 2 ;;
 esac

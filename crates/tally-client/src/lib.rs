@@ -27,9 +27,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod admin;
 mod builder;
 mod publisher;
 
 pub use builder::{event_id, input_id, BuildError, UsageEventBuilder};
-pub use publisher::{ClientError, Delivery, Publisher, PublisherConfig};
+pub use publisher::{ClientError, Delivery, PendingDelivery, Publisher, PublisherConfig};
 pub use tally_events::{Input, UsageEvent};

@@ -11,24 +11,16 @@
 //! wrongly, so the watermark from fetches is the one to trust).
 
 use std::{
-    collections::HashMap,
     net::TcpListener,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+pub use tally_service::kafka::WatermarkContext;
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::{ClientContext, DefaultClientContext},
-    consumer::{BaseConsumer, Consumer, ConsumerContext},
-    error::RDKafkaErrorCode,
-    statistics::Statistics,
+    consumer::{BaseConsumer, Consumer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
 
@@ -178,38 +170,14 @@ impl Drop for Broker {
     }
 }
 
-/// Consumer settings every tally consumer uses. `fetch.wait.max.ms=5`:
-/// Tansu answers a fetch only when that wait runs out, so the default
-/// (500 ms) would add half a second per hop.
+/// Consumer settings for test readers (the services' own settings).
 pub fn consumer_config(bootstrap: &str, group: Option<&str>) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group.unwrap_or("tally-testkit-reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.partition.eof", "false");
-    config
+    tally_service::kafka::consumer_config(bootstrap, group.unwrap_or("tally-testkit-reader"))
 }
 
 /// Creates topics (an existing topic is fine).
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().context("admin client")?;
-    let new: Vec<NewTopic> =
-        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
-        .await
-        .context("create topics")?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
-        }
-    }
-    Ok(())
+    Ok(tally_client::admin::ensure_topics(bootstrap, topics).await?)
 }
 
 /// One record read back.
@@ -224,43 +192,6 @@ pub struct Record {
     /// Payload.
     pub payload: Option<Vec<u8>>,
 }
-
-/// Keeps the high watermarks that librdkafka's statistics report; they
-/// come from fetch responses, not from ListOffsets.
-#[derive(Default, Clone)]
-pub struct WatermarkContext {
-    high: Arc<Mutex<HashMap<(String, i32), i64>>>,
-    reports: Arc<AtomicU64>,
-}
-
-impl WatermarkContext {
-    /// The last reported high watermark of a partition.
-    pub fn high(&self, topic: &str, partition: i32) -> Option<i64> {
-        let high = self.high.lock().ok()?;
-        high.get(&(topic.to_string(), partition)).copied().filter(|h| *h >= 0)
-    }
-    /// How many statistics reports arrived.
-    pub fn reports(&self) -> u64 {
-        self.reports.load(Ordering::SeqCst)
-    }
-}
-
-impl ClientContext for WatermarkContext {
-    fn stats(&self, statistics: Statistics) {
-        if let Ok(mut high) = self.high.lock() {
-            for (name, topic) in &statistics.topics {
-                for (id, partition) in &topic.partitions {
-                    if *id >= 0 {
-                        high.insert((name.clone(), *id), partition.hi_offset);
-                    }
-                }
-            }
-        }
-        self.reports.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl ConsumerContext for WatermarkContext {}
 
 /// Reads every partition of a topic from the start to its current end, as
 /// fetch responses report it. Records come in (partition, offset) order.
@@ -319,4 +250,34 @@ pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
+}
+
+/// The `tally` binary of this workspace, built (once per test process) with
+/// the same cargo that runs the tests, so a test never runs a stale binary.
+pub fn tally_binary() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = !cfg!(debug_assertions);
+            let mut command = Command::new(cargo);
+            command.current_dir(&workspace).args(["build", "--quiet", "-p", "tally-cli", "--bin", "tally"]);
+            if release {
+                command.arg("--release");
+            }
+            let status = command.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err(format!("building the tally binary failed: {status}"));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+            let path = target.join(if release { "release" } else { "debug" }).join("tally");
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(format!("{} was not built", path.display()))
+            }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }

@@ -1,0 +1,17 @@
+//! What every long-running tally service shares, and nothing else:
+//!
+//! - [`config`]: load one typed config from a TOML file plus
+//!   `TALLY_<SERVICE>__<FIELD>` environment overrides, with errors that name
+//!   the file and the field.
+//! - [`kafka`]: consumer settings that suit every broker tally meets, and
+//!   reading a partition to its end by the high watermark of fetches.
+//! - [`http`]: `/metrics` (Prometheus text) and `/health` on loopback.
+//! - [`shutdown`]: SIGTERM / SIGINT as a watch channel.
+//!
+//! It holds no business rule: pricing and ledger rules live in
+//! `tally-ledger`.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod shutdown;
