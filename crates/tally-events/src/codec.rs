@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     names::reasons,
-    records::{AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, UsageEvent},
+    records::{AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, LedgerMarker, UsageEvent},
 };
 
 /// The two magic bytes of Avro single-object encoding.
@@ -40,17 +40,20 @@ pub enum RecordKind {
     Alert,
     /// [`DeadLetter`]
     DeadLetter,
+    /// [`LedgerMarker`]
+    LedgerMarker,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::UsageEvent,
         RecordKind::CreditPurchase,
         RecordKind::AccountChange,
         RecordKind::LedgerEntry,
         RecordKind::Alert,
         RecordKind::DeadLetter,
+        RecordKind::LedgerMarker,
     ];
 
     /// The record's Avro name.
@@ -62,10 +65,12 @@ impl RecordKind {
             RecordKind::LedgerEntry => "LedgerEntry",
             RecordKind::Alert => "Alert",
             RecordKind::DeadLetter => "DeadLetter",
+            RecordKind::LedgerMarker => "LedgerMarker",
         }
     }
 
-    /// Schema texts, current version first, then older versions still decoded.
+    /// Schema texts, current version first, then older versions still
+    /// decoded. A record added after the first release has one version.
     pub fn schema_texts(self) -> &'static [&'static str] {
         match self {
             RecordKind::UsageEvent => &[
@@ -92,6 +97,7 @@ impl RecordKind {
                 include_str!("../../../schemas/avro/dead_letter.avsc"),
                 include_str!("../../../schemas/avro/previous/dead_letter.avsc"),
             ],
+            RecordKind::LedgerMarker => &[include_str!("../../../schemas/avro/ledger_marker.avsc")],
         }
     }
 }
@@ -105,7 +111,7 @@ pub trait Record: Serialize + DeserializeOwned {
 macro_rules! record {
     ($($ty:ident),*) => {$(impl Record for $ty { const KIND: RecordKind = RecordKind::$ty; })*};
 }
-record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter);
+record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter, LedgerMarker);
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -176,6 +182,8 @@ pub enum Message {
     Alert(Alert),
     /// A dead letter.
     DeadLetter(DeadLetter),
+    /// A ledger marker.
+    Marker(LedgerMarker),
 }
 
 struct WriterSchema {
@@ -331,6 +339,7 @@ impl Codec {
             RecordKind::LedgerEntry => Message::Ledger(self.decode_with(writer, body)?),
             RecordKind::Alert => Message::Alert(self.decode_with(writer, body)?),
             RecordKind::DeadLetter => Message::DeadLetter(self.decode_with(writer, body)?),
+            RecordKind::LedgerMarker => Message::Marker(self.decode_with(writer, body)?),
         })
     }
 

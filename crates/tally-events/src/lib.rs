@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod fence;
 pub mod names;
 pub mod records;
 

@@ -309,6 +309,36 @@ impl LedgerEntry {
     }
 }
 
+/// Ledger marker kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MarkerKind {
+    /// A new owner of the partition, with a new epoch.
+    Claim,
+    /// Inputs handled up to an offset.
+    Progress,
+}
+
+/// A control record in a ledger partition (see `schemas/avro/ledger_marker.avsc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerMarker {
+    /// Kind.
+    pub kind: MarkerKind,
+    /// Claim id.
+    #[serde(with = "text")]
+    pub claim_id: Uuid,
+    /// Writer epoch.
+    pub epoch: i64,
+    /// Writer process, for operators.
+    pub instance: String,
+    /// Input topic.
+    pub input_topic: String,
+    /// Input partition.
+    pub input_partition: i32,
+    /// Every input offset below this was handled.
+    pub next_input_offset: i64,
+}
+
 /// Alert kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -140,6 +140,9 @@ fn encoding_is_deterministic() {
 fn previous_schema_versions_still_decode() {
     let codec = Codec::global();
     for kind in RecordKind::ALL {
+        if kind.schema_texts().len() < 2 {
+            continue; // added after the first release: no previous version
+        }
         let previous = Schema::parse_str(kind.schema_texts()[1]).expect("previous parses");
         let current = codec.schema(kind);
         assert_ne!(
@@ -178,6 +181,7 @@ fn previous_schema_versions_still_decode() {
                 occurred_at: at(10),
                 message: String::new(),
             }),
+            RecordKind::LedgerMarker => unreachable!("one version"),
             RecordKind::DeadLetter => apache_avro::to_value(DeadLetter {
                 reason: "too_late".into(),
                 detail: "d".into(),
