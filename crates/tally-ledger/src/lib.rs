@@ -1,0 +1,37 @@
+//! tally's pricing and ledger core.
+//!
+//! Maps (state, input) to ledger entries, alerts and rejections, as values.
+//! The metering service does the I/O around it; this crate never does I/O
+//! (besides [`RateTable::load`] reading its file), never reads a clock,
+//! never draws a random number, never uses floats, and never lets a hash
+//! map's iteration order reach an output. So the same state and the same
+//! inputs in the same order give byte-identical entries, which is what
+//! makes replays after a crash idempotent.
+//!
+//! - [`rates`]: the versioned rate table (`pipelines/rates.toml`), its
+//!   validation and the price list of `tally rates show`;
+//! - [`pricing`]: exact credit and dollar arithmetic, and its one rounding
+//!   per kind;
+//! - [`ledger`]: the rules of one input partition ([`Ledger::apply`]) and
+//!   the rebuild of its state from the ledger topic ([`Ledger::restore`]);
+//! - [`invariants`]: one predicate per ledger invariant, shared by `apply`
+//!   (release asserts), `restore`, property tests and reconciliation.
+//!
+//! Invariants kept per account: sequences gapless from 1; balance chain
+//! `balance_after[n] = balance_after[n-1] + signed_credits[n]` from 0; balance
+//! never negative; nothing debited while paused, resumed only by a purchase;
+//! final balance = added − consumed − forfeited; at most one entry per input
+//! id (exact dedup within the window).
+#![deny(missing_docs)]
+
+mod dedup;
+pub mod invariants;
+pub mod ledger;
+pub mod pricing;
+pub mod rates;
+
+pub use invariants::Violation;
+pub use ledger::{
+    AccountState, Applied, DedupId, Ledger, LedgerConfig, LedgerSnapshot, LedgerStats, RestoreError, ENTRY_ID_NAMESPACE,
+};
+pub use rates::{render_price_list, RateTable, RateVersion, RatesError, ServiceRate};
