@@ -3,7 +3,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod metering;
+mod rates;
 mod simulate;
+mod summary;
 
 /// tally: streaming usage metering for AI credits.
 #[derive(Parser)]
@@ -17,6 +20,15 @@ struct Cli {
 enum Command {
     /// Publish a realistic workload of photo-booth operators and AI workers.
     Simulate(simulate::Args),
+    /// Run the metering service: usage -> priced ledger entries, exactly once.
+    Metering(metering::Args),
+    /// Show the service rate table.
+    Rates {
+        #[command(subcommand)]
+        command: rates::Command,
+    },
+    /// Print balances and analytics from the ledger topic.
+    Summary(summary::Args),
 }
 
 fn main() -> Result<()> {
@@ -30,5 +42,8 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Simulate(args) => runtime.block_on(simulate::run(args)),
+        Command::Metering(args) => metering::run(args, &runtime),
+        Command::Rates { command } => rates::run(command),
+        Command::Summary(args) => summary::run(args),
     }
 }

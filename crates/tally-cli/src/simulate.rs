@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use tally_client::{admin::ensure_topics, Publisher, PublisherConfig};
+use tally_client::{Publisher, PublisherConfig};
+use tally_service::kafka::ensure_topics;
 use tally_events::names::topics;
 use tally_simulator::{SimConfig, Simulator, Tally};
 

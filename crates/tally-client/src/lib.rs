@@ -27,7 +27,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod admin;
 mod builder;
 mod publisher;
 

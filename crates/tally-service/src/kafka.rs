@@ -1,9 +1,11 @@
 //! Kafka settings and reads every tally service shares.
 //!
-//! Reading "to the end" uses the high watermark that fetch responses carry
-//! (reported through librdkafka's statistics), never ListOffsets(latest):
-//! some brokers (Tansu's memory storage) answer that one wrongly, and the
-//! fetch watermark is what the broker actually serves.
+//! Reading "to the end" stops at librdkafka's partition-EOF event, which it
+//! raises when the fetch position reaches the high watermark carried by the
+//! fetch response itself, and queues after that fetch's messages. Never
+//! ListOffsets(latest), and not the statistics' `hi_offset` either (it is
+//! refreshed by ListOffsets too): some brokers (Tansu's memory storage)
+//! answer ListOffsets(latest) wrongly.
 
 use std::{
     collections::HashMap,
@@ -15,9 +17,10 @@ use std::{
 };
 
 use rdkafka::{
-    client::ClientContext,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::{ClientContext, DefaultClientContext},
     consumer::{BaseConsumer, Consumer, ConsumerContext},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     message::BorrowedMessage,
     statistics::Statistics,
     ClientConfig, Message, Offset, TopicPartitionList,
@@ -43,7 +46,8 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
 }
 
 /// Keeps the per-partition high watermarks and consumer lag that
-/// librdkafka's statistics report.
+/// librdkafka's statistics report: good for a lag metric, not for deciding
+/// where a partition ends (see the module docs).
 #[derive(Default, Clone)]
 pub struct WatermarkContext {
     partitions: Arc<Mutex<HashMap<(String, i32), (i64, i64)>>>,
@@ -144,28 +148,20 @@ pub fn read_partition<E: std::fmt::Display>(
     mut visit: impl FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
 ) -> Result<i64, ReadError> {
     let kafka = |source| ReadError::Kafka { topic: topic.to_string(), partition, source };
-    let context = WatermarkContext::default();
-    let consumer: BaseConsumer<WatermarkContext> = consumer_config(bootstrap, "tally-partition-reader")
-        .set("statistics.interval.ms", "20")
-        .create_with_context(context.clone())
+    let consumer: BaseConsumer = consumer_config(bootstrap, "tally-partition-reader")
+        .set("enable.partition.eof", "true")
+        .create()
         .map_err(kafka)?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(kafka)?;
     consumer.assign(&assignment).map_err(kafka)?;
-    // Only reports made after the assignment count: an earlier one may
-    // predate records produced just before this read.
-    let reports_at_start = context.reports();
     let deadline = Instant::now() + timeout;
     let mut next = from;
     loop {
-        let reached = match until {
-            Until::Offset(last) => next > last,
-            Until::End => {
-                context.reports() >= reports_at_start + 2 && context.high(topic, partition).is_some_and(|h| next >= h)
+        if let Until::Offset(last) = until {
+            if next > last {
+                return Ok(next);
             }
-        };
-        if reached {
-            return Ok(next);
         }
         if Instant::now() > deadline {
             let target = match until {
@@ -174,13 +170,76 @@ pub fn read_partition<E: std::fmt::Display>(
             };
             return Err(ReadError::Timeout { topic: topic.into(), partition, target, at: next, timeout });
         }
-        if let Some(message) = consumer.poll(Duration::from_millis(10)) {
-            let message = message.map_err(kafka)?;
-            if message.offset() < next {
-                continue;
+        match consumer.poll(Duration::from_millis(10)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                if matches!(until, Until::End) {
+                    return Ok(next);
+                }
             }
-            next = message.offset() + 1;
-            visit(&message).map_err(|e| ReadError::Visit(e.to_string()))?;
+            Some(Err(e)) => return Err(kafka(e)),
+            Some(Ok(message)) => {
+                if message.offset() < next {
+                    continue;
+                }
+                next = message.offset() + 1;
+                visit(&message).map_err(|e| ReadError::Visit(e.to_string()))?;
+            }
         }
     }
+}
+
+/// Why topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The admin client could not be created or reached the broker.
+    #[error("kafka admin request to {bootstrap} failed: {source}")]
+    Kafka {
+        /// `bootstrap.servers`.
+        bootstrap: String,
+        /// Kafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("cannot create topic {topic}: {code}")]
+    Refused {
+        /// Topic.
+        topic: String,
+        /// Kafka's error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// Creates each `(name, partitions)` topic that does not exist yet.
+/// Goes through the Kafka admin API, so the same call works on Tansu,
+/// Apache Kafka, Redpanda or a managed service.
+pub async fn ensure_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), AdminError> {
+    let kafka = |source| AdminError::Kafka { bootstrap: bootstrap.to_string(), source };
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(kafka)?;
+    let new: Vec<NewTopic> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let results = admin.create_topics(&new, &options).await.map_err(kafka)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(AdminError::Refused { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Partitions of a topic, or `None` when it does not exist.
+pub fn partition_count(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Option<i32>, KafkaError> {
+    let consumer: BaseConsumer = consumer_config(bootstrap, "tally-metadata").create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
 }

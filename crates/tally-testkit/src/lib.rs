@@ -157,6 +157,14 @@ impl Broker {
         Ok(())
     }
 
+    /// Starts a stopped or killed broker again on the same port and storage.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the broker is still running");
+        }
+        self.spawn()
+    }
+
     /// Starts the broker again on the same port and storage.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
@@ -177,7 +185,7 @@ pub fn consumer_config(bootstrap: &str, group: Option<&str>) -> ClientConfig {
 
 /// Creates topics (an existing topic is fine).
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
-    Ok(tally_client::admin::ensure_topics(bootstrap, topics).await?)
+    Ok(tally_service::kafka::ensure_topics(bootstrap, topics).await?)
 }
 
 /// One record read back.
@@ -193,13 +201,11 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Reads every partition of a topic from the start to its current end, as
-/// fetch responses report it. Records come in (partition, offset) order.
+/// Reads every partition of a topic from the start to its current end (the
+/// partition-EOF event, raised from the fetch response's high watermark).
+/// Records come in (partition, offset) order.
 pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
-    let context = WatermarkContext::default();
-    let consumer: BaseConsumer<WatermarkContext> = consumer_config(bootstrap, None)
-        .set("statistics.interval.ms", "50")
-        .create_with_context(context.clone())?;
+    let consumer: BaseConsumer = consumer_config(bootstrap, None).set("enable.partition.eof", "true").create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -212,40 +218,31 @@ pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec
         .collect();
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+        assignment.add_partition_offset(topic, *p, Offset::Offset(0))?;
     }
     consumer.assign(&assignment)?;
-    // Only reports made after the assignment count: an earlier one may
-    // predate the last records produced.
-    let reports_at_start = context.reports();
-    let mut next = vec![0i64; partitions.len()];
+    let mut at_end: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(message) = consumer.poll(Duration::from_millis(20)) {
-            let message = message?;
-            next[message.partition() as usize] = message.offset() + 1;
-            out.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            });
-            continue;
-        }
-        // At the end when every partition's high watermark (from fetch
-        // responses, via statistics) is known and reached.
-        let fresh = context.reports() >= reports_at_start + 2;
-        let done = fresh
-            && partitions.iter().all(|p| match context.high(topic, *p) {
-                Some(high) => next[*p as usize] >= high,
-                None => false,
-            });
-        if done {
-            break;
-        }
+    while at_end.len() < partitions.len() {
         if Instant::now() > deadline {
             bail!("reading {topic} did not reach its end within {timeout:?} ({} records read)", out.len());
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(message)) => {
+                at_end.remove(&message.partition());
+                out.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                });
+            }
         }
     }
     out.sort_by_key(|r| (r.partition, r.offset));

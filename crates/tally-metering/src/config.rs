@@ -1,0 +1,178 @@
+//! The metering service's config: a raw file form, validated into a typed
+//! form. Defaults work on the local stack; see `pipelines/metering.toml`.
+
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use tally_events::names::topics;
+use tally_service::config::{load, ConfigError};
+
+/// The file form: every field optional, unknown fields refused.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Config format version (1).
+    pub version: Option<u32>,
+    /// Kafka bootstrap servers.
+    pub brokers: Option<String>,
+    /// Consumer group.
+    pub group_id: Option<String>,
+    /// Input topic.
+    pub input_topic: Option<String>,
+    /// Ledger topic.
+    pub ledger_topic: Option<String>,
+    /// Alerts topic.
+    pub alerts_topic: Option<String>,
+    /// Dead-letter topic.
+    pub dead_letter_topic: Option<String>,
+    /// Rate table file.
+    pub rates_file: Option<PathBuf>,
+    /// Most inputs handled in one batch.
+    pub batch_size_max: Option<usize>,
+    /// Longest a batch waits to fill, in ms.
+    pub batch_wait_ms: Option<u64>,
+    /// Dedup window in days.
+    pub dedup_window_days: Option<u32>,
+    /// Address of /metrics and /health.
+    pub metrics_address: Option<String>,
+    /// Create the output topics when missing.
+    pub create_topics: Option<bool>,
+    /// How long a produced record may wait for acknowledgement, in s.
+    pub delivery_timeout_s: Option<u64>,
+    /// How long rebuilding one partition's state may take, in s.
+    pub restore_timeout_s: Option<u64>,
+    /// Consumer group session timeout, in ms: how soon a dead instance's
+    /// partitions move to another.
+    pub session_timeout_ms: Option<u64>,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct MeteringConfig {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Input topic (usage events, purchases, account changes).
+    pub input_topic: String,
+    /// Ledger topic.
+    pub ledger_topic: String,
+    /// Alerts topic.
+    pub alerts_topic: String,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Rate table file.
+    pub rates_file: PathBuf,
+    /// Most inputs per batch.
+    pub batch_size_max: NonZeroUsize,
+    /// Longest wait to fill a batch.
+    pub batch_wait: Duration,
+    /// Dedup window.
+    pub dedup_window: chrono::TimeDelta,
+    /// /metrics and /health address.
+    pub metrics_address: SocketAddr,
+    /// Create output topics when missing.
+    pub create_topics: bool,
+    /// Delivery timeout of produced records.
+    pub delivery_timeout: Duration,
+    /// Bound on one partition's restore.
+    pub restore_timeout: Duration,
+    /// Consumer group session timeout.
+    pub session_timeout: Duration,
+    /// Where the config came from, for messages.
+    pub origin: String,
+}
+
+impl MeteringConfig {
+    /// Loads `path` (or defaults) with `TALLY_METERING__*` overrides from
+    /// `env`, and validates it.
+    pub fn load(path: Option<&std::path::Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let (raw, origin): (RawConfig, String) = load("metering", path, env)?;
+        Self::validate(raw, origin)
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(raw: RawConfig, origin: String) -> Result<Self, ConfigError> {
+        let bad = |field: &str, problem: &str| ConfigError::field(&origin, field, problem);
+        if let Some(version) = raw.version {
+            if version != 1 {
+                return Err(bad("version", "only version 1 is known"));
+            }
+        }
+        let non_empty = |field: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
+            let value = value.unwrap_or_else(|| default.to_string());
+            if value.trim().is_empty() {
+                return Err(bad(field, "must not be empty"));
+            }
+            Ok(value)
+        };
+        let input_topic = non_empty("input_topic", raw.input_topic, topics::INPUTS)?;
+        let ledger_topic = non_empty("ledger_topic", raw.ledger_topic, topics::LEDGER)?;
+        let alerts_topic = non_empty("alerts_topic", raw.alerts_topic, topics::ALERTS)?;
+        let dead_letter_topic = non_empty("dead_letter_topic", raw.dead_letter_topic, topics::DEAD_LETTERS)?;
+        let mut names = [&input_topic, &ledger_topic, &alerts_topic, &dead_letter_topic];
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad("ledger_topic", "input, ledger, alerts and dead-letter topics must all differ"));
+        }
+        let batch_size_max = NonZeroUsize::new(raw.batch_size_max.unwrap_or(5_000))
+            .filter(|n| n.get() <= 100_000)
+            .ok_or_else(|| bad("batch_size_max", "must be between 1 and 100000"))?;
+        let batch_wait_ms = raw.batch_wait_ms.unwrap_or(20);
+        if batch_wait_ms > 10_000 {
+            return Err(bad("batch_wait_ms", "must be at most 10000"));
+        }
+        let days = raw.dedup_window_days.unwrap_or(7);
+        if !(1..=366).contains(&days) {
+            return Err(bad("dedup_window_days", "must be between 1 and 366"));
+        }
+        let metrics_address = raw
+            .metrics_address
+            .unwrap_or_else(|| "127.0.0.1:9464".into())
+            .parse()
+            .map_err(|_| bad("metrics_address", "must be an address like 127.0.0.1:9464"))?;
+        let delivery_timeout_s = raw.delivery_timeout_s.unwrap_or(300);
+        if !(10..=3_600).contains(&delivery_timeout_s) {
+            return Err(bad("delivery_timeout_s", "must be between 10 and 3600"));
+        }
+        let session_timeout_ms = raw.session_timeout_ms.unwrap_or(10_000);
+        if !(3_000..=300_000).contains(&session_timeout_ms) {
+            return Err(bad("session_timeout_ms", "must be between 3000 and 300000"));
+        }
+        Ok(MeteringConfig {
+            brokers: non_empty("brokers", raw.brokers, "127.0.0.1:9092")?,
+            group_id: non_empty("group_id", raw.group_id, "tally-metering")?,
+            input_topic,
+            ledger_topic,
+            alerts_topic,
+            dead_letter_topic,
+            rates_file: raw.rates_file.unwrap_or_else(|| PathBuf::from("pipelines/rates.toml")),
+            batch_size_max,
+            batch_wait: Duration::from_millis(batch_wait_ms),
+            dedup_window: chrono::TimeDelta::days(days.into()),
+            metrics_address,
+            create_topics: raw.create_topics.unwrap_or(true),
+            delivery_timeout: Duration::from_secs(delivery_timeout_s),
+            restore_timeout: Duration::from_secs(raw.restore_timeout_s.unwrap_or(300).max(1)),
+            session_timeout: Duration::from_millis(session_timeout_ms),
+            origin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_and_bad_fields_are_named() {
+        let config = MeteringConfig::load(None, Vec::new()).expect("defaults");
+        assert_eq!(config.input_topic, "tally.inputs");
+        assert_eq!(config.batch_size_max.get(), 5_000);
+        let env = vec![("TALLY_METERING__BATCH_SIZE_MAX".to_string(), "0".to_string())];
+        let err = MeteringConfig::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("batch_size_max") && err.contains("TALLY_METERING__BATCH_SIZE_MAX"), "{err}");
+        let env = vec![("TALLY_METERING__LEDGER_TOPIC".to_string(), "tally.inputs".to_string())];
+        assert!(MeteringConfig::load(None, env).unwrap_err().to_string().contains("must all differ"));
+    }
+}

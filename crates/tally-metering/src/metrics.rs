@@ -1,0 +1,80 @@
+//! The metering service's Prometheus metrics. Names are constants here and
+//! nowhere else.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric of the service.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Registry served on /metrics.
+    pub registry: Registry,
+    /// Inputs read, by type (usage, purchase, account, undecodable).
+    pub inputs: IntCounterVec,
+    /// Ledger entries written, by type and status.
+    pub entries: IntCounterVec,
+    /// Duplicate inputs (already applied).
+    pub duplicates: IntCounter,
+    /// Dead letters, by reason.
+    pub dead_letters: IntCounterVec,
+    /// Alerts, by kind.
+    pub alerts: IntCounterVec,
+    /// Inputs per batch.
+    pub batch_size: Histogram,
+    /// Seconds from batch start to acknowledged outputs.
+    pub batch_seconds: Histogram,
+    /// Consumer lag of the input topic.
+    pub consumer_lag: IntGauge,
+    /// Seconds to rebuild a partition's state.
+    pub restore_seconds: Histogram,
+    /// Partitions owned.
+    pub partitions_owned: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tally_metering".into()), None)?;
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let duplicates = IntCounter::new("duplicates_total", "Inputs already applied (changed nothing)")?;
+        registry.register(Box::new(duplicates.clone()))?;
+        Ok(Metrics {
+            inputs: counter_vec("inputs_total", "Inputs read, by type", &["type"])?,
+            entries: counter_vec("entries_total", "Ledger entries written, by type and status", &["type", "status"])?,
+            duplicates,
+            dead_letters: counter_vec("dead_letters_total", "Inputs dead-lettered, by reason", &["reason"])?,
+            alerts: counter_vec("alerts_total", "Alerts written, by kind", &["kind"])?,
+            batch_size: histogram(
+                "batch_size",
+                "Inputs per batch",
+                vec![1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0],
+            )?,
+            batch_seconds: histogram(
+                "batch_seconds",
+                "Seconds from the first input of a batch to its acknowledged outputs",
+                prometheus::exponential_buckets(0.001, 2.0, 14)?,
+            )?,
+            consumer_lag: gauge("consumer_lag", "Inputs not yet read, summed over owned partitions")?,
+            restore_seconds: histogram(
+                "restore_seconds",
+                "Seconds to rebuild one partition's state from the ledger",
+                prometheus::exponential_buckets(0.01, 2.0, 14)?,
+            )?,
+            partitions_owned: gauge("partitions_owned", "Input partitions this instance owns")?,
+            registry,
+        })
+    }
+}

@@ -1,0 +1,581 @@
+//! The metering loop: poll a batch, apply it with the core, write outputs,
+//! store progress.
+//!
+//! Per batch, in this order (each step waits for the broker's
+//! acknowledgement before the next):
+//! 1. dead letters and alerts;
+//! 2. ledger entries, then a PROGRESS marker for a partition whose last
+//!    handled input produced no entry;
+//! 3. consumer offsets (a hint for lag; the resume point comes from the
+//!    ledger).
+//!
+//! A crash between 1 and 2 re-sends the same dead letters and alerts on
+//! restart (at-least-once; they carry deterministic ids and source
+//! coordinates). A crash inside 2 loses nothing and doubles nothing: the
+//! restart rebuilds from what the ledger holds and re-applies the rest,
+//! which gives the same bytes. Any delivery error is fatal: the process
+//! exits and its restart rebuilds state, so a gap in the ledger can never be
+//! followed by later entries (`enable.gapless.guarantee` too).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    message::OwnedMessage,
+    producer::{FutureProducer, FutureRecord, Producer},
+    statistics::Statistics,
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+};
+use tally_events::{Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, SourceOffset};
+use tally_ledger::{Ledger, LedgerConfig, RateTable};
+use tally_service::kafka::{consumer_config, read_partition, Until, WatermarkContext};
+use tokio::{runtime::Handle, sync::watch};
+use uuid::Uuid;
+
+use crate::{
+    config::MeteringConfig,
+    metrics::Metrics,
+    restore::Restorer,
+    step::{step, Step},
+};
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MeteringError {
+    /// Kafka failed in a way the service does not ride out.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// A produced record was not acknowledged: state must be rebuilt.
+    #[error("delivery to {topic} failed: {source}; exiting so a restart rebuilds state from the ledger")]
+    Delivery {
+        /// Topic.
+        topic: String,
+        /// Cause.
+        #[source]
+        source: KafkaError,
+    },
+    /// Rebuilding a partition failed.
+    #[error("restoring partition {partition}: {message}")]
+    Restore {
+        /// Partition.
+        partition: i32,
+        /// What went wrong.
+        message: String,
+    },
+    /// Another instance claimed the partition in the same instant.
+    #[error("lost the claim race for partition {partition}; exiting so a restart claims again")]
+    LostClaim {
+        /// Partition.
+        partition: i32,
+    },
+    /// A topic is missing or shaped wrong.
+    #[error("topic {topic}: {message}")]
+    Topic {
+        /// Topic.
+        topic: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl MeteringError {
+    fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> MeteringError {
+        let context = context.into();
+        move |source| MeteringError::Kafka { context, source }
+    }
+}
+
+enum Change {
+    Assigned(Vec<(i32, PartitionState)>),
+    Revoked(Vec<i32>),
+    Failed(MeteringError),
+}
+
+/// What restoring a partition needs; shared by the loop and the rebalance
+/// callback.
+struct Shared {
+    config: MeteringConfig,
+    rates: Arc<RateTable>,
+    producer: FutureProducer,
+    metrics: Metrics,
+    runtime: Handle,
+    instance: String,
+}
+
+/// Consumer context: forwards statistics, and rebuilds each assigned
+/// partition's state *inside* the rebalance callback, setting the offset
+/// the assignment starts from. Seeking after the assignment instead races
+/// with librdkafka applying the group's committed offset (the committed
+/// offset can win, skipping inputs).
+#[derive(Clone)]
+pub struct MeteringContext {
+    watermarks: WatermarkContext,
+    changes: Arc<Mutex<Vec<Change>>>,
+    shared: Arc<Shared>,
+}
+
+impl MeteringContext {
+    fn push(&self, change: Change) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+    }
+}
+
+impl ClientContext for MeteringContext {
+    fn stats(&self, statistics: Statistics) {
+        self.watermarks.record(&statistics);
+    }
+}
+
+impl ConsumerContext for MeteringContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let topic = &self.shared.config.input_topic;
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let mut states = Vec::new();
+                for mut element in list.elements() {
+                    if element.topic() != topic {
+                        continue;
+                    }
+                    let partition = element.partition();
+                    match restore(&self.shared, consumer, partition) {
+                        Ok(state) => {
+                            // The assignment starts where the ledger says.
+                            if let Err(e) = element.set_offset(Offset::Offset(state.next_offset)) {
+                                self.push(Change::Failed(MeteringError::kafka(format!("set offset of {partition}"))(e)));
+                                return;
+                            }
+                            states.push((partition, state));
+                        }
+                        Err(e) => {
+                            self.push(Change::Failed(e));
+                            return;
+                        }
+                    }
+                }
+                self.push(Change::Assigned(states));
+            }
+            Rebalance::Revoke(list) => {
+                let partitions = list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect();
+                self.push(Change::Revoked(partitions));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+struct PartitionState {
+    ledger: Ledger,
+    epoch: i64,
+    claim_id: Uuid,
+    /// Next input offset to handle.
+    next_offset: i64,
+    /// Offset after the input of the last ledger entry or marker written.
+    recorded_offset: i64,
+}
+
+/// The running service.
+pub struct Metering {
+    config: MeteringConfig,
+    consumer: BaseConsumer<MeteringContext>,
+    context: MeteringContext,
+    producer: FutureProducer,
+    metrics: Metrics,
+    runtime: Handle,
+    instance: String,
+    states: BTreeMap<i32, PartitionState>,
+}
+
+/// Output records of one batch.
+#[derive(Default)]
+struct Outputs {
+    side: Vec<(String, i32, Vec<u8>, Vec<u8>)>,
+    ledger: Vec<(i32, Vec<u8>, Vec<u8>)>,
+}
+
+impl Metering {
+    /// Connects, checks and creates topics. `runtime` is used to await
+    /// deliveries from the blocking loop.
+    pub fn start(config: MeteringConfig, rates: Arc<RateTable>, metrics: Metrics, runtime: Handle) -> Result<Self, MeteringError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("enable.gapless.guarantee", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .map_err(MeteringError::kafka("create producer"))?;
+        let instance = format!("{}:{}", hostname(), std::process::id());
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            rates,
+            producer: producer.clone(),
+            metrics: metrics.clone(),
+            runtime: runtime.clone(),
+            instance: instance.clone(),
+        });
+        let context =
+            MeteringContext { watermarks: WatermarkContext::default(), changes: Arc::default(), shared };
+        let consumer: BaseConsumer<MeteringContext> = consumer_config(&config.brokers, &config.group_id)
+            .set("statistics.interval.ms", "1000")
+            .set("max.poll.interval.ms", "600000")
+            .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
+            .create_with_context(context.clone())
+            .map_err(MeteringError::kafka("create consumer"))?;
+        let service = Metering { config, consumer, context, producer, metrics, runtime, instance, states: BTreeMap::new() };
+        service.prepare_topics()?;
+        service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
+        Ok(service)
+    }
+
+    fn partitions_of(&self, topic: &str) -> Result<Option<usize>, MeteringError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(MeteringError::kafka(format!("metadata of {topic}")))?;
+        Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
+    }
+
+    fn prepare_topics(&self) -> Result<(), MeteringError> {
+        let input = &self.config.input_topic;
+        // Workers may create the input topic after the service starts:
+        // wait for it rather than fail, saying so.
+        let deadline = Instant::now() + self.config.restore_timeout;
+        let partitions = loop {
+            match self.partitions_of(input)? {
+                Some(n) if n > 0 => break n,
+                _ if Instant::now() < deadline => {
+                    tracing::info!(topic = %input, "waiting for the input topic to exist");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                _ => {
+                    return Err(MeteringError::Topic {
+                        topic: input.clone(),
+                        message: "does not exist (create it, or run tally simulate)".into(),
+                    })
+                }
+            }
+        };
+        let outputs = [&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic];
+        if self.config.create_topics {
+            let specs: Vec<(&str, i32)> = outputs.iter().map(|t| (t.as_str(), partitions as i32)).collect();
+            self.runtime.block_on(tally_service_topics(&self.config.brokers, &specs))?;
+        }
+        for topic in outputs {
+            match self.partitions_of(topic)? {
+                Some(n) if n == partitions => {}
+                Some(n) => {
+                    return Err(MeteringError::Topic {
+                        topic: topic.clone(),
+                        message: format!("has {n} partitions but {input} has {partitions}: ledger partition p records input partition p"),
+                    })
+                }
+                None => return Err(MeteringError::Topic { topic: topic.clone(), message: "does not exist".into() }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown` flips, then finishes the batch in hand,
+    /// flushes and commits.
+    pub fn run(mut self, shutdown: watch::Receiver<bool>, ready: tally_service::http::Health) -> Result<(), MeteringError> {
+        ready.set_ready(true);
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.config.batch_size_max.get());
+        let mut last_lag = Instant::now();
+        while !*shutdown.borrow() {
+            let mut first_at: Option<Instant> = None;
+            while batch.len() < self.config.batch_size_max.get() {
+                let wait = match first_at {
+                    None => Duration::from_millis(100),
+                    Some(at) => self.config.batch_wait.saturating_sub(at.elapsed()),
+                };
+                let got_nothing = match self.consumer.poll(wait) {
+                    Some(Ok(message)) => {
+                        first_at.get_or_insert_with(Instant::now);
+                        batch.push(message.detach());
+                        false
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                        false
+                    }
+                    None => true,
+                };
+                self.apply_changes(&mut batch)?;
+                let waited_out = first_at.is_some_and(|at| at.elapsed() >= self.config.batch_wait);
+                if (got_nothing && first_at.is_none()) || waited_out || *shutdown.borrow() {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                let started = first_at.unwrap_or_else(Instant::now);
+                self.process(&batch)?;
+                self.metrics.batch_size.observe(batch.len() as f64);
+                self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                batch.clear();
+            }
+            if last_lag.elapsed() > Duration::from_secs(1) {
+                last_lag = Instant::now();
+                self.metrics.consumer_lag.set(self.context.watermarks.lag(&self.config.input_topic));
+            }
+        }
+        tracing::info!("shutting down: flushing and committing");
+        ready.set_ready(false);
+        self.producer.flush(Duration::from_secs(30)).map_err(MeteringError::kafka("flush on shutdown"))?;
+        self.commit(CommitMode::Sync);
+        Ok(())
+    }
+
+    fn apply_changes(&mut self, batch: &mut Vec<OwnedMessage>) -> Result<(), MeteringError> {
+        let changes: Vec<Change> = self.context.changes.lock().map(|mut c| c.drain(..).collect()).unwrap_or_default();
+        for change in changes {
+            match change {
+                Change::Revoked(partitions) => {
+                    for p in &partitions {
+                        self.states.remove(p);
+                    }
+                    batch.retain(|m| !partitions.contains(&m.partition()));
+                    tracing::info!(?partitions, "partitions revoked");
+                }
+                Change::Assigned(states) => {
+                    // The assignment started at each partition's resume
+                    // offset (set in the rebalance callback), so anything
+                    // already polled for it is the next input: keep it.
+                    for (p, state) in states {
+                        self.states.insert(p, state);
+                    }
+                }
+                Change::Failed(e) => return Err(e),
+            }
+        }
+        self.metrics.partitions_owned.set(self.states.len() as i64);
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), MeteringError> {
+        let codec = Codec::global();
+        let mut out = Outputs::default();
+        let mut touched: Vec<i32> = Vec::new();
+        for message in batch {
+            let partition = message.partition();
+            let Some(state) = self.states.get_mut(&partition) else { continue };
+            if message.offset() < state.next_offset {
+                continue; // handled before (a refetch)
+            }
+            if message.offset() > state.next_offset {
+                tracing::warn!(partition, expected = state.next_offset, got = message.offset(), "input offsets skip (compaction or transaction markers)");
+            }
+            let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
+            let encode_error = |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
+            match step(&mut state.ledger, message.key(), message.payload(), &source, state.epoch) {
+                Step::Entry { entry, alerts, input_type } => {
+                    self.metrics.inputs.with_label_values(&[input_type]).inc();
+                    let status = match entry.status {
+                        EntryStatus::Success => "success",
+                        EntryStatus::Failed => "failed",
+                    };
+                    self.metrics.entries.with_label_values(&[entry.entry_type.name(), status]).inc();
+                    out.ledger.push((partition, entry.account_id.clone().into_bytes(), codec.encode(&entry).map_err(encode_error)?));
+                    state.recorded_offset = message.offset() + 1;
+                    for alert in alerts {
+                        self.metrics.alerts.with_label_values(&[alert_kind(&alert)]).inc();
+                        let bytes = codec.encode(&alert).map_err(encode_error)?;
+                        out.side.push((self.config.alerts_topic.clone(), partition, alert.account_id.into_bytes(), bytes));
+                    }
+                }
+                Step::Duplicate { input_type } => {
+                    self.metrics.inputs.with_label_values(&[input_type]).inc();
+                    self.metrics.duplicates.inc();
+                }
+                Step::DeadLetter { letter, input_type } => {
+                    self.metrics.inputs.with_label_values(&[input_type]).inc();
+                    self.metrics.dead_letters.with_label_values(&[&letter.reason]).inc();
+                    let key = message.key().unwrap_or_default().to_vec();
+                    out.side.push((self.config.dead_letter_topic.clone(), partition, key, codec.encode(&letter).map_err(encode_error)?));
+                }
+            }
+            state.next_offset = message.offset() + 1;
+            if !touched.contains(&partition) {
+                touched.push(partition);
+            }
+        }
+        // Progress markers where the batch ended on inputs without entries,
+        // so a restart does not dead-letter them again.
+        for p in &touched {
+            if let Some(state) = self.states.get_mut(p) {
+                if state.next_offset > state.recorded_offset {
+                    let marker = LedgerMarker {
+                        kind: MarkerKind::Progress,
+                        claim_id: state.claim_id,
+                        epoch: state.epoch,
+                        instance: self.instance.clone(),
+                        input_topic: self.config.input_topic.clone(),
+                        input_partition: *p,
+                        next_input_offset: state.next_offset,
+                    };
+                    let bytes = codec.encode(&marker).map_err(|e| MeteringError::Restore { partition: *p, message: e.to_string() })?;
+                    out.ledger.push((*p, format!("progress-{p}").into_bytes(), bytes));
+                    state.recorded_offset = state.next_offset;
+                }
+            }
+        }
+        self.send_all(out.side.iter().map(|(t, p, k, v)| (t.as_str(), *p, k.as_slice(), v.as_slice())))?;
+        let ledger_topic = self.config.ledger_topic.clone();
+        self.send_all(out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, k.as_slice(), v.as_slice())))?;
+        crate::faults::point("after_ledger_write");
+        self.commit(CommitMode::Async);
+        Ok(())
+    }
+
+    fn send_all<'a>(&self, records: impl Iterator<Item = (&'a str, i32, &'a [u8], &'a [u8])>) -> Result<(), MeteringError> {
+        crate::faults::point("before_produce");
+        let mut futures = Vec::new();
+        for (topic, partition, key, payload) in records {
+            let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(future) => {
+                        futures.push((topic, future));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        self.producer.poll(Duration::from_millis(5));
+                    }
+                    Err((source, _)) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
+                }
+            }
+        }
+        crate::faults::point("before_ack");
+        for (topic, future) in futures {
+            match self.runtime.block_on(future) {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
+                Err(_) => return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled }),
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let mut list = TopicPartitionList::new();
+        for (p, state) in &self.states {
+            let _ = list.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(state.next_offset));
+        }
+        if list.count() > 0 {
+            if let Err(e) = self.consumer.commit(&list, mode) {
+                // Offsets are a hint (lag, monitoring): the ledger holds the
+                // resume point, so a failed commit loses nothing.
+                tracing::debug!(error = %e, "offset commit failed");
+            }
+        }
+    }
+}
+
+/// Rebuilds one partition's state from the ledger and claims it (see
+/// `restore` module docs for the sequence).
+fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition: i32) -> Result<PartitionState, MeteringError> {
+    let started = Instant::now();
+    let config = &shared.config;
+    let restore_error = |message: String| MeteringError::Restore { partition, message };
+    let ledger_config = LedgerConfig { dedup_window: config.dedup_window };
+    let mut restorer = Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition);
+    if crate::faults::unsafe_skip_restore() {
+        // Test-only broken variant: proves the crash test can fail.
+        let committed = committed_offset(consumer, &config.input_topic, partition);
+        tracing::warn!(partition, committed, "TALLY_UNSAFE_SKIP_RESTORE: empty state from the group offset");
+        return Ok(PartitionState {
+            ledger: restorer.ledger,
+            epoch: 1,
+            claim_id: Uuid::new_v4(),
+            next_offset: committed,
+            recorded_offset: committed,
+        });
+    }
+    let topic = &config.ledger_topic;
+    let timeout = config.restore_timeout;
+    let end = read_partition(&config.brokers, topic, partition, 0, Until::End, timeout, |m| restorer.visit(m))
+        .map_err(|e| restore_error(e.to_string()))?;
+
+    let epoch = restorer.fence.highest_seen() + 1;
+    let claim_id = Uuid::new_v4();
+    let claim = LedgerMarker {
+        kind: MarkerKind::Claim,
+        claim_id,
+        epoch,
+        instance: shared.instance.clone(),
+        input_topic: config.input_topic.clone(),
+        input_partition: partition,
+        next_input_offset: restorer.resume,
+    };
+    let payload = Codec::global().encode(&claim).map_err(|e| restore_error(e.to_string()))?;
+    let key = format!("claim-{partition}");
+    let record = FutureRecord::to(topic).partition(partition).key(&key).payload(&payload);
+    let delivery = shared
+        .runtime
+        .block_on(shared.producer.send(record, Duration::from_secs(30)))
+        .map_err(|(source, _)| MeteringError::Delivery { topic: topic.clone(), source })?;
+    crate::faults::point("restore_after_claim");
+    read_partition(&config.brokers, topic, partition, end, Until::Offset(delivery.offset), timeout, |m| restorer.visit(m))
+        .map_err(|e| restore_error(e.to_string()))?;
+    if !restorer.owns(claim_id) {
+        return Err(MeteringError::LostClaim { partition });
+    }
+    let elapsed = started.elapsed();
+    shared.metrics.restore_seconds.observe(elapsed.as_secs_f64());
+    tracing::info!(
+        partition,
+        epoch,
+        entries = restorer.entries,
+        fenced = restorer.fenced,
+        resume = restorer.resume,
+        ms = elapsed.as_millis() as u64,
+        "partition restored and claimed"
+    );
+    Ok(PartitionState { ledger: restorer.ledger, epoch, claim_id, next_offset: restorer.resume, recorded_offset: restorer.resume })
+}
+
+fn committed_offset(consumer: &BaseConsumer<MeteringContext>, topic: &str, partition: i32) -> i64 {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .ok()
+        .and_then(|l| l.find_partition(topic, partition).map(|e| e.offset()))
+        .and_then(|o| o.to_raw())
+        .filter(|o| *o >= 0)
+        .unwrap_or(0)
+}
+
+async fn tally_service_topics(brokers: &str, specs: &[(&str, i32)]) -> Result<(), MeteringError> {
+    tally_service::kafka::ensure_topics(brokers, specs)
+        .await
+        .map_err(|e| MeteringError::Topic { topic: specs.iter().map(|s| s.0).collect::<Vec<_>>().join(","), message: e.to_string() })
+}
+
+fn alert_kind(alert: &Alert) -> &'static str {
+    match alert.kind {
+        tally_events::AlertKind::LowBalance => "low_balance",
+        tally_events::AlertKind::Paused => "paused",
+        tally_events::AlertKind::Resumed => "resumed",
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,70 @@
+//! What happens to one input message: the pure part of the service loop.
+//!
+//! Shared by the service and by the tests' offline model, so "the ledger
+//! the core computes offline from the same inputs" is computed by exactly
+//! the code that runs in production, minus the I/O.
+
+use tally_events::{names::reasons, Alert, Codec, DeadLetter, Input, LedgerEntry, SourceOffset};
+use tally_ledger::{Applied, Ledger};
+
+/// The outcome of one input message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Applied: one entry, maybe alerts.
+    Entry {
+        /// The ledger entry.
+        entry: LedgerEntry,
+        /// Alerts it raised.
+        alerts: Vec<Alert>,
+        /// Input type, for metrics.
+        input_type: &'static str,
+    },
+    /// Already applied.
+    Duplicate {
+        /// Input type, for metrics.
+        input_type: &'static str,
+    },
+    /// Cannot be applied.
+    DeadLetter {
+        /// The dead letter.
+        letter: DeadLetter,
+        /// Input type, for metrics ("undecodable" when it did not decode).
+        input_type: &'static str,
+    },
+}
+
+/// Decodes and applies one message read at `source`.
+pub fn step(ledger: &mut Ledger, key: Option<&[u8]>, payload: Option<&[u8]>, source: &SourceOffset, epoch: i64) -> Step {
+    let dead = |reason: &str, detail: String, input_id: String| DeadLetter {
+        reason: reason.to_string(),
+        detail,
+        source: source.clone(),
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.map(<[u8]>::to_vec),
+        input_id,
+    };
+    let input = match Codec::global().decode_input(payload.unwrap_or_default()) {
+        Ok(input) => input,
+        Err(e) => {
+            return Step::DeadLetter { letter: dead(e.reason(), e.to_string(), String::new()), input_type: "undecodable" }
+        }
+    };
+    let input_type = match &input {
+        Input::Usage(_) => "usage",
+        Input::Purchase(_) => "purchase",
+        Input::Account(_) => "account",
+    };
+    // The key decides the partition, so it decides which writer and which
+    // order an account's inputs get: a wrong key would split an account.
+    if key != Some(input.account_id().as_bytes()) {
+        let detail = format!("message key must be the account id {:?}", input.account_id());
+        return Step::DeadLetter { letter: dead(reasons::BAD_KEY, detail, input.id().to_string()), input_type };
+    }
+    match ledger.apply(&input, source, epoch) {
+        Applied::Entry { entry, alerts } => Step::Entry { entry, alerts, input_type },
+        Applied::Duplicate => Step::Duplicate { input_type },
+        Applied::Rejected { reason, detail } => {
+            Step::DeadLetter { letter: dead(reason, detail, input.id().to_string()), input_type }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Zombie test: an instance is frozen (SIGSTOP) past its session timeout, a
+//! new owner takes its partitions and claims them, then the frozen one is
+//! thawed (SIGCONT) with a batch in hand. Its late writes carry an old epoch
+//! and must have no effect.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tally_simulator::{SimConfig, Simulator};
+use tally_testkit::{create_topics, Broker};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thawed_zombie_has_no_effect() -> anyhow::Result<()> {
+    let broker = Broker::memory()?;
+    let bootstrap = broker.bootstrap();
+    create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
+    let config = SimConfig { seed: 31, accounts: 80, usage_events: 40_000, ..SimConfig::default() };
+    let messages: Vec<_> = Simulator::new(config).collect();
+    let third = messages.len() / 3;
+    publish(&bootstrap, &messages[..third]).await?;
+
+    // Small batches so the zombie is likely frozen with one in hand.
+    let small = [("TALLY_METERING__BATCH_SIZE_MAX", "200")];
+    let zombie = MeteringProcess::spawn(&bootstrap, "zombie", &small)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while actual(&bootstrap, false)?.entries.len() < 2_000 {
+        assert!(Instant::now() < deadline, "the first instance made no progress\n{}", zombie.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Keep input flowing so the zombie has a batch in hand when frozen.
+    let publishing = {
+        let bootstrap = bootstrap.clone();
+        let rest = messages[third..2 * third].to_vec();
+        tokio::spawn(async move { publish(&bootstrap, &rest).await })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    zombie.stop_signal();
+    eprintln!("[zombie] SIGSTOP");
+    publishing.await??;
+    let owner = MeteringProcess::spawn(&bootstrap, "owner", &[])?;
+    // The session times out (6 s), the owner gets both partitions and claims.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while actual(&bootstrap, false)?.claims < 3 {
+        assert!(Instant::now() < deadline, "the new owner never claimed\n{}", owner.log_tail());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    publish(&bootstrap, &messages[2 * third..]).await?;
+    std::thread::sleep(Duration::from_millis(500));
+    zombie.continue_signal();
+    eprintln!("[zombie] SIGCONT");
+    let expected = expected(&bootstrap)?;
+    let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(240))?;
+    // Give the zombie time to land whatever it had in hand, then read again.
+    std::thread::sleep(Duration::from_secs(3));
+    let actual = if actual.entries.len() > 0 { self::actual(&bootstrap, true)? } else { actual };
+    let report = compare(&expected, &actual);
+    report.print("zombie");
+    eprintln!("[zombie] zombie log:\n{}", zombie.log_tail());
+    assert!(report.passed(), "the zombie changed the ledger\n{}", owner.log_tail());
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! Shared harness of the metering end-to-end tests: run the real `tally
+//! metering` binary, compute the expected ledger offline with the same core,
+//! read what the broker holds, and compare.
+#![allow(dead_code)] // each test file uses a part
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tally_client::{Publisher, PublisherConfig};
+use tally_events::{fence::Fence, Codec, LedgerEntry, MarkerKind, Message as Record, SourceOffset};
+use tally_ledger::{Ledger, LedgerConfig, RateTable};
+use tally_metering::step::{step, Step};
+use tally_simulator::SimMessage;
+use tally_testkit::{free_port, read_topic, tally_binary};
+
+pub const INPUTS: &str = "tally.inputs";
+pub const LEDGER: &str = "tally.ledger";
+pub const ALERTS: &str = "tally.alerts";
+pub const DEAD_LETTERS: &str = "tally.dead-letters";
+
+pub fn rates_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/rates.toml")
+}
+
+pub fn rates() -> Arc<RateTable> {
+    Arc::new(RateTable::load(rates_path()).expect("the default rate table loads"))
+}
+
+/// A `tally metering` child process.
+pub struct MeteringProcess {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl MeteringProcess {
+    pub fn spawn(bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let metrics_port = free_port()?;
+        let log = std::env::temp_dir().join(format!("tally-metering-{name}-{metrics_port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(tally_binary()?);
+        command
+            .args(["metering"])
+            .env("TALLY_METERING__BROKERS", bootstrap)
+            .env("TALLY_METERING__RATES_FILE", rates_path())
+            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{metrics_port}"))
+            .env("TALLY_METERING__SESSION_TIMEOUT_MS", "6000")
+            .env("TALLY_METERING__DELIVERY_TIMEOUT_S", "60")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("start tally metering")?;
+        Ok(MeteringProcess { child: Some(child), metrics_port, log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn stop_signal(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn continue_signal(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal("-TERM");
+        let mut child = self.child.take().context("not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("metering did not exit within {timeout:?} of SIGTERM; log: {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Exited by itself (crash point, fatal error)?
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// GET /metrics.
+    pub fn metrics(&self) -> Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body)
+    }
+}
+
+impl Drop for MeteringProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Publishes simulator messages (raw: bad ones too), in order.
+pub async fn publish(bootstrap: &str, messages: &[SimMessage]) -> Result<()> {
+    let publisher = Publisher::new(&PublisherConfig {
+        bootstrap_servers: bootstrap.into(),
+        topic: INPUTS.into(),
+        ..PublisherConfig::default()
+    })?;
+    let mut pending = std::collections::VecDeque::new();
+    for message in messages {
+        pending.push_back(publisher.enqueue_raw(&message.key, &message.payload).await?);
+        while pending.len() > 5_000 {
+            if let Some(p) = pending.pop_front() {
+                p.wait().await?;
+            }
+        }
+    }
+    for p in pending {
+        p.wait().await?;
+    }
+    publisher.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// The ledger the core computes offline from what the input topic holds.
+pub struct Expected {
+    pub inputs: usize,
+    pub entries: BTreeMap<(String, i64), LedgerEntry>,
+    pub dead_letters: BTreeMap<(i32, i64), String>,
+    pub duplicates: usize,
+}
+
+impl Expected {
+    pub fn dead_letters_by_reason(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for reason in self.dead_letters.values() {
+            *out.entry(reason.clone()).or_default() += 1;
+        }
+        out
+    }
+}
+
+pub fn expected(bootstrap: &str) -> Result<Expected> {
+    let records = read_topic(bootstrap, INPUTS, Duration::from_secs(120))?;
+    let rates = rates();
+    let mut ledgers: BTreeMap<i32, Ledger> = BTreeMap::new();
+    let mut out = Expected { inputs: records.len(), entries: BTreeMap::new(), dead_letters: BTreeMap::new(), duplicates: 0 };
+    for record in &records {
+        let ledger = ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
+        let source = SourceOffset { topic: INPUTS.into(), partition: record.partition, offset: record.offset };
+        match step(ledger, record.key.as_deref(), record.payload.as_deref(), &source, 0) {
+            Step::Entry { entry, .. } => {
+                out.entries.insert((entry.account_id.clone(), entry.sequence), entry.content());
+            }
+            Step::Duplicate { .. } => out.duplicates += 1,
+            Step::DeadLetter { letter, .. } => {
+                out.dead_letters.insert((record.partition, record.offset), letter.reason);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the broker holds, read under the fence.
+pub struct Actual {
+    /// Counted entries, in log order per partition.
+    pub entries: Vec<LedgerEntry>,
+    /// Records the fence ignored.
+    pub fenced: usize,
+    /// Claims seen.
+    pub claims: usize,
+    /// Dead letters: (partition, offset) -> reasons seen (a re-send repeats one).
+    pub dead_letters: BTreeMap<(i32, i64), BTreeSet<String>>,
+    pub dead_letter_records: usize,
+    pub dead_letters_intact: bool,
+    pub alerts: usize,
+}
+
+pub fn actual(bootstrap: &str, with_dead_letters: bool) -> Result<Actual> {
+    let codec = Codec::global();
+    let mut out = Actual {
+        entries: Vec::new(),
+        fenced: 0,
+        claims: 0,
+        dead_letters: BTreeMap::new(),
+        dead_letter_records: 0,
+        dead_letters_intact: true,
+        alerts: 0,
+    };
+    let mut fences: BTreeMap<i32, Fence> = BTreeMap::new();
+    for record in read_topic(bootstrap, LEDGER, Duration::from_secs(120))? {
+        let fence = fences.entry(record.partition).or_default();
+        match codec.decode_any(record.payload.as_deref().unwrap_or_default())? {
+            Record::Ledger(entry) => {
+                if fence.admits(entry.epoch) {
+                    out.entries.push(entry);
+                } else {
+                    out.fenced += 1;
+                }
+            }
+            Record::Marker(marker) if marker.kind == MarkerKind::Claim => {
+                out.claims += 1;
+                fence.observe_claim(marker.epoch, marker.claim_id);
+            }
+            Record::Marker(marker) => {
+                if !fence.admits(marker.epoch) {
+                    out.fenced += 1;
+                }
+            }
+            other => bail!("unexpected record in the ledger: {other:?}"),
+        }
+    }
+    if with_dead_letters {
+        for record in read_topic(bootstrap, DEAD_LETTERS, Duration::from_secs(120))? {
+            out.dead_letter_records += 1;
+            let Record::DeadLetter(letter) = codec.decode_any(record.payload.as_deref().unwrap_or_default())? else {
+                bail!("not a dead letter in {DEAD_LETTERS}");
+            };
+            out.dead_letters_intact &= letter.source.topic == INPUTS && letter.source.partition == record.partition;
+            out.dead_letters.entry((letter.source.partition, letter.source.offset)).or_default().insert(letter.reason);
+        }
+    }
+    Ok(out)
+}
+
+/// The figures every fault run prints (RELIABILITY.md).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub inputs: usize,
+    pub expected_entries: usize,
+    pub distinct_entries: usize,
+    pub lost: usize,
+    pub doubled: usize,
+    pub conflicting: usize,
+    pub mismatched: usize,
+    pub extra: usize,
+    pub gaps: usize,
+    pub fenced: usize,
+    pub claims: usize,
+    pub dead_letters_expected: BTreeMap<String, usize>,
+    pub dead_letters_actual: BTreeMap<String, usize>,
+    pub dead_letters_wrong: usize,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.conflicting == 0
+            && self.mismatched == 0
+            && self.extra == 0
+            && self.gaps == 0
+            && self.dead_letters_wrong == 0
+            && self.dead_letters_expected == self.dead_letters_actual
+    }
+
+    pub fn print(&self, title: &str) {
+        eprintln!(
+            "[{title}] inputs {} | entries expected {} distinct {} | lost {} doubled {} conflicting {} mismatched {} extra {} gaps {} | fenced {} claims {}\n[{title}] dead letters expected {:?}\n[{title}] dead letters actual   {:?} (wrong {})",
+            self.inputs,
+            self.expected_entries,
+            self.distinct_entries,
+            self.lost,
+            self.doubled,
+            self.conflicting,
+            self.mismatched,
+            self.extra,
+            self.gaps,
+            self.fenced,
+            self.claims,
+            self.dead_letters_expected,
+            self.dead_letters_actual,
+            self.dead_letters_wrong,
+        );
+    }
+}
+
+/// Compares what the broker holds with the expected ledger.
+pub fn compare(expected: &Expected, actual: &Actual) -> Report {
+    let mut report = Report {
+        inputs: expected.inputs,
+        expected_entries: expected.entries.len(),
+        fenced: actual.fenced,
+        claims: actual.claims,
+        dead_letters_expected: expected.dead_letters_by_reason(),
+        ..Report::default()
+    };
+    // Distinct (account, sequence), with every content seen.
+    let mut by_key: BTreeMap<(String, i64), Vec<LedgerEntry>> = BTreeMap::new();
+    for entry in &actual.entries {
+        let contents = by_key.entry((entry.account_id.clone(), entry.sequence)).or_default();
+        let content = entry.content();
+        if !contents.contains(&content) {
+            contents.push(content);
+        }
+    }
+    report.distinct_entries = by_key.len();
+    let mut input_keys: BTreeMap<uuid::Uuid, BTreeSet<(String, i64)>> = BTreeMap::new();
+    for (key, contents) in &by_key {
+        if contents.len() > 1 {
+            report.conflicting += 1;
+        }
+        for content in contents {
+            input_keys.entry(content.input_id).or_default().insert(key.clone());
+        }
+        match expected.entries.get(key) {
+            None => report.extra += 1,
+            Some(want) => {
+                if contents.len() == 1 && &contents[0] != want {
+                    report.mismatched += 1;
+                }
+            }
+        }
+    }
+    report.doubled = input_keys.values().filter(|keys| keys.len() > 1).count();
+    report.lost = expected.entries.keys().filter(|k| !by_key.contains_key(*k)).count();
+    let mut sequences: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (account, sequence) in by_key.keys() {
+        sequences.entry(account).or_default().push(*sequence);
+    }
+    report.gaps = sequences.values().filter(|s| s.iter().enumerate().any(|(i, seq)| *seq != i as i64 + 1)).count();
+    for (coordinates, reasons) in &actual.dead_letters {
+        match expected.dead_letters.get(coordinates) {
+            Some(reason) if reasons.len() == 1 && reasons.contains(reason) => {
+                *report.dead_letters_actual.entry(reason.clone()).or_default() += 1;
+            }
+            _ => report.dead_letters_wrong += 1,
+        }
+    }
+    if !actual.dead_letters_intact {
+        report.dead_letters_wrong += 1;
+    }
+    report
+}
+
+/// Polls until the broker holds at least the expected entries and dead
+/// letters, or the timeout passes. Returns the last reading.
+pub fn wait_for_ledger(bootstrap: &str, expected: &Expected, timeout: Duration) -> Result<Actual> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let actual = actual(bootstrap, true)?;
+        let distinct: BTreeSet<(&str, i64)> = actual.entries.iter().map(|e| (e.account_id.as_str(), e.sequence)).collect();
+        if distinct.len() >= expected.entries.len() && actual.dead_letters.len() >= expected.dead_letters.len() {
+            return Ok(actual);
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "timed out waiting: {} of {} entries, {} of {} dead letters",
+                distinct.len(),
+                expected.entries.len(),
+                actual.dead_letters.len(),
+                expected.dead_letters.len()
+            );
+            return Ok(actual);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
