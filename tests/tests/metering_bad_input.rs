@@ -122,7 +122,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         publisher.enqueue_raw(key, payload).await?.wait().await?;
     }
     let mut metering = MeteringProcess::spawn(&bootstrap, "bad-input", &[])?;
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(60))?;
     let report = compare(&expected, &actual);
     report.print("bad-input");
@@ -205,7 +205,7 @@ async fn sigterm_finishes_the_batch_flushes_commits_and_exits_0() -> anyhow::Res
     let log = std::fs::read_to_string(&metering.log)?;
     assert!(log.contains("shutting down"), "{log}");
     // Whatever it wrote is consistent, and a restart completes the ledger.
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     let partial = compare(&expected, &actual(&bootstrap, false)?);
     assert_eq!((partial.conflicting, partial.mismatched, partial.extra, partial.doubled), (0, 0, 0, 0));
     let _again = MeteringProcess::spawn(&bootstrap, "sigterm-again", &[])?;

@@ -38,7 +38,7 @@ async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     assert_eq!(expected.inputs, messages.len(), "the durable broker kept every input");
     let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(240))?;
     let report = compare(&expected, &actual);

@@ -40,7 +40,7 @@ async fn kill_9_at_random_moments_loses_doubles_and_conflicts_nothing() -> anyho
     };
     let messages: Vec<_> = Simulator::new(config).collect();
     publish(&bootstrap, &messages).await?;
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
 
     // The scenario has what the issue asks for.
     assert!(expected.inputs >= 50_000, "{} inputs", expected.inputs);
@@ -111,7 +111,7 @@ async fn the_check_catches_a_service_that_does_not_rebuild_state() -> anyhow::Re
     let config = SimConfig { seed: 5, accounts: 30, usage_events: 6_000, ..SimConfig::default() };
     let messages: Vec<_> = Simulator::new(config).collect();
     publish(&bootstrap, &messages).await?;
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     let broken = [("TALLY_UNSAFE_SKIP_RESTORE", "1"), ("TALLY_METERING__BATCH_SIZE_MAX", "500")];
     let mut first = MeteringProcess::spawn(&bootstrap, "broken", &[broken[0], broken[1], ("TALLY_CRASH_AT", "after_ledger_write:3")])?;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -38,7 +38,7 @@ async fn instances_added_and_removed_mid_run_change_nothing() -> anyhow::Result<
     let _c = MeteringProcess::spawn(&bootstrap, "rebalance-c", &[])?;
     eprintln!("[rebalance] c joined at {:?}", started.elapsed());
 
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(240))?;
     let report = compare(&expected, &actual);
     report.print("rebalance");

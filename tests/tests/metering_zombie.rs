@@ -50,7 +50,7 @@ async fn a_thawed_zombie_has_no_effect() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     zombie.continue_signal();
     eprintln!("[zombie] SIGCONT");
-    let expected = expected(&bootstrap)?;
+    let expected = expected(&bootstrap, messages.len())?;
     let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(240))?;
     // Give the zombie time to land whatever it had in hand, then read again.
     std::thread::sleep(Duration::from_secs(3));

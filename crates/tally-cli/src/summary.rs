@@ -50,14 +50,14 @@ struct Usage {
 }
 
 /// Reads every record of a topic, partition by partition.
-fn read_all(brokers: &str, topic: &str, mut visit: impl FnMut(i32, &[u8]) -> Result<()>) -> Result<()> {
+fn read_all(brokers: &str, topic: &str, mut visit: impl FnMut(i32, i64, &[u8]) -> Result<()>) -> Result<()> {
     let partitions = partition_count(brokers, topic, Duration::from_secs(10))
         .with_context(|| format!("cannot reach the broker at {brokers}"))?
         .with_context(|| format!("topic {topic} does not exist yet (has metering run?)"))?;
     for partition in 0..partitions {
         read_partition(brokers, topic, partition, 0, Until::End, Duration::from_secs(120), |m| {
             use rdkafka::Message;
-            visit(partition, m.payload().unwrap_or_default())
+            visit(partition, m.offset(), m.payload().unwrap_or_default())
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -74,11 +74,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut fenced = 0u64;
     let mut fences: BTreeMap<i32, Fence> = BTreeMap::new();
     let mut entries: Vec<LedgerEntry> = Vec::new();
-    read_all(&args.brokers, &args.ledger_topic, |partition, payload| {
+    read_all(&args.brokers, &args.ledger_topic, |partition, offset, payload| {
         let fence = fences.entry(partition).or_default();
         match codec.decode_any(payload)? {
             Record::Marker(m) if m.kind == MarkerKind::Claim => {
-                fence.observe_claim(m.epoch, m.claim_id);
+                fence.observe_claim(offset, m.claim_id);
             }
             Record::Marker(_) => {}
             Record::Ledger(entry) => {
@@ -127,14 +127,14 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
-    read_all(&args.brokers, &args.dead_letter_topic, |_, payload| {
+    read_all(&args.brokers, &args.dead_letter_topic, |_, _, payload| {
         if let Ok(Record::DeadLetter(d)) = codec.decode_any(payload) {
             *dead.entry(d.reason).or_default() += 1;
         }
         Ok(())
     })?;
     let mut alerts: BTreeMap<String, u64> = BTreeMap::new();
-    read_all(&args.brokers, &args.alerts_topic, |_, payload| {
+    read_all(&args.brokers, &args.alerts_topic, |_, _, payload| {
         if let Ok(Record::Alert(a)) = codec.decode_any(payload) {
             *alerts.entry(format!("{:?}", a.kind)).or_default() += 1;
         }

@@ -5,24 +5,27 @@
 //! (a zombie: stalled by GC, SIGSTOP, a network stall, or a produce request
 //! still in flight after kill -9) could append to the ledger. The rule:
 //!
-//! - an owner appends a CLAIM marker with an epoch higher than any epoch in
-//!   the partition before it writes anything else;
-//! - a claim counts only if its epoch is higher than every claim before it
-//!   (a claim that does not is stale; its writer must yield);
-//! - an entry or PROGRESS marker counts only if its epoch equals the epoch
-//!   of the last counted claim before it.
+//! - an owner appends a CLAIM marker before it writes anything else; the
+//!   claim's epoch is its own offset in the partition (unique, increasing,
+//!   and known to nobody before it is written, so no two claims share one);
+//! - every entry and PROGRESS marker carries its writer's epoch, and counts
+//!   only if that epoch is the offset of the last claim before it.
 //!
-//! Every reader of the ledger (state restore, aggregator, reconciliation)
-//! applies this same rule, record by record, in log order.
+//! A claim therefore always supersedes the ones before it. The owner checks
+//! that its own writes land at contiguous offsets after its claim: a gap
+//! means someone else wrote in between (a newer claim, a zombie), and the
+//! owner stops before committing anything, so a restart rebuilds from what
+//! the log says. Every reader of the ledger (state restore, summary,
+//! aggregator, reconciliation) applies this same rule, record by record, in
+//! log order.
 
 use uuid::Uuid;
 
 /// Fence state while reading one ledger partition in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fence {
-    epoch: i64,
-    claim_id: Option<Uuid>,
-    highest_seen: i64,
+    /// Epoch (claim offset) and id of the claim in force.
+    claim: Option<(i64, Uuid)>,
 }
 
 /// What a claim did to the fence.
@@ -40,37 +43,30 @@ impl Fence {
         Fence::default()
     }
 
-    /// Observes a CLAIM marker.
-    pub fn observe_claim(&mut self, epoch: i64, claim_id: Uuid) -> ClaimOutcome {
-        self.highest_seen = self.highest_seen.max(epoch);
-        if epoch > self.epoch {
-            self.epoch = epoch;
-            self.claim_id = Some(claim_id);
-            ClaimOutcome::Accepted
-        } else {
-            ClaimOutcome::Stale
+    /// Observes a CLAIM marker read at `offset` (its epoch).
+    pub fn observe_claim(&mut self, offset: i64, claim_id: Uuid) -> ClaimOutcome {
+        match self.claim {
+            Some((epoch, _)) if offset <= epoch => ClaimOutcome::Stale,
+            _ => {
+                self.claim = Some((offset, claim_id));
+                ClaimOutcome::Accepted
+            }
         }
     }
 
     /// Whether an entry or PROGRESS marker written with `epoch` counts.
-    pub fn admits(&mut self, epoch: i64) -> bool {
-        self.highest_seen = self.highest_seen.max(epoch);
-        self.claim_id.is_some() && epoch == self.epoch
+    pub fn admits(&self, epoch: i64) -> bool {
+        self.claim.is_some_and(|(current, _)| current == epoch)
     }
 
-    /// The epoch of the current owner (0 before any claim).
-    pub fn epoch(&self) -> i64 {
-        self.epoch
+    /// The epoch (claim offset) of the current owner, if any.
+    pub fn epoch(&self) -> Option<i64> {
+        self.claim.map(|(epoch, _)| epoch)
     }
 
     /// The current owner's claim.
     pub fn claim_id(&self) -> Option<Uuid> {
-        self.claim_id
-    }
-
-    /// The highest epoch on any record seen: a new claim must exceed it.
-    pub fn highest_seen(&self) -> i64 {
-        self.highest_seen
+        self.claim.map(|(_, id)| id)
     }
 }
 
@@ -82,14 +78,13 @@ mod tests {
     fn records_of_older_epochs_do_not_count() {
         let mut fence = Fence::new();
         assert!(!fence.admits(0), "nothing counts before a claim");
-        assert_eq!(fence.observe_claim(1, Uuid::from_u128(1)), ClaimOutcome::Accepted);
-        assert!(fence.admits(1));
-        assert_eq!(fence.observe_claim(2, Uuid::from_u128(2)), ClaimOutcome::Accepted);
-        assert!(!fence.admits(1), "the zombie of epoch 1 is fenced");
-        assert!(fence.admits(2));
-        assert_eq!(fence.observe_claim(2, Uuid::from_u128(3)), ClaimOutcome::Stale, "equal epoch: stale");
+        assert_eq!(fence.observe_claim(0, Uuid::from_u128(1)), ClaimOutcome::Accepted, "a claim at offset 0");
+        assert!(fence.admits(0));
+        assert_eq!(fence.observe_claim(7, Uuid::from_u128(2)), ClaimOutcome::Accepted);
+        assert!(!fence.admits(0), "the zombie of epoch 0 is fenced");
+        assert!(fence.admits(7));
+        assert_eq!(fence.observe_claim(7, Uuid::from_u128(3)), ClaimOutcome::Stale, "not after the current claim");
         assert_eq!(fence.claim_id(), Some(Uuid::from_u128(2)));
-        assert!(fence.admits(2));
-        assert_eq!(fence.highest_seen(), 2);
+        assert_eq!(fence.epoch(), Some(7));
     }
 }

@@ -67,7 +67,10 @@ impl Metrics {
                 "Seconds from the first input of a batch to its acknowledged outputs",
                 prometheus::exponential_buckets(0.001, 2.0, 14)?,
             )?,
-            consumer_lag: gauge("consumer_lag", "Inputs not yet read, summed over owned partitions")?,
+            consumer_lag: gauge(
+                "consumer_lag",
+                "Inputs not yet read, summed over owned partitions (librdkafka statistics; on brokers with a wrong ListOffsets, such as Tansu memory storage, approximate)",
+            )?,
             restore_seconds: histogram(
                 "restore_seconds",
                 "Seconds to rebuild one partition's state from the ledger",

@@ -5,12 +5,12 @@
 //! [`Ledger`] in log order, and the resume point is the offset after the
 //! last input that an entry or PROGRESS marker says was handled.
 //!
-//! Sequence: read to the end, append a CLAIM with an epoch above every
-//! epoch seen, wait for its acknowledgement (its offset O), read on up to O.
-//! Records a zombie lands before O are part of the state (the log order
-//! says they came first); records of older epochs after O never count. If
-//! another claim with an equal or higher epoch lands before O, this
-//! instance lost the race and must yield.
+//! Sequence: append a CLAIM, wait for its acknowledgement (its offset O is
+//! the new epoch), read the partition up to O. Reading up to a known offset
+//! needs no "end of partition" answer from the broker (some brokers report
+//! a high watermark that lags acknowledged writes). Records a zombie lands
+//! before O are part of the state (the log order says they came first);
+//! records of older epochs after O never count.
 
 use std::sync::Arc;
 
@@ -61,7 +61,7 @@ impl Restorer {
             Record::Marker(marker) => {
                 match marker.kind {
                     MarkerKind::Claim => {
-                        if self.fence.observe_claim(marker.epoch, marker.claim_id) == ClaimOutcome::Stale {
+                        if self.fence.observe_claim(message.offset(), marker.claim_id) == ClaimOutcome::Stale {
                             self.fenced += 1;
                         }
                     }

@@ -79,6 +79,16 @@ pub enum MeteringError {
         /// Partition.
         partition: i32,
     },
+    /// Another writer appended to an owned ledger partition.
+    #[error("ledger partition {partition} has a foreign write (expected offset {expected}, got {got}): superseded; exiting so a restart rebuilds from the log")]
+    Superseded {
+        /// Partition.
+        partition: i32,
+        /// Offset this owner expected.
+        expected: i64,
+        /// Offset it got.
+        got: i64,
+    },
     /// A topic is missing or shaped wrong.
     #[error("topic {topic}: {message}")]
     Topic {
@@ -184,6 +194,9 @@ struct PartitionState {
     next_offset: i64,
     /// Offset after the input of the last ledger entry or marker written.
     recorded_offset: i64,
+    /// Ledger offset of this owner's last write (its claim at first): its
+    /// next write must land right after it, or someone else wrote.
+    ledger_offset: i64,
 }
 
 /// The running service.
@@ -436,13 +449,30 @@ impl Metering {
         }
         self.send_all(out.side.iter().map(|(t, p, k, v)| (t.as_str(), *p, k.as_slice(), v.as_slice())))?;
         let ledger_topic = self.config.ledger_topic.clone();
-        self.send_all(out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, k.as_slice(), v.as_slice())))?;
+        let delivered =
+            self.send_all(out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, k.as_slice(), v.as_slice())))?;
+        // The fence's other half: this owner's writes must follow each other
+        // in the log. A gap is someone else's write (a newer claim, a
+        // zombie): stop before committing anything.
+        for (partition, offset) in delivered {
+            if let Some(state) = self.states.get_mut(&partition) {
+                if state.ledger_offset >= 0 && offset != state.ledger_offset + 1 {
+                    return Err(MeteringError::Superseded { partition, expected: state.ledger_offset + 1, got: offset });
+                }
+                state.ledger_offset = offset;
+            }
+        }
         crate::faults::point("after_ledger_write");
         self.commit(CommitMode::Async);
         Ok(())
     }
 
-    fn send_all<'a>(&self, records: impl Iterator<Item = (&'a str, i32, &'a [u8], &'a [u8])>) -> Result<(), MeteringError> {
+    /// Produces every record and waits for all acknowledgements; returns
+    /// (partition, offset) of each, in the order given.
+    fn send_all<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a str, i32, &'a [u8], &'a [u8])>,
+    ) -> Result<Vec<(i32, i64)>, MeteringError> {
         crate::faults::point("before_produce");
         let mut futures = Vec::new();
         for (topic, partition, key, payload) in records {
@@ -462,14 +492,15 @@ impl Metering {
             }
         }
         crate::faults::point("before_ack");
+        let mut delivered = Vec::with_capacity(futures.len());
         for (topic, future) in futures {
             match self.runtime.block_on(future) {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
                 Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
                 Err(_) => return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled }),
             }
         }
-        Ok(())
+        Ok(delivered)
     }
 
     fn commit(&self, mode: CommitMode) {
@@ -505,23 +536,19 @@ fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition:
             claim_id: Uuid::new_v4(),
             next_offset: committed,
             recorded_offset: committed,
+            ledger_offset: -1,
         });
     }
     let topic = &config.ledger_topic;
-    let timeout = config.restore_timeout;
-    let end = read_partition(&config.brokers, topic, partition, 0, Until::End, timeout, |m| restorer.visit(m))
-        .map_err(|e| restore_error(e.to_string()))?;
-
-    let epoch = restorer.fence.highest_seen() + 1;
     let claim_id = Uuid::new_v4();
     let claim = LedgerMarker {
         kind: MarkerKind::Claim,
         claim_id,
-        epoch,
+        epoch: 0,
         instance: shared.instance.clone(),
         input_topic: config.input_topic.clone(),
         input_partition: partition,
-        next_input_offset: restorer.resume,
+        next_input_offset: 0,
     };
     let payload = Codec::global().encode(&claim).map_err(|e| restore_error(e.to_string()))?;
     let key = format!("claim-{partition}");
@@ -531,8 +558,11 @@ fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition:
         .block_on(shared.producer.send(record, Duration::from_secs(30)))
         .map_err(|(source, _)| MeteringError::Delivery { topic: topic.clone(), source })?;
     crate::faults::point("restore_after_claim");
-    read_partition(&config.brokers, topic, partition, end, Until::Offset(delivery.offset), timeout, |m| restorer.visit(m))
-        .map_err(|e| restore_error(e.to_string()))?;
+    let epoch = delivery.offset;
+    read_partition(&config.brokers, topic, partition, 0, Until::Offset(epoch), config.restore_timeout, |m| {
+        restorer.visit(m)
+    })
+    .map_err(|e| restore_error(e.to_string()))?;
     if !restorer.owns(claim_id) {
         return Err(MeteringError::LostClaim { partition });
     }
@@ -547,7 +577,14 @@ fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition:
         ms = elapsed.as_millis() as u64,
         "partition restored and claimed"
     );
-    Ok(PartitionState { ledger: restorer.ledger, epoch, claim_id, next_offset: restorer.resume, recorded_offset: restorer.resume })
+    Ok(PartitionState {
+        ledger: restorer.ledger,
+        epoch,
+        claim_id,
+        next_offset: restorer.resume,
+        recorded_offset: restorer.resume,
+        ledger_offset: epoch,
+    })
 }
 
 fn committed_offset(consumer: &BaseConsumer<MeteringContext>, topic: &str, partition: i32) -> i64 {

@@ -249,6 +249,23 @@ pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec
     Ok(out)
 }
 
+/// Reads a topic until it holds at least `count` records. Some brokers
+/// (Tansu's memory storage) report an end that lags acknowledged writes for
+/// a moment, so a reader that knows what was written waits for it.
+pub fn read_topic_at_least(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Result<Vec<Record>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = read_topic(bootstrap, topic, timeout)?;
+        if records.len() >= count {
+            return Ok(records);
+        }
+        if Instant::now() > deadline {
+            bail!("{topic} holds {} records, expected at least {count} within {timeout:?}", records.len());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The `tally` binary of this workspace, built (once per test process) with
 /// the same cargo that runs the tests, so a test never runs a stale binary.
 pub fn tally_binary() -> Result<PathBuf> {

@@ -18,7 +18,7 @@ use tally_events::{fence::Fence, Codec, LedgerEntry, MarkerKind, Message as Reco
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_metering::step::{step, Step};
 use tally_simulator::SimMessage;
-use tally_testkit::{free_port, read_topic, tally_binary};
+use tally_testkit::{free_port, read_topic, read_topic_at_least, tally_binary};
 
 pub const INPUTS: &str = "tally.inputs";
 pub const LEDGER: &str = "tally.ledger";
@@ -176,8 +176,10 @@ impl Expected {
     }
 }
 
-pub fn expected(bootstrap: &str) -> Result<Expected> {
-    let records = read_topic(bootstrap, INPUTS, Duration::from_secs(120))?;
+/// `published`: how many input messages the test wrote (the reader waits
+/// until it sees them all).
+pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
+    let records = read_topic_at_least(bootstrap, INPUTS, published, Duration::from_secs(120))?;
     let rates = rates();
     let mut ledgers: BTreeMap<i32, Ledger> = BTreeMap::new();
     let mut out = Expected { inputs: records.len(), entries: BTreeMap::new(), dead_letters: BTreeMap::new(), duplicates: 0 };
@@ -236,7 +238,7 @@ pub fn actual(bootstrap: &str, with_dead_letters: bool) -> Result<Actual> {
             }
             Record::Marker(marker) if marker.kind == MarkerKind::Claim => {
                 out.claims += 1;
-                fence.observe_claim(marker.epoch, marker.claim_id);
+                fence.observe_claim(record.offset, marker.claim_id);
             }
             Record::Marker(marker) => {
                 if !fence.admits(marker.epoch) {
