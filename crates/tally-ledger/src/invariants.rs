@@ -69,7 +69,9 @@ pub enum Violation {
         found: i64,
     },
     /// `balance_after` is not the previous balance plus the signed credits.
-    #[error("account {account_id}: entry {sequence} has balance_after {found}, expected {previous} {signed:+} = {expected}")]
+    #[error(
+        "account {account_id}: entry {sequence} has balance_after {found}, expected {previous} {signed:+} = {expected}"
+    )]
     BalanceChain {
         /// Account.
         account_id: String,
@@ -115,7 +117,9 @@ pub enum Violation {
         credits: Decimal,
     },
     /// The account went from paused to not paused without a purchase.
-    #[error("account {account_id}: entry {sequence} ({entry_type:?}) resumes the account, but only a successful ADD may")]
+    #[error(
+        "account {account_id}: entry {sequence} ({entry_type:?}) resumes the account, but only a successful ADD may"
+    )]
     ResumeWithoutPurchase {
         /// Account.
         account_id: String,
@@ -259,7 +263,13 @@ pub fn conservation(entries: &[LedgerEntry]) -> Result<(), Violation> {
     } else {
         let (added, consumed, forfeited) =
             (added.unwrap_or(Decimal::MAX), consumed.unwrap_or(Decimal::MAX), forfeited.unwrap_or(Decimal::MAX));
-        Err(Violation::Conservation { account_id: last.account_id.clone(), balance: last.balance_after, added, consumed, forfeited })
+        Err(Violation::Conservation {
+            account_id: last.account_id.clone(),
+            balance: last.balance_after,
+            added,
+            consumed,
+            forfeited,
+        })
     }
 }
 

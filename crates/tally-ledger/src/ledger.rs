@@ -70,10 +70,13 @@ use tally_events::{
 use uuid::Uuid;
 
 use crate::{
+    account_key::AccountKey,
     dedup::Dedup,
+    hashing::FastHash,
     invariants::{self, Previous, Violation},
     pricing,
     rates::RateTable,
+    uuid_v5,
 };
 
 /// Namespace of ledger entry ids: `entry_id = UUID v5(ENTRY_ID_NAMESPACE,
@@ -116,6 +119,9 @@ pub struct AccountState {
 }
 
 /// What [`Ledger::apply`] made of an input.
+// `Entry` is by far the most common result; boxing it to shrink the rare
+// variants would cost an allocation per input.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// Applied: exactly one ledger entry, and the alerts it raised in a fixed
@@ -143,7 +149,9 @@ pub enum Applied {
 pub struct LedgerSnapshot {
     /// Every account, deleted ones included, by id.
     pub accounts: BTreeMap<String, AccountState>,
-    /// Input ids within the dedup window, by (occurred_at, input id).
+    /// Input ids held for dedup, by (occurred_at, input id): those within
+    /// the window, and those of its oldest time bucket (at most 1/1024 of
+    /// the window older).
     pub dedup: Vec<DedupId>,
     /// Latest `occurred_at` applied.
     pub newest_occurred_at: Option<DateTime<Utc>>,
@@ -182,7 +190,9 @@ pub enum RestoreError {
     #[error("cannot restore: {0}")]
     Invariant(#[from] Violation),
     /// The first entry of an account is not its OPEN.
-    #[error("cannot restore: account {account_id}: entry {sequence} ({entry_type:?}) comes before the account was opened")]
+    #[error(
+        "cannot restore: account {account_id}: entry {sequence} ({entry_type:?}) comes before the account was opened"
+    )]
     NotOpened {
         /// Account.
         account_id: String,
@@ -216,9 +226,13 @@ pub enum RestoreError {
 pub struct Ledger {
     rates: Arc<RateTable>,
     config: LedgerConfig,
-    accounts: HashMap<String, AccountState>,
+    /// Looked up by `&str`, never iterated into an output unsorted.
+    accounts: HashMap<AccountKey, AccountState, FastHash>,
     dedup: Dedup,
     newest_occurred_at: Option<DateTime<Utc>>,
+    /// `newest_occurred_at - dedup_window`, kept with it: inputs older than
+    /// this are too late, and dedup ids older than this expire.
+    cutoff: Option<DateTime<Utc>>,
     last_source_offset: Option<i64>,
     duplicates_seen: u64,
 }
@@ -315,7 +329,7 @@ impl Draft<'_> {
 
 /// The deterministic id of the entry of input `input_id`.
 pub fn entry_id(input_id: Uuid) -> Uuid {
-    Uuid::new_v5(&ENTRY_ID_NAMESPACE, input_id.as_bytes())
+    uuid_v5::v5_of_uuid(&ENTRY_ID_NAMESPACE, &input_id)
 }
 
 /// The deterministic id of the `kind` alert of entry `entry_id`.
@@ -338,9 +352,10 @@ impl Ledger {
         Ledger {
             rates,
             config,
-            accounts: HashMap::new(),
-            dedup: Dedup::default(),
+            accounts: HashMap::default(),
+            dedup: Dedup::new(config.dedup_window),
             newest_occurred_at: None,
+            cutoff: None,
             last_source_offset: None,
             duplicates_seen: 0,
         }
@@ -354,7 +369,7 @@ impl Ledger {
     /// these rules, and writing the entry would corrupt the ledger.
     pub fn apply(&mut self, input: &Input, source: &SourceOffset, epoch: i64) -> Applied {
         let occurred_at = input.occurred_at();
-        if let (Some(cutoff), Some(newest)) = (self.dedup_cutoff(), self.newest_occurred_at) {
+        if let (Some(cutoff), Some(newest)) = (self.cutoff, self.newest_occurred_at) {
             if occurred_at < cutoff {
                 return Applied::Rejected {
                     reason: reasons::TOO_LATE,
@@ -372,32 +387,31 @@ impl Ledger {
             self.duplicates_seen += 1;
             return Applied::Duplicate;
         }
-        let decided = match input {
-            Input::Usage(event) => self.consume(event),
-            Input::Purchase(purchase) => self.add(purchase),
-            Input::Account(change) => match change.kind {
-                AccountChangeKind::Open => self.open(change),
-                AccountChangeKind::Update => self.update(change),
-                AccountChangeKind::Delete => self.delete(change),
-            },
-        };
-        let Decision { draft, previous, after, alerts } = match decided {
+        // One account lookup per input: the decision reads a copy of the
+        // state, and the same slot takes the state after the entry.
+        let Ledger { rates, accounts, .. } = self;
+        let slot = accounts.get_mut(&AccountKey::new(input.account_id()));
+        let Decision { draft, previous, after, alerts } = match decide(rates, slot.as_deref(), input) {
             Ok(decision) => decision,
             Err(Rejection { reason, detail }) => return Applied::Rejected { reason, detail },
         };
-        let entry = draft.build(&after, source, epoch);
-        if let Err(violation) = invariants::check_entry(&previous, &entry) {
-            panic!("ledger rules broke an invariant on input {input_id}: {violation}");
-        }
-        let alerts: Vec<Alert> = alerts.kinds.iter().flatten().map(|&kind| alert(&entry, kind)).collect();
-        match self.accounts.get_mut(entry.account_id.as_str()) {
-            Some(state) => *state = after,
-            None => {
-                self.accounts.insert(entry.account_id.clone(), after);
+        // Built in place: an entry is ~400 bytes, and each move of it was a
+        // visible share of the cost of an input.
+        let mut applied = Applied::Entry { entry: draft.build(&after, source, epoch), alerts: Vec::new() };
+        if let Applied::Entry { entry, alerts: raised } = &mut applied {
+            if let Err(violation) = invariants::check_entry(&previous, entry) {
+                panic!("ledger rules broke an invariant on input {input_id}: {violation}");
+            }
+            raised.extend(alerts.kinds.iter().flatten().map(|&kind| alert(entry, kind)));
+            match slot {
+                Some(state) => *state = after,
+                None => {
+                    accounts.insert(AccountKey::new(&entry.account_id), after);
+                }
             }
         }
         self.remember(input_id, occurred_at, source.offset);
-        Applied::Entry { entry, alerts }
+        applied
     }
 
     /// Rebuilds state from an entry read back from the ledger topic (after a
@@ -406,7 +420,8 @@ impl Ledger {
     /// entry already reflected (same account, sequence <= last: ignored,
     /// returns Ok).
     pub fn restore(&mut self, entry: &LedgerEntry) -> Result<(), RestoreError> {
-        let previous = match self.accounts.get(entry.account_id.as_str()) {
+        let key = AccountKey::new(&entry.account_id);
+        let previous = match self.accounts.get(&key) {
             Some(state) if entry.sequence <= state.last_sequence => return Ok(()),
             Some(state) if state.deleted => {
                 return Err(RestoreError::AfterDeletion {
@@ -444,19 +459,14 @@ impl Ledger {
             paused: entry.paused,
             deleted: entry.entry_type == EntryType::Forfeit,
         };
-        match self.accounts.get_mut(entry.account_id.as_str()) {
-            Some(state) => *state = after,
-            None => {
-                self.accounts.insert(entry.account_id.clone(), after);
-            }
-        }
+        self.accounts.insert(key, after);
         self.remember(entry.input_id, entry.occurred_at, entry.source.offset);
         Ok(())
     }
 
     /// The state of `account_id`, deleted accounts included.
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
-        self.accounts.get(account_id)
+        self.accounts.get(&AccountKey::new(account_id))
     }
 
     /// Highest source offset of any applied or restored entry.
@@ -477,8 +487,13 @@ impl Ledger {
     /// The state as a sorted, serializable value.
     pub fn snapshot(&self) -> LedgerSnapshot {
         LedgerSnapshot {
-            accounts: self.accounts.iter().map(|(id, state)| (id.clone(), *state)).collect(),
-            dedup: self.dedup.iter().map(|&(occurred_at, input_id)| DedupId { input_id, occurred_at }).collect(),
+            accounts: self.accounts.iter().map(|(id, state)| (id.to_text(), *state)).collect(),
+            dedup: self
+                .dedup
+                .sorted()
+                .into_iter()
+                .map(|(occurred_at, input_id)| DedupId { input_id, occurred_at })
+                .collect(),
             newest_occurred_at: self.newest_occurred_at,
             last_source_offset: self.last_source_offset,
         }
@@ -488,14 +503,15 @@ impl Ledger {
     /// are pruned, so a smaller window takes effect at once.
     pub fn from_snapshot(rates: Arc<RateTable>, config: LedgerConfig, snapshot: LedgerSnapshot) -> Self {
         let mut ledger = Ledger::new(rates, config);
-        ledger.accounts = snapshot.accounts.into_iter().collect();
+        ledger.accounts = snapshot.accounts.iter().map(|(id, state)| (AccountKey::new(id), *state)).collect();
+        ledger.newest_occurred_at = snapshot.newest_occurred_at;
+        ledger.cutoff = ledger.dedup_cutoff();
+        ledger.last_source_offset = snapshot.last_source_offset;
+        if let Some(cutoff) = ledger.cutoff {
+            ledger.dedup.prune(cutoff);
+        }
         for id in snapshot.dedup {
             ledger.dedup.insert(id.input_id, id.occurred_at);
-        }
-        ledger.newest_occurred_at = snapshot.newest_occurred_at;
-        ledger.last_source_offset = snapshot.last_source_offset;
-        if let Some(cutoff) = ledger.dedup_cutoff() {
-            ledger.dedup.prune_before(cutoff);
         }
         ledger
     }
@@ -518,257 +534,300 @@ impl Ledger {
     /// Records an applied or restored entry's input: dedup, newest time,
     /// source offset, then prunes.
     fn remember(&mut self, input_id: Uuid, occurred_at: DateTime<Utc>, offset: i64) {
-        self.dedup.insert(input_id, occurred_at);
-        self.newest_occurred_at = Some(self.newest_occurred_at.map_or(occurred_at, |newest| newest.max(occurred_at)));
         self.last_source_offset = Some(self.last_source_offset.map_or(offset, |last| last.max(offset)));
-        if let Some(cutoff) = self.dedup_cutoff() {
-            self.dedup.prune_before(cutoff);
-        }
-    }
-
-    /// The state of an open, not deleted account.
-    fn existing(&self, account_id: &str) -> Result<&AccountState, Rejection> {
-        match self.accounts.get(account_id) {
-            None => Err(reject(reasons::UNKNOWN_ACCOUNT, format!("account {account_id:?} was never opened"))),
-            Some(state) if state.deleted => {
-                Err(reject(reasons::ACCOUNT_DELETED, format!("account {account_id:?} was deleted")))
+        if self.newest_occurred_at.is_none_or(|newest| occurred_at > newest) {
+            self.newest_occurred_at = Some(occurred_at);
+            self.cutoff = self.dedup_cutoff();
+            // Prune by the new cutoff, then insert against it: the held set
+            // is then the same whatever the order of entries (see `dedup`).
+            if let Some(cutoff) = self.cutoff {
+                self.dedup.prune(cutoff);
             }
-            Some(state) => Ok(state),
         }
+        self.dedup.insert(input_id, occurred_at);
     }
+}
 
-    /// Rule 3, CONSUME: price the usage; record a failed job, a paused
-    /// account or too few credits as a FAILED entry; else debit.
-    fn consume<'a>(&'a self, event: &'a UsageEvent) -> Result<Decision<'a>, Rejection> {
-        let state = *self.existing(&event.account_id)?;
-        let quantity = event.quantity.normalize();
-        if quantity <= Decimal::ZERO || quantity.scale() > pricing::QUANTITY_SCALE_MAX || quantity > pricing::QUANTITY_MAX
-        {
-            return Err(reject(
-                reasons::INVALID_QUANTITY,
-                format!(
-                    "quantity {} must be > 0, at most {} and have at most {} fractional digits",
-                    event.quantity,
-                    pricing::QUANTITY_MAX,
-                    pricing::QUANTITY_SCALE_MAX
-                ),
-            ));
-        }
-        let version = self.rates.version_at(event.occurred_at).ok_or_else(|| {
-            reject(reasons::NO_RATE_VERSION, format!("no rate version in force at {}", instant_text(event.occurred_at)))
-        })?;
-        let rate = version.service(&event.service, &event.engine).ok_or_else(|| {
-            reject(
-                reasons::UNKNOWN_SERVICE,
-                format!("{}/{} is not priced in rate version {}", event.service, event.engine, version.id()),
-            )
-        })?;
-        if rate.unit() != event.unit {
-            return Err(reject(
-                reasons::UNIT_MISMATCH,
-                format!(
-                    "{}/{} is priced per {} in rate version {}, the event counts {}",
-                    event.service,
-                    event.engine,
-                    rate.unit().code(),
-                    version.id(),
-                    event.unit.code()
-                ),
-            ));
-        }
-        // Quantity and credits_per_unit are bounded, so these cannot fail;
-        // if they did, refusing the input beats a wrong charge.
-        let overflow = || reject(reasons::INVALID_QUANTITY, format!("quantity {} is too large to price", event.quantity));
-        let credits = pricing::usage_credits(rate.credits_per_unit(), quantity).ok_or_else(overflow)?;
-        let dollars = pricing::dollars_of_credits(credits, version.dollars_per_credit(state.tier)).ok_or_else(overflow)?;
+/// The per-kind rules. Free functions over the rate table and a copy of the
+/// account's state, so that `apply` can hold the account's map slot while
+/// deciding.
+fn decide<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    input: &'a Input,
+) -> Result<Decision<'a>, Rejection> {
+    match input {
+        Input::Usage(event) => consume(rates, current, event),
+        Input::Purchase(purchase) => add(rates, current, purchase),
+        Input::Account(change) => match change.kind {
+            AccountChangeKind::Open => open(rates, current, change),
+            AccountChangeKind::Update => update(rates, current, change),
+            AccountChangeKind::Delete => delete(rates, current, change),
+        },
+    }
+}
 
-        let mut after = state;
-        after.last_sequence += 1;
-        let mut alerts = Alerts::default();
-        // Order matters and is part of the contract: a failed job is
-        // recorded as such even on a paused account; a paused account is
-        // refused before its balance is looked at.
-        let (status, reason) = if event.outcome == JobOutcome::Failed {
-            (EntryStatus::Failed, reasons::JOB_FAILED)
-        } else if state.paused {
-            (EntryStatus::Failed, reasons::ACCOUNT_PAUSED)
-        } else if credits > state.balance {
+/// The state of an open, not deleted account.
+fn existing(current: Option<&AccountState>, account_id: &str) -> Result<AccountState, Rejection> {
+    match current {
+        None => Err(reject(reasons::UNKNOWN_ACCOUNT, format!("account {account_id:?} was never opened"))),
+        Some(state) if state.deleted => {
+            Err(reject(reasons::ACCOUNT_DELETED, format!("account {account_id:?} was deleted")))
+        }
+        Some(state) => Ok(*state),
+    }
+}
+
+/// Rule 3, CONSUME: price the usage; record a failed job, a paused
+/// account or too few credits as a FAILED entry; else debit.
+fn consume<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    event: &'a UsageEvent,
+) -> Result<Decision<'a>, Rejection> {
+    let state = existing(current, &event.account_id)?;
+    let quantity = event.quantity.normalize();
+    if quantity <= Decimal::ZERO || quantity.scale() > pricing::QUANTITY_SCALE_MAX || quantity > pricing::QUANTITY_MAX {
+        return Err(reject(
+            reasons::INVALID_QUANTITY,
+            format!(
+                "quantity {} must be > 0, at most {} and have at most {} fractional digits",
+                event.quantity,
+                pricing::QUANTITY_MAX,
+                pricing::QUANTITY_SCALE_MAX
+            ),
+        ));
+    }
+    let version = rates.version_at(event.occurred_at).ok_or_else(|| {
+        reject(reasons::NO_RATE_VERSION, format!("no rate version in force at {}", instant_text(event.occurred_at)))
+    })?;
+    let rate = version.service(&event.service, &event.engine).ok_or_else(|| {
+        reject(
+            reasons::UNKNOWN_SERVICE,
+            format!("{}/{} is not priced in rate version {}", event.service, event.engine, version.id()),
+        )
+    })?;
+    if rate.unit() != event.unit {
+        return Err(reject(
+            reasons::UNIT_MISMATCH,
+            format!(
+                "{}/{} is priced per {} in rate version {}, the event counts {}",
+                event.service,
+                event.engine,
+                rate.unit().code(),
+                version.id(),
+                event.unit.code()
+            ),
+        ));
+    }
+    // Quantity and credits_per_unit are bounded, so these cannot fail;
+    // if they did, refusing the input beats a wrong charge.
+    let overflow = || reject(reasons::INVALID_QUANTITY, format!("quantity {} is too large to price", event.quantity));
+    let credits = pricing::usage_credits(rate.credits_per_unit(), quantity).ok_or_else(overflow)?;
+    let dollars = pricing::dollars_of_credits(credits, version.dollars_per_credit(state.tier)).ok_or_else(overflow)?;
+
+    let mut after = state;
+    after.last_sequence += 1;
+    let mut alerts = Alerts::default();
+    // Order matters and is part of the contract: a failed job is
+    // recorded as such even on a paused account; a paused account is
+    // refused before its balance is looked at.
+    let (status, reason) = if event.outcome == JobOutcome::Failed {
+        (EntryStatus::Failed, reasons::JOB_FAILED)
+    } else if state.paused {
+        (EntryStatus::Failed, reasons::ACCOUNT_PAUSED)
+    } else if credits > state.balance {
+        after.paused = true;
+        alerts.push(AlertKind::Paused);
+        (EntryStatus::Failed, reasons::INSUFFICIENT_CREDITS)
+    } else {
+        after.balance = (state.balance - credits).normalize();
+        // One alert per crossing: only the debit that takes the balance
+        // from at-or-above to below the threshold raises it.
+        if state.balance >= state.low_balance_threshold && after.balance < state.low_balance_threshold {
+            alerts.push(AlertKind::LowBalance);
+        }
+        if after.balance.is_zero() {
             after.paused = true;
             alerts.push(AlertKind::Paused);
-            (EntryStatus::Failed, reasons::INSUFFICIENT_CREDITS)
-        } else {
-            after.balance = (state.balance - credits).normalize();
-            // One alert per crossing: only the debit that takes the balance
-            // from at-or-above to below the threshold raises it.
-            if state.balance >= state.low_balance_threshold && after.balance < state.low_balance_threshold {
-                alerts.push(AlertKind::LowBalance);
-            }
-            if after.balance.is_zero() {
-                after.paused = true;
-                alerts.push(AlertKind::Paused);
-            }
-            (EntryStatus::Success, "")
-        };
-        Ok(Decision {
-            draft: Draft {
-                input_id: event.event_id,
-                account_id: &event.account_id,
-                entry_type: EntryType::Consume,
-                status,
-                reason,
-                usage: Some((event, quantity)),
-                credits,
-                dollars,
-                rate_version: version.id(),
-                occurred_at: event.occurred_at,
-            },
-            previous: Previous::from(&state),
-            after,
-            alerts,
-        })
-    }
-
-    /// Rule 5, ADD: credits bought at the tier's price in force at the
-    /// purchase; resumes a paused account.
-    fn add<'a>(&'a self, purchase: &'a CreditPurchase) -> Result<Decision<'a>, Rejection> {
-        let state = *self.existing(&purchase.account_id)?;
-        let amount = purchase.amount_dollars.normalize();
-        if amount <= Decimal::ZERO || amount.scale() > pricing::AMOUNT_SCALE_MAX || amount > pricing::AMOUNT_DOLLARS_MAX {
-            return Err(reject(
-                reasons::INVALID_AMOUNT,
-                format!(
-                    "amount {} must be > 0, at most {} and whole cents",
-                    purchase.amount_dollars,
-                    pricing::AMOUNT_DOLLARS_MAX
-                ),
-            ));
         }
-        let version = self.rates.version_at(purchase.occurred_at).ok_or_else(|| {
-            reject(reasons::NO_RATE_VERSION, format!("no rate version in force at {}", instant_text(purchase.occurred_at)))
-        })?;
-        let price = version.dollars_per_credit(state.tier);
-        let credits = pricing::credits_of_dollars(amount, price).filter(|c| !c.is_zero()).ok_or_else(|| {
-            reject(reasons::INVALID_AMOUNT, format!("amount {amount} buys no credit at {price} dollars per credit"))
-        })?;
-        let balance = state.balance.checked_add(credits).filter(|b| *b <= pricing::BALANCE_CREDITS_MAX).ok_or_else(|| {
+        (EntryStatus::Success, "")
+    };
+    Ok(Decision {
+        draft: Draft {
+            input_id: event.event_id,
+            account_id: &event.account_id,
+            entry_type: EntryType::Consume,
+            status,
+            reason,
+            usage: Some((event, quantity)),
+            credits,
+            dollars,
+            rate_version: version.id(),
+            occurred_at: event.occurred_at,
+        },
+        previous: Previous::from(&state),
+        after,
+        alerts,
+    })
+}
+
+/// Rule 5, ADD: credits bought at the tier's price in force at the
+/// purchase; resumes a paused account.
+fn add<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    purchase: &'a CreditPurchase,
+) -> Result<Decision<'a>, Rejection> {
+    let state = existing(current, &purchase.account_id)?;
+    let amount = purchase.amount_dollars.normalize();
+    if amount <= Decimal::ZERO || amount.scale() > pricing::AMOUNT_SCALE_MAX || amount > pricing::AMOUNT_DOLLARS_MAX {
+        return Err(reject(
+            reasons::INVALID_AMOUNT,
+            format!(
+                "amount {} must be > 0, at most {} and whole cents",
+                purchase.amount_dollars,
+                pricing::AMOUNT_DOLLARS_MAX
+            ),
+        ));
+    }
+    let version = rates.version_at(purchase.occurred_at).ok_or_else(|| {
+        reject(reasons::NO_RATE_VERSION, format!("no rate version in force at {}", instant_text(purchase.occurred_at)))
+    })?;
+    let price = version.dollars_per_credit(state.tier);
+    let credits = pricing::credits_of_dollars(amount, price).filter(|c| !c.is_zero()).ok_or_else(|| {
+        reject(reasons::INVALID_AMOUNT, format!("amount {amount} buys no credit at {price} dollars per credit"))
+    })?;
+    let balance =
+        state.balance.checked_add(credits).filter(|b| *b <= pricing::BALANCE_CREDITS_MAX).ok_or_else(|| {
             reject(
                 reasons::INVALID_AMOUNT,
                 format!("the balance would exceed {} credits", pricing::BALANCE_CREDITS_MAX),
             )
         })?;
-        let mut dollars = amount;
-        dollars.rescale(pricing::DOLLARS_SCALE);
+    let mut dollars = amount;
+    dollars.rescale(pricing::DOLLARS_SCALE);
 
-        let mut after = state;
-        after.last_sequence += 1;
-        after.balance = balance.normalize();
-        let mut alerts = Alerts::default();
-        if state.paused {
-            after.paused = false;
-            alerts.push(AlertKind::Resumed);
+    let mut after = state;
+    after.last_sequence += 1;
+    after.balance = balance.normalize();
+    let mut alerts = Alerts::default();
+    if state.paused {
+        after.paused = false;
+        alerts.push(AlertKind::Resumed);
+    }
+    Ok(Decision {
+        draft: Draft {
+            input_id: purchase.purchase_id,
+            account_id: &purchase.account_id,
+            entry_type: EntryType::Add,
+            status: EntryStatus::Success,
+            reason: "",
+            usage: None,
+            credits,
+            dollars,
+            rate_version: version.id(),
+            occurred_at: purchase.occurred_at,
+        },
+        previous: Previous::from(&state),
+        after,
+        alerts,
+    })
+}
+
+/// Rule 2, OPEN: a new account with balance 0, not paused.
+fn open<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    change: &'a AccountChange,
+) -> Result<Decision<'a>, Rejection> {
+    match current {
+        Some(state) if state.deleted => {
+            return Err(reject(
+                reasons::ACCOUNT_DELETED,
+                format!("account {:?} was deleted and cannot be opened again", change.account_id),
+            ));
         }
-        Ok(Decision {
-            draft: Draft {
-                input_id: purchase.purchase_id,
-                account_id: &purchase.account_id,
-                entry_type: EntryType::Add,
-                status: EntryStatus::Success,
-                reason: "",
-                usage: None,
-                credits,
-                dollars,
-                rate_version: version.id(),
-                occurred_at: purchase.occurred_at,
-            },
-            previous: Previous::from(&state),
-            after,
-            alerts,
-        })
-    }
-
-    /// Rule 2, OPEN: a new account with balance 0, not paused.
-    fn open<'a>(&'a self, change: &'a AccountChange) -> Result<Decision<'a>, Rejection> {
-        match self.accounts.get(change.account_id.as_str()) {
-            Some(state) if state.deleted => {
-                return Err(reject(
-                    reasons::ACCOUNT_DELETED,
-                    format!("account {:?} was deleted and cannot be opened again", change.account_id),
-                ));
-            }
-            Some(_) => {
-                return Err(reject(reasons::ACCOUNT_EXISTS, format!("account {:?} is already open", change.account_id)));
-            }
-            None => {}
+        Some(_) => {
+            return Err(reject(reasons::ACCOUNT_EXISTS, format!("account {:?} is already open", change.account_id)));
         }
-        let threshold = valid_threshold(change)?;
-        let after = AccountState {
-            balance: Decimal::ZERO,
-            last_sequence: 1,
-            tier: change.tier,
-            low_balance_threshold: threshold,
-            paused: false,
-            deleted: false,
-        };
-        Ok(self.change_decision(change, EntryType::Open, Decimal::ZERO, NO_DOLLARS, Previous::START, after))
+        None => {}
     }
+    let threshold = valid_threshold(change)?;
+    let after = AccountState {
+        balance: Decimal::ZERO,
+        last_sequence: 1,
+        tier: change.tier,
+        low_balance_threshold: threshold,
+        paused: false,
+        deleted: false,
+    };
+    Ok(change_decision(rates, change, EntryType::Open, Decimal::ZERO, NO_DOLLARS, Previous::START, after))
+}
 
-    /// Rule 6, UPDATE: new tier and threshold; credits kept.
-    fn update<'a>(&'a self, change: &'a AccountChange) -> Result<Decision<'a>, Rejection> {
-        let state = *self.existing(&change.account_id)?;
-        let threshold = valid_threshold(change)?;
-        let mut after = state;
-        after.last_sequence += 1;
-        after.tier = change.tier;
-        after.low_balance_threshold = threshold;
-        Ok(self.change_decision(change, EntryType::Update, Decimal::ZERO, NO_DOLLARS, Previous::from(&state), after))
-    }
+/// Rule 6, UPDATE: new tier and threshold; credits kept.
+fn update<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    change: &'a AccountChange,
+) -> Result<Decision<'a>, Rejection> {
+    let state = existing(current, &change.account_id)?;
+    let threshold = valid_threshold(change)?;
+    let mut after = state;
+    after.last_sequence += 1;
+    after.tier = change.tier;
+    after.low_balance_threshold = threshold;
+    Ok(change_decision(rates, change, EntryType::Update, Decimal::ZERO, NO_DOLLARS, Previous::from(&state), after))
+}
 
-    /// Rule 7, DELETE: the remaining credits are forfeited and the account
-    /// becomes a tombstone. The change's tier and threshold are ignored: the
-    /// forfeit is valued at the tier the credits were held under.
-    fn delete<'a>(&'a self, change: &'a AccountChange) -> Result<Decision<'a>, Rejection> {
-        let state = *self.existing(&change.account_id)?;
-        let credits = state.balance;
-        let dollars = self
-            .rates
-            .version_at(change.occurred_at)
-            .and_then(|version| pricing::dollars_of_credits(credits, version.dollars_per_credit(state.tier)))
-            .unwrap_or(NO_DOLLARS);
-        let mut after = state;
-        after.last_sequence += 1;
-        after.balance = Decimal::ZERO;
-        after.deleted = true;
-        Ok(self.change_decision(change, EntryType::Forfeit, credits, dollars, Previous::from(&state), after))
-    }
+/// Rule 7, DELETE: the remaining credits are forfeited and the account
+/// becomes a tombstone. The change's tier and threshold are ignored: the
+/// forfeit is valued at the tier the credits were held under.
+fn delete<'a>(
+    rates: &'a RateTable,
+    current: Option<&AccountState>,
+    change: &'a AccountChange,
+) -> Result<Decision<'a>, Rejection> {
+    let state = existing(current, &change.account_id)?;
+    let credits = state.balance;
+    let dollars = rates
+        .version_at(change.occurred_at)
+        .and_then(|version| pricing::dollars_of_credits(credits, version.dollars_per_credit(state.tier)))
+        .unwrap_or(NO_DOLLARS);
+    let mut after = state;
+    after.last_sequence += 1;
+    after.balance = Decimal::ZERO;
+    after.deleted = true;
+    Ok(change_decision(rates, change, EntryType::Forfeit, credits, dollars, Previous::from(&state), after))
+}
 
-    fn change_decision<'a>(
-        &'a self,
-        change: &'a AccountChange,
-        entry_type: EntryType,
-        credits: Decimal,
-        dollars: Decimal,
-        previous: Previous,
-        after: AccountState,
-    ) -> Decision<'a> {
-        Decision {
-            draft: Draft {
-                input_id: change.change_id,
-                account_id: &change.account_id,
-                entry_type,
-                status: EntryStatus::Success,
-                reason: "",
-                usage: None,
-                credits,
-                dollars,
-                // Account changes do not need a price; they name the
-                // version in force when there is one.
-                rate_version: self.rates.version_at(change.occurred_at).map_or("", |version| version.id()),
-                occurred_at: change.occurred_at,
-            },
-            previous,
-            after,
-            alerts: Alerts::default(),
-        }
+fn change_decision<'a>(
+    rates: &'a RateTable,
+    change: &'a AccountChange,
+    entry_type: EntryType,
+    credits: Decimal,
+    dollars: Decimal,
+    previous: Previous,
+    after: AccountState,
+) -> Decision<'a> {
+    Decision {
+        draft: Draft {
+            input_id: change.change_id,
+            account_id: &change.account_id,
+            entry_type,
+            status: EntryStatus::Success,
+            reason: "",
+            usage: None,
+            credits,
+            dollars,
+            // Account changes do not need a price; they name the
+            // version in force when there is one.
+            rate_version: rates.version_at(change.occurred_at).map_or("", |version| version.id()),
+            occurred_at: change.occurred_at,
+        },
+        previous,
+        after,
+        alerts: Alerts::default(),
     }
 }
 

@@ -65,8 +65,9 @@ pub fn usage_credits(credits_per_unit: Decimal, quantity: Decimal) -> Option<Dec
 pub fn dollars_of_credits(credits: Decimal, dollars_per_credit: Decimal) -> Option<Decimal> {
     // The product is exact (at most 6 + 4 fractional digits): the only
     // rounding is this one, to the cent.
-    let mut dollars =
-        credits.checked_mul(dollars_per_credit)?.round_dp_with_strategy(DOLLARS_SCALE, RoundingStrategy::MidpointNearestEven);
+    let mut dollars = credits
+        .checked_mul(dollars_per_credit)?
+        .round_dp_with_strategy(DOLLARS_SCALE, RoundingStrategy::MidpointNearestEven);
     dollars.rescale(DOLLARS_SCALE);
     Some(dollars.normalize_zero())
 }

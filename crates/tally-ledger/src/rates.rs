@@ -137,7 +137,9 @@ impl RateVersion {
     pub fn service(&self, service: &str, engine: &str) -> Option<&ServiceRate> {
         let position = self
             .by_key
-            .binary_search_by(|&i| (self.services[i].service.as_str(), self.services[i].engine.as_str()).cmp(&(service, engine)))
+            .binary_search_by(|&i| {
+                (self.services[i].service.as_str(), self.services[i].engine.as_str()).cmp(&(service, engine))
+            })
             .ok()?;
         Some(&self.services[self.by_key[position]])
     }
@@ -216,8 +218,8 @@ pub enum RatesError {
         line: usize,
         /// Path of the field, e.g. `versions[1].services[3].credits_per_unit`.
         field: String,
-        /// What is wrong.
-        problem: Problem,
+        /// What is wrong (boxed: keeps every `Result` of this module small).
+        problem: Box<Problem>,
     },
     /// No version is in force at the instant asked for.
     #[error("rate table {file}: no version in force at {}", at.to_rfc3339_opts(SecondsFormat::Secs, true))]
@@ -376,7 +378,8 @@ fn toml_error(error: &toml::de::Error, text: &str, file: &str) -> RatesError {
     let offset = error.span().map_or(0, |span| span.start);
     let line = line_of(text, offset);
     let message = error.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
-    let is_key = |name: &&str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let is_key =
+        |name: &&str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     let quoted = message.split('`').nth(1).filter(is_key);
     let field = match quoted {
         Some(name) => name.to_string(),
@@ -388,7 +391,7 @@ fn toml_error(error: &toml::de::Error, text: &str, file: &str) -> RatesError {
             }
         }
     };
-    RatesError::Invalid { file: file.to_string(), line, field, problem: Problem::Toml(message) }
+    RatesError::Invalid { file: file.to_string(), line, field, problem: Box::new(Problem::Toml(message)) }
 }
 
 struct Validator<'a> {
@@ -398,7 +401,12 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, offset: usize, field: impl Into<String>, problem: Problem) -> RatesError {
-        RatesError::Invalid { file: self.file.to_string(), line: line_of(self.text, offset), field: field.into(), problem }
+        RatesError::Invalid {
+            file: self.file.to_string(),
+            line: line_of(self.text, offset),
+            field: field.into(),
+            problem: Box::new(problem),
+        }
     }
 
     fn table(&self, raw: RawTable) -> Result<RateTable, RatesError> {
@@ -470,7 +478,11 @@ impl Validator<'_> {
             match prices[tier_index(tier)] {
                 Some(price) => dollars_per_credit[tier_index(tier)] = price,
                 None => {
-                    return Err(self.error(tiers_offset, format!("versions[{index}].tiers.{code}"), Problem::MissingTier(code)));
+                    return Err(self.error(
+                        tiers_offset,
+                        format!("versions[{index}].tiers.{code}"),
+                        Problem::MissingTier(code),
+                    ));
                 }
             }
         }
@@ -528,7 +540,9 @@ impl Validator<'_> {
             services.push(rate);
         }
         let mut by_key: Vec<usize> = (0..services.len()).collect();
-        by_key.sort_by(|&a, &b| (&services[a].service, &services[a].engine).cmp(&(&services[b].service, &services[b].engine)));
+        by_key.sort_by(|&a, &b| {
+            (&services[a].service, &services[a].engine).cmp(&(&services[b].service, &services[b].engine))
+        });
         Ok(RateVersion { id, effective_from, dollars_per_credit, services, by_key })
     }
 
@@ -555,7 +569,9 @@ impl Validator<'_> {
             toml::Value::String(text) => text.clone(),
             // A bare TOML datetime: only an offset datetime is an instant; a
             // local date or time would depend on the reader's time zone.
-            toml::Value::Datetime(datetime) if datetime.date.is_some() && datetime.time.is_some() && datetime.offset.is_some() => {
+            toml::Value::Datetime(datetime)
+                if datetime.date.is_some() && datetime.time.is_some() && datetime.offset.is_some() =>
+            {
                 datetime.to_string()
             }
             other => return Err(self.error(offset, field, Problem::BadInstant(other.to_string()))),
@@ -590,7 +606,11 @@ impl Validator<'_> {
         }
         let price = price.normalize();
         if price.scale() > scale_max {
-            return Err(self.error(span.start, field, Problem::TooManyFractionalDigits { value: price, max: scale_max }));
+            return Err(self.error(
+                span.start,
+                field,
+                Problem::TooManyFractionalDigits { value: price, max: scale_max },
+            ));
         }
         Ok(price)
     }
@@ -623,16 +643,13 @@ fn money_text(value: Decimal) -> String {
 /// table for `tally rates show`. Pure: the output depends only on the
 /// arguments.
 pub fn render_price_list(table: &RateTable, at: DateTime<Utc>, tier: Option<PlanTier>) -> Result<String, RatesError> {
-    let version = table
-        .version_at(at)
-        .ok_or_else(|| RatesError::NoVersionAt { file: table.source.clone(), at })?;
+    let version = table.version_at(at).ok_or_else(|| RatesError::NoVersionAt { file: table.source.clone(), at })?;
     let tiers: Vec<PlanTier> = match tier {
         Some(tier) => vec![tier],
         None => PlanTier::ALL.to_vec(),
     };
 
-    let mut header: Vec<String> =
-        ["Service", "Engine", "Unit", "Credits/unit"].iter().map(|s| s.to_string()).collect();
+    let mut header: Vec<String> = ["Service", "Engine", "Unit", "Credits/unit"].iter().map(|s| s.to_string()).collect();
     header.extend(tiers.iter().map(|t| format!("{} $/unit", t.name())));
     let mut rows: Vec<Vec<String>> = vec![header];
     for rate in version.services() {

@@ -55,15 +55,36 @@ fn config() -> LedgerConfig {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Open { account: usize, tier: PlanTier, threshold: u32 },
-    Purchase { account: usize, cents: i64 },
-    Usage { account: usize, service: usize, quantity: Decimal, failed: bool, wrong_unit: bool },
-    Update { account: usize, tier: PlanTier, threshold: i64 },
-    Delete { account: usize },
+    Open {
+        account: usize,
+        tier: PlanTier,
+        threshold: u32,
+    },
+    Purchase {
+        account: usize,
+        cents: i64,
+    },
+    Usage {
+        account: usize,
+        service: usize,
+        quantity: Decimal,
+        failed: bool,
+        wrong_unit: bool,
+    },
+    Update {
+        account: usize,
+        tier: PlanTier,
+        threshold: i64,
+    },
+    Delete {
+        account: usize,
+    },
     /// Apply the previous input again, unchanged.
     Duplicate,
     /// Apply an earlier input again (index counted back from the last).
-    Replay { back: usize },
+    Replay {
+        back: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -111,23 +132,36 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
         6 => 0i64..=3_600,             // out of order, within the window
         1 => 43_201i64..=200_000,      // beyond the 12 h window: too late
     ];
-    let step = (action(), advance, lateness)
-        .prop_map(|(action, advance_seconds, lateness_seconds)| Step { action, advance_seconds, lateness_seconds });
+    let step = (action(), advance, lateness).prop_map(|(action, advance_seconds, lateness_seconds)| Step {
+        action,
+        advance_seconds,
+        lateness_seconds,
+    });
     // Most runs open two of the three accounts first, so that most inputs
     // reach the rules; the third one is opened (or not) at random.
     let opening = (tier(), 0u32..=200, tier(), 0u32..=200).prop_map(|(tier_a, threshold_a, tier_b, threshold_b)| {
         vec![
-            Step { action: Action::Open { account: 0, tier: tier_a, threshold: threshold_a }, advance_seconds: 0, lateness_seconds: 0 },
-            Step { action: Action::Open { account: 1, tier: tier_b, threshold: threshold_b }, advance_seconds: 0, lateness_seconds: 0 },
+            Step {
+                action: Action::Open { account: 0, tier: tier_a, threshold: threshold_a },
+                advance_seconds: 0,
+                lateness_seconds: 0,
+            },
+            Step {
+                action: Action::Open { account: 1, tier: tier_b, threshold: threshold_b },
+                advance_seconds: 0,
+                lateness_seconds: 0,
+            },
         ]
     });
-    (prop::bool::weighted(0.9), opening, prop::collection::vec(step, 1..120)).prop_map(|(open_first, mut opening, rest)| {
-        if !open_first {
-            opening.clear();
-        }
-        opening.extend(rest);
-        opening
-    })
+    (prop::bool::weighted(0.9), opening, prop::collection::vec(step, 1..120)).prop_map(
+        |(open_first, mut opening, rest)| {
+            if !open_first {
+                opening.clear();
+            }
+            opening.extend(rest);
+            opening
+        },
+    )
 }
 
 /// Turns steps into inputs. Time starts on 2026-06-29 so the 2026-07 rate
@@ -248,7 +282,15 @@ struct ModelAccount {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Expected {
-    Entry { entry_type: EntryType, status: EntryStatus, reason: &'static str, credits: Decimal, balance: Decimal, paused: bool, alerts: Vec<AlertKind> },
+    Entry {
+        entry_type: EntryType,
+        status: EntryStatus,
+        reason: &'static str,
+        credits: Decimal,
+        balance: Decimal,
+        paused: bool,
+        alerts: Vec<AlertKind>,
+    },
     Duplicate,
     Rejected(&'static str),
 }
@@ -286,9 +328,20 @@ impl Model {
                 return match self.accounts.get(&id) {
                     Some(account) if account.deleted => Expected::Rejected(reasons::ACCOUNT_DELETED),
                     Some(_) => Expected::Rejected(reasons::ACCOUNT_EXISTS),
-                    None if change.low_balance_threshold < Decimal::ZERO => Expected::Rejected(reasons::INVALID_THRESHOLD),
+                    None if change.low_balance_threshold < Decimal::ZERO => {
+                        Expected::Rejected(reasons::INVALID_THRESHOLD)
+                    }
                     None => {
-                        self.accounts.insert(id, ModelAccount { balance: Decimal::ZERO, tier: change.tier, threshold: change.low_balance_threshold, paused: false, deleted: false });
+                        self.accounts.insert(
+                            id,
+                            ModelAccount {
+                                balance: Decimal::ZERO,
+                                tier: change.tier,
+                                threshold: change.low_balance_threshold,
+                                paused: false,
+                                deleted: false,
+                            },
+                        );
                         entry(EntryType::Open, EntryStatus::Success, "", Decimal::ZERO, Decimal::ZERO, false, vec![])
                     }
                 };
@@ -304,8 +357,12 @@ impl Model {
                 if q <= Decimal::ZERO || q * Decimal::from(1000) != (q * Decimal::from(1000)).trunc() {
                     return Expected::Rejected(reasons::INVALID_QUANTITY);
                 }
-                let Some(version) = rates.version_at(event.occurred_at) else { return Expected::Rejected(reasons::NO_RATE_VERSION) };
-                let Some(rate) = version.service(&event.service, &event.engine) else { return Expected::Rejected(reasons::UNKNOWN_SERVICE) };
+                let Some(version) = rates.version_at(event.occurred_at) else {
+                    return Expected::Rejected(reasons::NO_RATE_VERSION);
+                };
+                let Some(rate) = version.service(&event.service, &event.engine) else {
+                    return Expected::Rejected(reasons::UNKNOWN_SERVICE);
+                };
                 if rate.unit() != event.unit {
                     return Expected::Rejected(reasons::UNIT_MISMATCH);
                 }
@@ -338,19 +395,32 @@ impl Model {
                 if amount <= Decimal::ZERO || amount.round_dp(2) != amount {
                     return Expected::Rejected(reasons::INVALID_AMOUNT);
                 }
-                let Some(version) = rates.version_at(purchase.occurred_at) else { return Expected::Rejected(reasons::NO_RATE_VERSION) };
-                let credits = (amount / version.dollars_per_credit(account.tier)).round_dp_with_strategy(4, RoundingStrategy::ToZero);
+                let Some(version) = rates.version_at(purchase.occurred_at) else {
+                    return Expected::Rejected(reasons::NO_RATE_VERSION);
+                };
+                let credits = (amount / version.dollars_per_credit(account.tier))
+                    .round_dp_with_strategy(4, RoundingStrategy::ToZero);
                 account.balance += credits;
                 let alerts = if account.paused { vec![AlertKind::Resumed] } else { vec![] };
                 account.paused = false;
                 entry(EntryType::Add, EntryStatus::Success, "", credits, account.balance, false, alerts)
             }
             Input::Account(change) => match change.kind {
-                AccountChangeKind::Update if change.low_balance_threshold < Decimal::ZERO => Expected::Rejected(reasons::INVALID_THRESHOLD),
+                AccountChangeKind::Update if change.low_balance_threshold < Decimal::ZERO => {
+                    Expected::Rejected(reasons::INVALID_THRESHOLD)
+                }
                 AccountChangeKind::Update => {
                     account.tier = change.tier;
                     account.threshold = change.low_balance_threshold;
-                    entry(EntryType::Update, EntryStatus::Success, "", Decimal::ZERO, account.balance, account.paused, vec![])
+                    entry(
+                        EntryType::Update,
+                        EntryStatus::Success,
+                        "",
+                        Decimal::ZERO,
+                        account.balance,
+                        account.paused,
+                        vec![],
+                    )
                 }
                 AccountChangeKind::Delete => {
                     let credits = account.balance;
@@ -364,7 +434,15 @@ impl Model {
     }
 }
 
-fn entry(entry_type: EntryType, status: EntryStatus, reason: &'static str, credits: Decimal, balance: Decimal, paused: bool, alerts: Vec<AlertKind>) -> Expected {
+fn entry(
+    entry_type: EntryType,
+    status: EntryStatus,
+    reason: &'static str,
+    credits: Decimal,
+    balance: Decimal,
+    paused: bool,
+    alerts: Vec<AlertKind>,
+) -> Expected {
     Expected::Entry { entry_type, status, reason, credits, balance, paused, alerts }
 }
 

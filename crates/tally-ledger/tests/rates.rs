@@ -72,7 +72,7 @@ fn expect_error(text: &str, line: usize, field: &str, words: &str) -> RatesError
 
 fn problem(error: RatesError) -> Problem {
     match error {
-        RatesError::Invalid { problem, .. } => problem,
+        RatesError::Invalid { problem, .. } => *problem,
         other => panic!("expected an Invalid error, got {other:?}"),
     }
 }
@@ -122,7 +122,11 @@ fn version_at_picks_the_latest_in_force() {
 #[test]
 fn decimals_may_be_bare_numbers_read_exactly() {
     // 0.1 is not exact as a float; the source text is read instead.
-    let text = VALID.replace(r#"tiers = { PAYG = "0.12", BASIC = "0.10", PRO = "0.08" }"#, "tiers = { PAYG = 0.3, BASIC = 0.1, PRO = 0.1 }")
+    let text = VALID
+        .replace(
+            r#"tiers = { PAYG = "0.12", BASIC = "0.10", PRO = "0.08" }"#,
+            "tiers = { PAYG = 0.3, BASIC = 0.1, PRO = 0.1 }",
+        )
         .replace(r#"credits_per_unit = "4""#, "credits_per_unit = 4")
         .replace(r#"credits_per_unit = "0.05""#, "credits_per_unit = 0.05");
     let table = RateTable::parse(&text, "bare.toml").expect("bare numbers load");
@@ -132,7 +136,8 @@ fn decimals_may_be_bare_numbers_read_exactly() {
     assert_eq!(version.service("sms", "standard").map(|r| r.credits_per_unit().to_string()), Some("0.05".into()));
     assert_eq!(version.service("ai_modify", "nano_banana_2").map(|r| r.credits_per_unit()), Some(d("4")));
     // A string effective_from works too.
-    let text = VALID.replace("effective_from = 2026-01-01T00:00:00Z", r#"effective_from = "2026-01-01T01:00:00+01:00""#);
+    let text =
+        VALID.replace("effective_from = 2026-01-01T00:00:00Z", r#"effective_from = "2026-01-01T01:00:00+01:00""#);
     let table = RateTable::parse(&text, "string.toml").expect("string instant loads");
     assert_eq!(table.versions()[0].effective_from(), at("2026-01-01T00:00:00Z"));
 }
@@ -208,7 +213,8 @@ fn non_decimal_values_are_refused() {
 
 #[test]
 fn duplicate_service_is_refused() {
-    let text = VALID.replace("service = \"sms\"\nengine = \"standard\"", "service = \"ai_modify\"\nengine = \"nano_banana_2\"");
+    let text = VALID
+        .replace("service = \"sms\"\nengine = \"standard\"", "service = \"ai_modify\"\nengine = \"nano_banana_2\"");
     let error = expect_error(&text, 16, "versions[0].services[1].service", "ai_modify/nano_banana_2 is already priced");
     assert_eq!(
         problem(error),

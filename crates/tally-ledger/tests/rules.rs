@@ -149,7 +149,6 @@ impl Fixture {
         let purchase = self.purchase(account, dollars, "2026-02-01T09:30:00Z");
         self.entry(&purchase);
     }
-
 }
 
 #[test]
@@ -163,7 +162,10 @@ fn open_writes_sequence_one_with_every_field() {
     assert_eq!((entry.sequence, entry.epoch), (1, 7));
     assert_eq!((entry.entry_type, entry.status, entry.reason.as_str()), (EntryType::Open, EntryStatus::Success, ""));
     assert_eq!(entry.input_id, open.id());
-    assert_eq!((entry.service.as_str(), entry.engine.as_str(), entry.photo_event_id.as_str(), entry.booth_id.as_str()), ("", "", "", ""));
+    assert_eq!(
+        (entry.service.as_str(), entry.engine.as_str(), entry.photo_event_id.as_str(), entry.booth_id.as_str()),
+        ("", "", "", "")
+    );
     assert_eq!(entry.quantity, Decimal::ZERO);
     assert_eq!((entry.credits.to_string(), entry.dollars.to_string()), ("0".into(), "0.00".into()));
     assert_eq!(entry.tier, PlanTier::Basic);
@@ -286,7 +288,7 @@ fn invalid_purchase_amounts_are_refused() {
 fn usage_is_priced_exactly_and_debited() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "25.00"); // 208.3333 credits
-    // Kling: 7.5 s × 2 credits/s = 15 credits; × 0.12 = $1.80.
+                                                    // Kling: 7.5 s × 2 credits/s = 15 credits; × 0.12 = $1.80.
     let usage = f.usage("acct", "ai_image_to_video", "kling", "7.5", Unit::VideoSecond);
     let (entry, alerts) = f.entry(&usage);
     assert!(alerts.is_empty());
@@ -312,21 +314,24 @@ fn usage_is_priced_exactly_and_debited() {
     // Quantity 2.000 is 2 after normalizing: Nano Banana 2 × 4 = 8 credits = $0.96.
     let usage = f.usage("acct", "ai_modify", "nano_banana_2", "2.000", Unit::Image);
     let (entry, _) = f.entry(&usage);
-    assert_eq!((entry.quantity.to_string(), entry.credits.to_string(), entry.dollars.to_string()), ("2".into(), "8".into(), "0.96".into()));
+    assert_eq!(
+        (entry.quantity.to_string(), entry.credits.to_string(), entry.dollars.to_string()),
+        ("2".into(), "8".into(), "0.96".into())
+    );
 }
 
 #[test]
 fn dollars_round_half_even_at_the_account_tier() {
     let mut f = Fixture::new();
     f.funded("basic", PlanTier::Basic, "0", "10.00"); // 100 credits
-    // 5 SMS = 0.25 credits × 0.10 = $0.025: a midpoint, to the even cent $0.02.
+                                                      // 5 SMS = 0.25 credits × 0.10 = $0.025: a midpoint, to the even cent $0.02.
     let usage = f.usage("basic", "sms", "standard", "5", Unit::Message);
     assert_eq!(f.entry(&usage).0.dollars.to_string(), "0.02");
     // 7 SMS = 0.35 credits × 0.10 = $0.035 → $0.04 (even).
     let usage = f.usage("basic", "sms", "standard", "7", Unit::Message);
     assert_eq!(f.entry(&usage).0.dollars.to_string(), "0.04");
     f.funded("pro", PlanTier::Pro, "0", "10.00"); // 125 credits
-    // Kling 7.5 s = 15 credits × 0.08 = $1.20; SMS 3 = 0.15 × 0.08 = $0.012 → $0.01.
+                                                  // Kling 7.5 s = 15 credits × 0.08 = $1.20; SMS 3 = 0.15 × 0.08 = $0.012 → $0.01.
     let usage = f.usage("pro", "ai_image_to_video", "kling", "7.5", Unit::VideoSecond);
     assert_eq!(f.entry(&usage).0.dollars.to_string(), "1.20");
     let usage = f.usage("pro", "sms", "standard", "3", Unit::Message);
@@ -337,15 +342,45 @@ fn dollars_round_half_even_at_the_account_tier() {
 fn the_rate_version_in_force_at_occurred_at_prices_the_usage() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "120.00"); // 1000 credits
-    // GPT-Image 2: 6 credits until 2026-07-01, 7 from then ($0.72 → $0.84).
-    let before = f.usage_full("acct", "ai_modify", "gpt_image_2", "1", Unit::Image, JobOutcome::Succeeded, "2026-06-30T23:59:59.999Z");
+                                                     // GPT-Image 2: 6 credits until 2026-07-01, 7 from then ($0.72 → $0.84).
+    let before = f.usage_full(
+        "acct",
+        "ai_modify",
+        "gpt_image_2",
+        "1",
+        Unit::Image,
+        JobOutcome::Succeeded,
+        "2026-06-30T23:59:59.999Z",
+    );
     let (entry, _) = f.entry(&before);
-    assert_eq!((entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()), (d("6"), "0.72".into(), "2026-01"));
-    let after = f.usage_full("acct", "ai_modify", "gpt_image_2", "1", Unit::Image, JobOutcome::Succeeded, "2026-07-01T00:00:00Z");
+    assert_eq!(
+        (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
+        (d("6"), "0.72".into(), "2026-01")
+    );
+    let after = f.usage_full(
+        "acct",
+        "ai_modify",
+        "gpt_image_2",
+        "1",
+        Unit::Image,
+        JobOutcome::Succeeded,
+        "2026-07-01T00:00:00Z",
+    );
     let (entry, _) = f.entry(&after);
-    assert_eq!((entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()), (d("7"), "0.84".into(), "2026-07"));
+    assert_eq!(
+        (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
+        (d("7"), "0.84".into(), "2026-07")
+    );
     // Sora: 10 s × 4.5 = 45 credits in 2026-07 (it was 5/s).
-    let sora = f.usage_full("acct", "ai_image_to_video", "sora", "10", Unit::VideoSecond, JobOutcome::Succeeded, "2026-07-02T00:00:00Z");
+    let sora = f.usage_full(
+        "acct",
+        "ai_image_to_video",
+        "sora",
+        "10",
+        Unit::VideoSecond,
+        JobOutcome::Succeeded,
+        "2026-07-02T00:00:00Z",
+    );
     assert_eq!(f.entry(&sora).0.credits, d("45"));
 }
 
@@ -384,7 +419,8 @@ fn usage_before_any_rate_version_is_refused() {
         reason: None,
     });
     f.entry(&open);
-    let usage = f.usage_full("early", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2025-12-31T23:59:59Z");
+    let usage =
+        f.usage_full("early", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2025-12-31T23:59:59Z");
     f.rejected(&usage, reasons::NO_RATE_VERSION);
 }
 
@@ -392,10 +428,14 @@ fn usage_before_any_rate_version_is_refused() {
 fn failed_jobs_are_recorded_and_not_charged() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "12.00"); // 100 credits
-    let usage = f.usage_full("acct", "ai_modify", "gpt_image_2", "2", Unit::Image, JobOutcome::Failed, "2026-02-01T10:00:00Z");
+    let usage =
+        f.usage_full("acct", "ai_modify", "gpt_image_2", "2", Unit::Image, JobOutcome::Failed, "2026-02-01T10:00:00Z");
     let (entry, alerts) = f.entry(&usage);
     assert!(alerts.is_empty());
-    assert_eq!((entry.entry_type, entry.status, entry.reason.as_str()), (EntryType::Consume, EntryStatus::Failed, reasons::JOB_FAILED));
+    assert_eq!(
+        (entry.entry_type, entry.status, entry.reason.as_str()),
+        (EntryType::Consume, EntryStatus::Failed, reasons::JOB_FAILED)
+    );
     // The would-be charge stays visible: 2 × 6 = 12 credits = $1.44.
     assert_eq!((entry.credits, entry.dollars.to_string()), (d("12"), "1.44".into()));
     assert_eq!(entry.signed_credits(), Decimal::ZERO);
@@ -406,7 +446,7 @@ fn failed_jobs_are_recorded_and_not_charged() {
 fn insufficient_credits_pause_until_a_purchase_resumes() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "1.20"); // 10 credits
-    // Sora 3 s × 5 = 15 credits > 10: refused, account paused.
+                                                   // Sora 3 s × 5 = 15 credits > 10: refused, account paused.
     let usage = f.usage("acct", "ai_image_to_video", "sora", "3", Unit::VideoSecond);
     let (entry, alerts) = f.entry(&usage);
     assert_eq!((entry.status, entry.reason.as_str()), (EntryStatus::Failed, reasons::INSUFFICIENT_CREDITS));
@@ -442,7 +482,7 @@ fn insufficient_credits_pause_until_a_purchase_resumes() {
 fn reaching_exactly_zero_pauses_and_low_balance_comes_first() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "5", "1.20"); // 10 credits, threshold 5
-    // Face Switch × 5 = 10 credits: balance 10 → 0, crosses 5 and hits 0.
+                                                   // Face Switch × 5 = 10 credits: balance 10 → 0, crosses 5 and hits 0.
     let usage = f.usage("acct", "face_switch", "standard", "5", Unit::Image);
     let (entry, alerts) = f.entry(&usage);
     assert_eq!((entry.status, entry.balance_after, entry.paused), (EntryStatus::Success, Decimal::ZERO, true));
@@ -467,8 +507,16 @@ fn low_balance_alerts_once_per_crossing() {
     let (entry, alerts) = f.entry(&purchase);
     assert_eq!((entry.balance_after, alerts), (d("80"), vec![]));
     assert_eq!(step(&mut f, "40"), (d("40"), vec![AlertKind::LowBalance])); // re-armed, crossed again
-    // A failed charge crosses nothing.
-    let usage = f.usage_full("acct", "background_removal", "standard", "39", Unit::Image, JobOutcome::Failed, "2026-02-01T13:00:00Z");
+                                                                            // A failed charge crosses nothing.
+    let usage = f.usage_full(
+        "acct",
+        "background_removal",
+        "standard",
+        "39",
+        Unit::Image,
+        JobOutcome::Failed,
+        "2026-02-01T13:00:00Z",
+    );
     assert!(f.entry(&usage).1.is_empty());
 }
 
@@ -522,7 +570,10 @@ fn delete_forfeits_the_balance_and_leaves_a_tombstone() {
     assert_eq!((entry.entry_type, entry.status), (EntryType::Forfeit, EntryStatus::Success));
     // 208.3333 credits × 0.12 = $24.999996 → $25.00; the change's tier and threshold are ignored.
     assert_eq!((entry.credits.to_string(), entry.dollars.to_string()), ("208.3333".into(), "25.00".into()));
-    assert_eq!((entry.balance_after, entry.tier, entry.low_balance_threshold), (Decimal::ZERO, PlanTier::Payg, Decimal::ZERO));
+    assert_eq!(
+        (entry.balance_after, entry.tier, entry.low_balance_threshold),
+        (Decimal::ZERO, PlanTier::Payg, Decimal::ZERO)
+    );
     assert_eq!(entry.rate_version, "2026-01");
     assert_eq!(entry.signed_credits(), d("-208.3333"));
     let state = f.ledger.account("acct").expect("tombstone");
@@ -545,7 +596,10 @@ fn delete_before_any_rate_version_forfeits_at_zero_dollars() {
     f.entry(&open);
     let delete = f.change("early", AccountChangeKind::Delete, PlanTier::Payg, "0", "2025-12-31T00:00:00Z");
     let (entry, _) = f.entry(&delete);
-    assert_eq!((entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()), (Decimal::ZERO, "0.00".into(), ""));
+    assert_eq!(
+        (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
+        (Decimal::ZERO, "0.00".into(), "")
+    );
 }
 
 #[test]
@@ -581,9 +635,11 @@ fn inputs_older_than_the_window_are_too_late() {
     let purchase = f.purchase("acct", "12.00", "2026-02-01T12:00:00Z");
     f.entry(&purchase);
     // Newest applied is 12:00: 11:00 is the edge (kept), 10:59:59.999 is too late.
-    let edge = f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T11:00:00Z");
+    let edge =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T11:00:00Z");
     f.entry(&edge);
-    let late = f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T10:59:59.999Z");
+    let late =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T10:59:59.999Z");
     let detail = f.rejected(&late, reasons::TOO_LATE);
     assert!(detail.contains("3600 s"), "{detail}");
     // Too late wins over duplicate: the OPEN (10:00) replayed is too late, not a duplicate.
@@ -598,9 +654,11 @@ fn inputs_older_than_the_window_are_too_late() {
 fn out_of_order_inputs_within_the_window_apply() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "12.00");
-    let later = f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-03T00:00:00Z");
+    let later =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-03T00:00:00Z");
     f.entry(&later);
-    let earlier = f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-02T00:00:00Z");
+    let earlier =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-02T00:00:00Z");
     let (entry, _) = f.entry(&earlier);
     assert_eq!(entry.sequence, 4, "sequence follows application order, not occurred_at");
     assert_eq!(f.ledger.newest_occurred_at(), Some(at("2026-02-03T00:00:00Z")));

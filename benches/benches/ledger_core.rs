@@ -1,0 +1,120 @@
+//! Throughput of tally's core: pricing + ledger rules applied to usage
+//! events on in-memory state (no I/O, no encoding), with 10k and 1M
+//! accounts opened and funded in setup.
+//!
+//! Criterion reports events/s (`Throughput::Elements`); after it, each case
+//! is timed once more over a fixed number of events and the figure is
+//! printed as events per second per core (the core is single-threaded: one
+//! `Ledger` per partition). Goal: >= 1,000,000 events/s per core.
+//!
+//! Run: `cargo bench -p tally-benches --bench ledger_core` (about a minute).
+
+use std::{hint::black_box, time::Duration, time::Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use rust_decimal::Decimal;
+use tally_benches::UsageWorkload;
+use tally_events::records::Input;
+use tally_ledger::pricing;
+
+/// Events per criterion iteration: large enough that the loop, not the
+/// timer, dominates.
+const BATCH: usize = 10_000;
+
+/// Distinct events in the pool (ids, times and accounts are renewed on
+/// each use).
+const POOL: usize = tally_benches::POOL_SIZE;
+
+/// Events of the explicit per-core measurement.
+const MEASURED_EVENTS: usize = 2_000_000;
+
+fn ledger_core(c: &mut Criterion) {
+    let mut figures = Vec::new();
+    for (label, accounts) in [("10k_accounts", 10_000), ("1M_accounts", 1_000_000)] {
+        let setup = Instant::now();
+        let mut workload = UsageWorkload::new(accounts, POOL);
+        println!("setup of {label}: {} accounts opened and funded in {:.1?}", accounts, setup.elapsed());
+
+        let mut group = c.benchmark_group("ledger_core");
+        group.throughput(Throughput::Elements(BATCH as u64));
+        group.bench_function(BenchmarkId::new("apply_usage", label), |b| {
+            b.iter(|| {
+                for _ in 0..BATCH {
+                    black_box(workload.apply_next());
+                }
+            })
+        });
+        group.finish();
+
+        let started = Instant::now();
+        for _ in 0..MEASURED_EVENTS {
+            black_box(workload.apply_next());
+        }
+        let elapsed = started.elapsed();
+        let per_second = MEASURED_EVENTS as f64 / elapsed.as_secs_f64();
+        let stats = workload.ledger.stats();
+        figures.push(format!(
+            "ledger_core apply_usage {label}: {per_second:.0} events/s per core \
+             ({MEASURED_EVENTS} events in {elapsed:.2?}, one thread; {} accounts, {} dedup ids held)",
+            stats.accounts, stats.dedup_ids
+        ));
+    }
+
+    if let Some(spacing) = std::env::var("TALLY_BENCH_SPACING").ok().and_then(|s| s.parse::<i64>().ok()) {
+        for seconds in [spacing] {
+            let mut workload = UsageWorkload::with_spacing(10_000, POOL, chrono::TimeDelta::seconds(seconds));
+            let started = Instant::now();
+            for _ in 0..MEASURED_EVENTS {
+                black_box(workload.apply_next());
+            }
+            let per_second = MEASURED_EVENTS as f64 / started.elapsed().as_secs_f64();
+            println!("spacing {seconds} s: {per_second:.0} events/s, {} dedup ids", workload.ledger.stats().dedup_ids);
+        }
+    }
+
+    // Pricing alone (rate lookup, credits, dollars): the share of the work
+    // that is arithmetic, for profiling.
+    let workload = UsageWorkload::new(1_000, POOL);
+    let rates = std::sync::Arc::clone(workload.ledger.rates());
+    let events: Vec<_> = workload
+        .pool()
+        .iter()
+        .filter_map(|input| match input {
+            Input::Usage(event) => Some(event.clone()),
+            _ => None,
+        })
+        .take(BATCH)
+        .collect();
+    let mut group = c.benchmark_group("ledger_core");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("price_usage", |b| {
+        b.iter(|| {
+            for event in &events {
+                let version = rates.version_at(event.occurred_at).unwrap_or_else(|| panic!("in force"));
+                let rate = version.service(&event.service, &event.engine).unwrap_or_else(|| panic!("priced"));
+                let credits = pricing::usage_credits(rate.credits_per_unit(), event.quantity).unwrap_or(Decimal::ZERO);
+                black_box(pricing::dollars_of_credits(
+                    credits,
+                    version.dollars_per_credit(tally_events::PlanTier::Payg),
+                ));
+            }
+        })
+    });
+    group.finish();
+
+    for figure in figures {
+        println!("{figure}");
+    }
+}
+
+fn main() {
+    // Small samples keep the whole run near a minute on 2 cores; each
+    // sample is still BATCH events, so the figures are stable.
+    let mut criterion = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    ledger_core(&mut criterion);
+    criterion.final_summary();
+}
