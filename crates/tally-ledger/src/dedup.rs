@@ -29,7 +29,7 @@
 //! Never probabilistic (no Bloom filter): a false positive would drop a paid
 //! usage or a purchase.
 
-use std::collections::{hash_map::Entry, BTreeMap, HashMap};
+use std::collections::{hash_map::Entry, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
@@ -53,8 +53,12 @@ pub(crate) struct Dedup {
     /// ids and expired ones not swept yet; only live ones count anywhere.
     ids: HashMap<Uuid, i64, FastHash>,
     /// Live ids per bucket (`occurred_at` ms divided by `bucket_millis`),
-    /// oldest first: expiring a bucket is popping its counter.
-    live_per_bucket: BTreeMap<i64, usize>,
+    /// for buckets `first_counted_bucket ..`: expiring a bucket is popping
+    /// its counter from the front. At most about `BUCKETS_PER_WINDOW + 1`
+    /// counters, since every live bucket is within a window of the newest.
+    live_per_bucket: VecDeque<usize>,
+    /// Bucket of `live_per_bucket[0]`.
+    first_counted_bucket: i64,
     /// Number of live ids.
     live: usize,
     bucket_millis: i64,
@@ -66,7 +70,8 @@ impl Dedup {
     pub(crate) fn new(window: TimeDelta) -> Self {
         Dedup {
             ids: HashMap::default(),
-            live_per_bucket: BTreeMap::new(),
+            live_per_bucket: VecDeque::new(),
+            first_counted_bucket: 0,
             live: 0,
             bucket_millis: (window.num_milliseconds() / BUCKETS_PER_WINDOW).max(1),
             first_live_bucket: i64::MIN,
@@ -109,7 +114,25 @@ impl Dedup {
             }
         }
         self.live += 1;
-        *self.live_per_bucket.entry(self.bucket_of(millis)).or_default() += 1;
+        self.count(self.bucket_of(millis));
+    }
+
+    /// Adds one live id to `bucket`'s counter, growing the counters at
+    /// either end as needed (bounded: `bucket` is live, so within about a
+    /// window of every other counted bucket).
+    fn count(&mut self, bucket: i64) {
+        if self.live_per_bucket.is_empty() {
+            self.first_counted_bucket = bucket;
+        }
+        while bucket < self.first_counted_bucket {
+            self.live_per_bucket.push_front(0);
+            self.first_counted_bucket -= 1;
+        }
+        let index = (bucket - self.first_counted_bucket) as usize;
+        if index >= self.live_per_bucket.len() {
+            self.live_per_bucket.resize(index + 1, 0);
+        }
+        self.live_per_bucket[index] += 1;
     }
 
     /// Expires every bucket that ends at or before `cutoff`.
@@ -120,12 +143,10 @@ impl Dedup {
             return;
         }
         self.first_live_bucket = first_live_bucket;
-        while let Some((&bucket, &count)) = self.live_per_bucket.first_key_value() {
-            if bucket >= first_live_bucket {
-                break;
-            }
-            self.live_per_bucket.pop_first();
+        while self.first_counted_bucket < first_live_bucket {
+            let Some(count) = self.live_per_bucket.pop_front() else { break };
             self.live -= count;
+            self.first_counted_bucket += 1;
         }
         if self.ids.len() > 2 * self.live + SWEEP_SLACK {
             self.ids.retain(|_, millis| millis.div_euclid(self.bucket_millis) >= first_live_bucket);

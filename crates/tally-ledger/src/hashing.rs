@@ -1,4 +1,5 @@
-//! A fixed, fast hasher for the ledger's maps (account ids, input ids).
+//! A fixed, fast hasher for the ledger's maps (account ids, input ids,
+//! service codes).
 //!
 //! Why not the standard `RandomState` (SipHash-1-3 with random keys): it was
 //! the largest single cost of applying an input (two to four hashes per

@@ -42,7 +42,7 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -51,6 +51,8 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_events::records::{PlanTier, Unit};
 use toml::Spanned;
+
+use crate::hashing::FastHash;
 
 /// The file format this code reads (`format_version` at the top of the file).
 /// Bump it, and keep reading the old one, when the layout changes.
@@ -107,9 +109,10 @@ pub struct RateVersion {
     dollars_per_credit: [Decimal; 3],
     /// In file order, for display.
     services: Vec<ServiceRate>,
-    /// Indexes into `services`, sorted by (service, engine): lookups are a
-    /// binary search on borrowed strings, with no hashing or allocation.
-    by_key: Vec<usize>,
+    /// Service code → (engine code, index into `services`): every usage
+    /// event looks its price up here, by borrowed strings, with no
+    /// allocation (a service has only a few engines, scanned in order).
+    index: HashMap<String, Vec<(String, usize)>, FastHash>,
 }
 
 fn tier_index(tier: PlanTier) -> usize {
@@ -135,13 +138,8 @@ impl RateVersion {
     }
     /// The rate of `service` on `engine`, if this version prices it.
     pub fn service(&self, service: &str, engine: &str) -> Option<&ServiceRate> {
-        let position = self
-            .by_key
-            .binary_search_by(|&i| {
-                (self.services[i].service.as_str(), self.services[i].engine.as_str()).cmp(&(service, engine))
-            })
-            .ok()?;
-        Some(&self.services[self.by_key[position]])
+        let engines = self.index.get(service)?;
+        engines.iter().find(|(code, _)| code == engine).map(|&(_, index)| &self.services[index])
     }
     /// Every service rate, in file order.
     pub fn services(&self) -> &[ServiceRate] {
@@ -539,11 +537,11 @@ impl Validator<'_> {
             first_lines.insert(key, line_of(self.text, offset));
             services.push(rate);
         }
-        let mut by_key: Vec<usize> = (0..services.len()).collect();
-        by_key.sort_by(|&a, &b| {
-            (&services[a].service, &services[a].engine).cmp(&(&services[b].service, &services[b].engine))
-        });
-        Ok(RateVersion { id, effective_from, dollars_per_credit, services, by_key })
+        let mut index: HashMap<String, Vec<(String, usize)>, FastHash> = HashMap::default();
+        for (position, rate) in services.iter().enumerate() {
+            index.entry(rate.service.clone()).or_default().push((rate.engine.clone(), position));
+        }
+        Ok(RateVersion { id, effective_from, dollars_per_credit, services, index })
     }
 
     fn code(&self, value: &Spanned<String>, field: String) -> Result<String, RatesError> {
