@@ -197,6 +197,9 @@ struct PartitionState {
     /// Ledger offset of this owner's last write (its claim at first): its
     /// next write must land right after it, or someone else wrote.
     ledger_offset: i64,
+    /// How far before `next_offset` the last repositioning seek went (0:
+    /// none pending). See `process`.
+    back_off: i64,
 }
 
 /// The running service.
@@ -384,15 +387,32 @@ impl Metering {
         let codec = Codec::global();
         let mut out = Outputs::default();
         let mut touched: Vec<i32> = Vec::new();
+        let mut reseek: Vec<(i32, i64)> = Vec::new();
         for message in batch {
             let partition = message.partition();
             let Some(state) = self.states.get_mut(&partition) else { continue };
-            if message.offset() < state.next_offset {
-                continue; // handled before (a refetch)
+            if message.offset() < state.next_offset || reseek.iter().any(|(p, _)| *p == partition) {
+                continue; // handled before (a refetch), or being repositioned
             }
             if message.offset() > state.next_offset {
-                tracing::warn!(partition, expected = state.next_offset, got = message.offset(), "input offsets skip (compaction or transaction markers)");
+                // The first input is past the resume point. Kafka returns the
+                // record batch containing a fetch offset; some brokers
+                // (Tansu 0.6) return the next batch instead, skipping the
+                // rest of the containing one. So seek further back, each
+                // time further, down to offset 0 (always a batch start);
+                // records before the resume point are skipped above.
+                if state.back_off == 0 || state.next_offset - state.back_off > 0 {
+                    state.back_off = if state.back_off == 0 { 256 } else { state.back_off * 4 };
+                    let target = (state.next_offset - state.back_off).max(0);
+                    tracing::warn!(partition, expected = state.next_offset, got = message.offset(), seek = target, "input starts past the resume point; seeking back");
+                    reseek.push((partition, target));
+                    continue;
+                }
+                // Read from offset 0 and still past it: a real gap in the
+                // input log (compaction, transaction markers).
+                tracing::warn!(partition, expected = state.next_offset, got = message.offset(), "input offsets skip");
             }
+            state.back_off = 0;
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
             let encode_error = |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
             match step(&mut state.ledger, message.key(), message.payload(), &source, state.epoch) {
@@ -426,6 +446,11 @@ impl Metering {
             if !touched.contains(&partition) {
                 touched.push(partition);
             }
+        }
+        for (partition, offset) in reseek {
+            self.consumer
+                .seek(&self.config.input_topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+                .map_err(MeteringError::kafka(format!("seek partition {partition} to {offset}")))?;
         }
         // Progress markers where the batch ended on inputs without entries,
         // so a restart does not dead-letter them again.
@@ -537,6 +562,7 @@ fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition:
             next_offset: committed,
             recorded_offset: committed,
             ledger_offset: -1,
+            back_off: 0,
         });
     }
     let topic = &config.ledger_topic;
@@ -584,6 +610,7 @@ fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition:
         next_offset: restorer.resume,
         recorded_offset: restorer.resume,
         ledger_offset: epoch,
+        back_off: 0,
     })
 }
 

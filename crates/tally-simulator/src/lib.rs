@@ -421,14 +421,21 @@ impl Simulator {
         let mut out = Vec::new();
         if roll < self.config.malformed_fraction {
             out.push(self.bad_input());
-        } else if roll < self.config.malformed_fraction + self.config.duplicate_fraction && !self.recent.is_empty() {
-            let pick = self.rng.random_range(0..self.recent.len());
-            let event = self.recent[pick].clone();
-            out.push(self.message(Input::Usage(event), Intent::Duplicate));
         } else {
             let photo = self.photo();
             self.usage_left = self.usage_left.saturating_sub(photo.len() as u64);
+            // Worker retries: each usage event is re-sent, later, with the
+            // configured probability (an exact copy of a recent event).
+            let mut retries = Vec::new();
+            for _ in 0..photo.len() {
+                if self.rng.random_bool(self.config.duplicate_fraction) && !self.recent.is_empty() {
+                    let pick = self.rng.random_range(0..self.recent.len());
+                    let event = self.recent[pick].clone();
+                    retries.push(self.message(Input::Usage(event), Intent::Duplicate));
+                }
+            }
             out.extend(photo);
+            out.extend(retries);
         }
         // Operators top up from time to time; thrifty ones never do.
         if self.rng.random_bool(0.004) {
