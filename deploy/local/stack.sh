@@ -52,16 +52,19 @@ start_tansu() { # storage
   mkdir -p "$STACK_DIR/tansu"
   case "$storage" in
     memory) url="memory://tansu/" ;;
-    sqlite) url="sqlite://$STACK_DIR/tansu/tansu.db" ;;
+    # Tansu reads the path relative to its working directory.
+    sqlite) url="sqlite://tansu.db" ;;
     *) die "unknown storage $storage (memory or sqlite)" ;;
   esac
   log "starting tansu ($storage storage) on 127.0.0.1:$KAFKA_PORT"
+  cd "$STACK_DIR/tansu"
   nohup "$TANSU_BIN" broker \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --storage-engine "$url" \
     >"$STACK_DIR/tansu/broker.log" 2>&1 &
   echo $! >"$pidfile"
+  cd - >/dev/null
   wait_port tansu "$KAFKA_PORT" 30 || die "tansu did not listen on $KAFKA_PORT within 30 s; see $STACK_DIR/tansu/broker.log"
   log "tansu is up"
 }

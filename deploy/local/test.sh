@@ -18,5 +18,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
-log "cargo test"
-cargo test --workspace --locked --no-fail-fast "$@"
+log "cargo test: unit, property and doc tests"
+cargo test --workspace --exclude tally-e2e --locked --no-fail-fast "$@"
+# End-to-end and fault-injection runs against real brokers: one at a time
+# (each starts its own broker and metering processes; 2 cores), printing
+# each run's figures (inputs, lost, doubled, conflicting, gaps, dead letters).
+log "cargo test: end-to-end and fault injection"
+cargo test -p tally-e2e --locked --no-fail-fast "$@" -- --test-threads=1 --nocapture

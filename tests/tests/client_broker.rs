@@ -6,9 +6,7 @@ use std::time::Duration;
 use chrono::DateTime;
 use rust_decimal::Decimal;
 use tally_client::{event_id, Publisher, PublisherConfig, UsageEventBuilder};
-use tally_events::{
-    AccountChange, AccountChangeKind, Codec, CreditPurchase, Input, JobOutcome, PlanTier, Unit,
-};
+use tally_events::{AccountChange, AccountChangeKind, Codec, CreditPurchase, Input, JobOutcome, PlanTier, Unit};
 use tally_testkit::{create_topics, read_topic, Broker};
 use uuid::Uuid;
 

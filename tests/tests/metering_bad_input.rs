@@ -77,15 +77,59 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         (good.into(), b"not avro at all".to_vec(), reasons::MALFORMED),
         (good.into(), Vec::new(), reasons::MALFORMED),
         (good.into(), [&[0xC3, 0x01][..], &[7; 8], b"body"].concat(), reasons::UNKNOWN_SCHEMA),
-        (good.into(), codec.encode_input(&usage(good, "j1", "ai_hologram", "standard", Decimal::ONE, Unit::Image, 240))?, reasons::UNKNOWN_SERVICE),
-        (good.into(), codec.encode_input(&usage(good, "j2", "ai_modify", "dall_e_9", Decimal::ONE, Unit::Image, 240))?, reasons::UNKNOWN_SERVICE),
-        (good.into(), codec.encode_input(&usage(good, "j3", "background_removal", "standard", Decimal::ONE, Unit::VideoSecond, 240))?, reasons::UNIT_MISMATCH),
-        ("acct-ghost".into(), codec.encode_input(&usage("acct-ghost", "j4", "sms", "standard", Decimal::ONE, Unit::Message, 240))?, reasons::UNKNOWN_ACCOUNT),
-        (good.into(), codec.encode_input(&usage(good, "j5", "sms", "standard", Decimal::ZERO, Unit::Message, 240))?, reasons::INVALID_QUANTITY),
-        (good.into(), codec.encode_input(&usage(good, "j6", "sms", "standard", -Decimal::ONE, Unit::Message, 240))?, reasons::INVALID_QUANTITY),
-        (good.into(), codec.encode_input(&usage(good, "j7", "sms", "standard", Decimal::new(1, 4), Unit::Message, 240))?, reasons::INVALID_QUANTITY),
-        (good.into(), codec.encode_input(&usage(good, "j8", "sms", "standard", Decimal::ONE, Unit::Message, 0))?, reasons::TOO_LATE),
-        ("someone-else".into(), codec.encode_input(&usage(good, "j9", "sms", "standard", Decimal::ONE, Unit::Message, 240))?, reasons::BAD_KEY),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j1", "ai_hologram", "standard", Decimal::ONE, Unit::Image, 240))?,
+            reasons::UNKNOWN_SERVICE,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j2", "ai_modify", "dall_e_9", Decimal::ONE, Unit::Image, 240))?,
+            reasons::UNKNOWN_SERVICE,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(
+                good,
+                "j3",
+                "background_removal",
+                "standard",
+                Decimal::ONE,
+                Unit::VideoSecond,
+                240,
+            ))?,
+            reasons::UNIT_MISMATCH,
+        ),
+        (
+            "acct-ghost".into(),
+            codec.encode_input(&usage("acct-ghost", "j4", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
+            reasons::UNKNOWN_ACCOUNT,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j5", "sms", "standard", Decimal::ZERO, Unit::Message, 240))?,
+            reasons::INVALID_QUANTITY,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j6", "sms", "standard", -Decimal::ONE, Unit::Message, 240))?,
+            reasons::INVALID_QUANTITY,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j7", "sms", "standard", Decimal::new(1, 4), Unit::Message, 240))?,
+            reasons::INVALID_QUANTITY,
+        ),
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j8", "sms", "standard", Decimal::ONE, Unit::Message, 0))?,
+            reasons::TOO_LATE,
+        ),
+        (
+            "someone-else".into(),
+            codec.encode_input(&usage(good, "j9", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
+            reasons::BAD_KEY,
+        ),
         (good.into(), codec.encode(&Codec::global().decode::<LedgerEntry>(&sample_entry())?)?, reasons::NOT_AN_INPUT),
         (
             good.into(),
@@ -117,7 +161,11 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
     push_input(&mut messages, &after_delete, "acct-del", Some(reasons::ACCOUNT_DELETED));
     neighbour(&mut messages);
 
-    let publisher = Publisher::new(&PublisherConfig { bootstrap_servers: bootstrap.clone(), topic: INPUTS.into(), ..PublisherConfig::default() })?;
+    let publisher = Publisher::new(&PublisherConfig {
+        bootstrap_servers: bootstrap.clone(),
+        topic: INPUTS.into(),
+        ..PublisherConfig::default()
+    })?;
     for (key, payload, _) in &messages {
         publisher.enqueue_raw(key, payload).await?.wait().await?;
     }
@@ -130,20 +178,22 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
 
     // Each bad message is in the dead-letter topic at its source offset,
     // with the reason, the original key and bytes.
-    let letters: BTreeMap<i64, tally_events::DeadLetter> = read_topic(&bootstrap, DEAD_LETTERS, Duration::from_secs(30))?
-        .into_iter()
-        .map(|r| match codec.decode_any(r.payload.as_deref().unwrap_or_default()) {
-            Ok(Record::DeadLetter(d)) => (d.source.offset, d),
-            other => panic!("not a dead letter: {other:?}"),
-        })
-        .collect();
+    let letters: BTreeMap<i64, tally_events::DeadLetter> =
+        read_topic(&bootstrap, DEAD_LETTERS, Duration::from_secs(30))?
+            .into_iter()
+            .map(|r| match codec.decode_any(r.payload.as_deref().unwrap_or_default()) {
+                Ok(Record::DeadLetter(d)) => (d.source.offset, d),
+                other => panic!("not a dead letter: {other:?}"),
+            })
+            .collect();
     let mut bad_count = 0;
     for (offset, (key, payload, reason)) in messages.iter().enumerate() {
         let offset = offset as i64;
         match reason {
             Some(reason) => {
                 bad_count += 1;
-                let letter = letters.get(&offset).unwrap_or_else(|| panic!("no dead letter for offset {offset} ({reason})"));
+                let letter =
+                    letters.get(&offset).unwrap_or_else(|| panic!("no dead letter for offset {offset} ({reason})"));
                 assert_eq!(&letter.reason, reason, "offset {offset}: {}", letter.detail);
                 assert!(!letter.detail.is_empty());
                 assert_eq!(letter.source.topic, INPUTS);
@@ -156,7 +206,11 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
     }
     assert_eq!(letters.len(), bad_count, "one dead letter per bad input");
     // Every neighbour was applied: 16 successful debits of 1 credit.
-    let debits = actual.entries.iter().filter(|e| e.input_id != Uuid::nil() && e.service == "background_removal" && e.status == EntryStatus::Success).count();
+    let debits = actual
+        .entries
+        .iter()
+        .filter(|e| e.input_id != Uuid::nil() && e.service == "background_removal" && e.status == EntryStatus::Success)
+        .count();
     assert_eq!(debits, 16);
     let status = metering.terminate(Duration::from_secs(30))?;
     assert!(status.success());
@@ -196,7 +250,8 @@ async fn sigterm_finishes_the_batch_flushes_commits_and_exits_0() -> anyhow::Res
     let broker = Broker::memory()?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
-    let messages: Vec<_> = Simulator::new(SimConfig { seed: 3, accounts: 20, usage_events: 8_000, ..SimConfig::default() }).collect();
+    let messages: Vec<_> =
+        Simulator::new(SimConfig { seed: 3, accounts: 20, usage_events: 8_000, ..SimConfig::default() }).collect();
     publish(&bootstrap, &messages).await?;
     let mut metering = MeteringProcess::spawn(&bootstrap, "sigterm", &[])?;
     std::thread::sleep(Duration::from_millis(1_500));

@@ -113,7 +113,11 @@ async fn the_check_catches_a_service_that_does_not_rebuild_state() -> anyhow::Re
     publish(&bootstrap, &messages).await?;
     let expected = expected(&bootstrap, messages.len())?;
     let broken = [("TALLY_UNSAFE_SKIP_RESTORE", "1"), ("TALLY_METERING__BATCH_SIZE_MAX", "500")];
-    let mut first = MeteringProcess::spawn(&bootstrap, "broken", &[broken[0], broken[1], ("TALLY_CRASH_AT", "after_ledger_write:3")])?;
+    let mut first = MeteringProcess::spawn(
+        &bootstrap,
+        "broken",
+        &[broken[0], broken[1], ("TALLY_CRASH_AT", "after_ledger_write:3")],
+    )?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while first.exited().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

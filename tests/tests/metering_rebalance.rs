@@ -14,7 +14,8 @@ async fn instances_added_and_removed_mid_run_change_nothing() -> anyhow::Result<
     let broker = Broker::memory()?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[(INPUTS, 4)]).await?;
-    let config = SimConfig { seed: 11, accounts: 120, usage_events: 30_000, duplicate_fraction: 0.05, ..SimConfig::default() };
+    let config =
+        SimConfig { seed: 11, accounts: 120, usage_events: 30_000, duplicate_fraction: 0.05, ..SimConfig::default() };
     let messages: Vec<_> = Simulator::new(config).collect();
     // Publish in two halves so both instances have work while they churn.
     let half = messages.len() / 2;

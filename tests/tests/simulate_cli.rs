@@ -18,16 +18,20 @@ fn simulate_publishes_the_workload_it_reports() -> anyhow::Result<()> {
     assert!(output.status.success(), "tally simulate failed:\n{stdout}\n{stderr}");
 
     // The same seed, generated here, is what the broker must hold.
-    let config = SimConfig { seed: 9, accounts: 12, usage_events: 3000, malformed_fraction: 0.01, ..SimConfig::default() };
+    let config =
+        SimConfig { seed: 9, accounts: 12, usage_events: 3000, malformed_fraction: 0.01, ..SimConfig::default() };
     let mut expected = Tally::default();
-    let expected_payloads: Vec<Vec<u8>> = Simulator::new(config).inspect(|m| expected.add(m)).map(|m| m.payload).collect();
+    let expected_payloads: Vec<Vec<u8>> =
+        Simulator::new(config).inspect(|m| expected.add(m)).map(|m| m.payload).collect();
     assert!(
         stdout.contains(&format!("simulate: {} messages acknowledged", expected.total())),
         "summary names the count:\n{stdout}"
     );
     for (intent, count) in &expected.by_intent {
         assert!(
-            stdout.lines().any(|l| l.trim_start().starts_with(intent.name()) && l.trim_end().ends_with(&count.to_string())),
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(intent.name()) && l.trim_end().ends_with(&count.to_string())),
             "summary line for {intent:?} = {count}:\n{stdout}"
         );
     }

@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use tally_client::{Publisher, PublisherConfig};
-use tally_service::kafka::ensure_topics;
 use tally_events::names::topics;
+use tally_service::kafka::ensure_topics;
 use tally_simulator::{SimConfig, Simulator, Tally};
 
 /// Options of `tally simulate`.
@@ -74,9 +74,9 @@ pub async fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.partitions > 0, "--partitions must be positive");
     // Only the input topic: the metering service creates its outputs with
     // as many partitions as the input has.
-    ensure_topics(&args.brokers, &[(args.topic.as_str(), args.partitions)])
-        .await
-        .with_context(|| format!("cannot reach the broker at {} (is the stack up? deploy/local/stack.sh up)", args.brokers))?;
+    ensure_topics(&args.brokers, &[(args.topic.as_str(), args.partitions)]).await.with_context(|| {
+        format!("cannot reach the broker at {} (is the stack up? deploy/local/stack.sh up)", args.brokers)
+    })?;
     let publisher = Publisher::new(&PublisherConfig {
         bootstrap_servers: args.brokers.clone(),
         topic: args.topic.clone(),
@@ -112,7 +112,11 @@ pub async fn run(args: Args) -> Result<()> {
         if !args.quiet && last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             let rate = tally.total() as f64 / started.elapsed().as_secs_f64();
-            eprintln!("  sent {:>9} messages ({rate:>8.0}/s), {:>6} awaiting acknowledgement", tally.total(), pending.len());
+            eprintln!(
+                "  sent {:>9} messages ({rate:>8.0}/s), {:>6} awaiting acknowledgement",
+                tally.total(),
+                pending.len()
+            );
         }
     }
     for p in pending {
@@ -127,8 +131,13 @@ pub async fn run(args: Args) -> Result<()> {
 
 fn print_summary(tally: &Tally, delivered: u64, elapsed: Duration) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "\nsimulate: {delivered} messages acknowledged in {:.1} s ({:.0}/s), {} bytes",
-        elapsed.as_secs_f64(), delivered as f64 / elapsed.as_secs_f64().max(1e-9), tally.bytes);
+    let _ = writeln!(
+        out,
+        "\nsimulate: {delivered} messages acknowledged in {:.1} s ({:.0}/s), {} bytes",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64().max(1e-9),
+        tally.bytes
+    );
     let _ = writeln!(out, "  {:<28} {:>9}", "message", "count");
     for (intent, count) in &tally.by_intent {
         let _ = writeln!(out, "  {:<28} {count:>9}", intent.name());

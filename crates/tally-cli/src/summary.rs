@@ -143,16 +143,40 @@ pub fn run(args: Args) -> Result<()> {
 
     let cents = |d: Decimal| d.round_dp_with_strategy(2, RoundingStrategy::ToZero);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\n== tally summary: {} ledger entries, {} accounts ({} fenced zombie records ignored)", entries.len(), accounts.len(), fenced)?;
+    writeln!(
+        out,
+        "\n== tally summary: {} ledger entries, {} accounts ({} fenced zombie records ignored)",
+        entries.len(),
+        accounts.len(),
+        fenced
+    )?;
     writeln!(out, "\nBalances (credits, to the cent), largest first:")?;
-    writeln!(out, "  {:<12} {:<6} {:>12}  {:<8} {:>8}  last activity", "account", "tier", "balance", "status", "entries")?;
+    writeln!(
+        out,
+        "  {:<12} {:<6} {:>12}  {:<8} {:>8}  last activity",
+        "account", "tier", "balance", "status", "entries"
+    )?;
     let mut listed: Vec<(&String, &AccountView)> = accounts.iter().collect();
     listed.sort_by(|a, b| b.1.balance.cmp(&a.1.balance).then(a.0.cmp(b.0)));
     for (id, view) in listed.iter().take(args.accounts) {
-        let status = if view.deleted { "deleted" } else if view.paused { "PAUSED" } else { "active" };
+        let status = if view.deleted {
+            "deleted"
+        } else if view.paused {
+            "PAUSED"
+        } else {
+            "active"
+        };
         let tier = view.tier.map_or("-", PlanTier::name);
         let last = view.last.map_or("-".to_string(), |l| l.format("%Y-%m-%d %H:%M").to_string());
-        writeln!(out, "  {:<12} {:<6} {:>12}  {:<8} {:>8}  {last}", id, tier, cents(view.balance), status, view.entries)?;
+        writeln!(
+            out,
+            "  {:<12} {:<6} {:>12}  {:<8} {:>8}  {last}",
+            id,
+            tier,
+            cents(view.balance),
+            status,
+            view.entries
+        )?;
     }
     if accounts.len() > args.accounts {
         writeln!(out, "  ... {} more", accounts.len() - args.accounts)?;
@@ -161,9 +185,22 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(out, "  paused accounts (AI features stopped until a purchase): {paused}")?;
 
     writeln!(out, "\nCredits by service and engine:")?;
-    writeln!(out, "  {:<20} {:<15} {:>8} {:>7} {:>13} {:>11}", "service", "engine", "jobs", "failed", "credits", "dollars")?;
+    writeln!(
+        out,
+        "  {:<20} {:<15} {:>8} {:>7} {:>13} {:>11}",
+        "service", "engine", "jobs", "failed", "credits", "dollars"
+    )?;
     for ((service, engine), u) in &usage {
-        writeln!(out, "  {:<20} {:<15} {:>8} {:>7} {:>13} {:>11}", service, engine, u.jobs, u.failed, cents(u.credits), u.dollars)?;
+        writeln!(
+            out,
+            "  {:<20} {:<15} {:>8} {:>7} {:>13} {:>11}",
+            service,
+            engine,
+            u.jobs,
+            u.failed,
+            cents(u.credits),
+            u.dollars
+        )?;
     }
     writeln!(out, "\nActivity by day (consume ok / consume failed / add):")?;
     for (day, [ok, failed, add]) in &by_day {
@@ -179,7 +216,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     let balance_sum: Decimal = accounts.values().map(|v| v.balance).sum();
     let conserved = balance_sum == added - consumed - forfeited;
-    writeln!(out, "\nTotals: added {} credits (${}), consumed {} credits (${}), forfeited {}", cents(added), dollars_added, cents(consumed), dollars_consumed, cents(forfeited))?;
+    writeln!(
+        out,
+        "\nTotals: added {} credits (${}), consumed {} credits (${}), forfeited {}",
+        cents(added),
+        dollars_added,
+        cents(consumed),
+        dollars_consumed,
+        cents(forfeited)
+    )?;
     writeln!(
         out,
         "Conservation: sum of balances {} {} added - consumed - forfeited {}",

@@ -181,10 +181,7 @@ mod tests {
 
     #[test]
     fn bad_fields_are_refused() {
-        assert_eq!(
-            UsageEventBuilder::new("", "j", "s", "e").build().unwrap_err(),
-            BuildError::Empty("account_id")
-        );
+        assert_eq!(UsageEventBuilder::new("", "j", "s", "e").build().unwrap_err(), BuildError::Empty("account_id"));
         assert_eq!(
             builder().quantity(Decimal::new(1, 4), Unit::Message).build().unwrap_err(),
             BuildError::Quantity(Decimal::new(1, 4))

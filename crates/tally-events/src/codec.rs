@@ -272,9 +272,7 @@ impl Codec {
         // resolve() maps serde's generic values (strings, longs) onto the
         // schema's enums, unions and logical types before writing.
         let value = value.resolve(&current.schema).map_err(err)?;
-        apache_avro::to_avro_datum(&current.schema, value)
-            .map(|body| out.extend_from_slice(&body))
-            .map_err(err)
+        apache_avro::to_avro_datum(&current.schema, value).map(|body| out.extend_from_slice(&body)).map_err(err)
     }
 
     fn header<'a>(&self, bytes: &'a [u8]) -> Result<(&WriterSchema, &'a [u8]), CodecError> {
@@ -300,8 +298,8 @@ impl Codec {
         let record = writer.kind.name();
         let malformed = |message: String| CodecError::Malformed { record, message };
         let reader = (!writer.current).then(|| self.schema(writer.kind));
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader)
-            .map_err(|e| malformed(e.to_string()))?;
+        let value =
+            apache_avro::from_avro_datum(&writer.schema, &mut body, reader).map_err(|e| malformed(e.to_string()))?;
         if !body.is_empty() {
             return Err(malformed(format!("{} trailing bytes after the record", body.len())));
         }
@@ -325,7 +323,10 @@ impl Codec {
             RecordKind::UsageEvent => self.decode_with(writer, body).map(Input::Usage),
             RecordKind::CreditPurchase => self.decode_with(writer, body).map(Input::Purchase),
             RecordKind::AccountChange => self.decode_with(writer, body).map(Input::Account),
-            other => Err(CodecError::WrongRecord { expected: "usage event, purchase or account change", found: other.name() }),
+            other => Err(CodecError::WrongRecord {
+                expected: "usage event, purchase or account change",
+                found: other.name(),
+            }),
         }
     }
 

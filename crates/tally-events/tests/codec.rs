@@ -200,7 +200,9 @@ fn previous_schema_versions_still_decode() {
             (RecordKind::UsageEvent, Message::Input(Input::Usage(e))) => {
                 assert_eq!(e, UsageEvent { attributes: BTreeMap::new(), ..usage() })
             }
-            (RecordKind::LedgerEntry, Message::Ledger(l)) => assert_eq!(l, LedgerEntry { booth_id: String::new(), ..entry() }),
+            (RecordKind::LedgerEntry, Message::Ledger(l)) => {
+                assert_eq!(l, LedgerEntry { booth_id: String::new(), ..entry() })
+            }
             (RecordKind::CreditPurchase, Message::Input(Input::Purchase(p))) => {
                 assert_eq!((p.amount_dollars, p.payment_reference), (Decimal::TEN, None))
             }

@@ -86,7 +86,10 @@ pub struct MeteringConfig {
 impl MeteringConfig {
     /// Loads `path` (or defaults) with `TALLY_METERING__*` overrides from
     /// `env`, and validates it.
-    pub fn load(path: Option<&std::path::Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let (raw, origin): (RawConfig, String) = load("metering", path, env)?;
         Self::validate(raw, origin)
     }

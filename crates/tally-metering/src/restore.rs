@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rdkafka::{message::BorrowedMessage, Message};
 use tally_events::{
     fence::{ClaimOutcome, Fence},
-    Codec, LedgerEntry, Message as Record, MarkerKind,
+    Codec, LedgerEntry, MarkerKind, Message as Record,
 };
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use uuid::Uuid;
@@ -55,7 +55,8 @@ impl Restorer {
     /// Visits one ledger record in log order.
     pub fn visit(&mut self, message: &BorrowedMessage<'_>) -> Result<(), String> {
         let payload = message.payload().unwrap_or_default();
-        let where_ = || format!("ledger record {}/{} offset {}", message.topic(), message.partition(), message.offset());
+        let where_ =
+            || format!("ledger record {}/{} offset {}", message.topic(), message.partition(), message.offset());
         match Codec::global().decode_any(payload).map_err(|e| format!("{}: {e}", where_()))? {
             Record::Ledger(entry) => self.entry(&entry).map_err(|e| format!("{}: {e}", where_())),
             Record::Marker(marker) => {
@@ -90,7 +91,9 @@ impl Restorer {
                 entry.entry_id, entry.source.topic, entry.source.partition, self.input_topic, self.input_partition
             ));
         }
-        self.ledger.restore(entry).map_err(|e| format!("entry {} (account {}): {e}", entry.entry_id, entry.account_id))?;
+        self.ledger
+            .restore(entry)
+            .map_err(|e| format!("entry {} (account {}): {e}", entry.entry_id, entry.account_id))?;
         self.resume = self.resume.max(entry.source.offset + 1);
         self.entries += 1;
         Ok(())

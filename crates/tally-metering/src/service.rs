@@ -164,7 +164,9 @@ impl ConsumerContext for MeteringContext {
                         Ok(state) => {
                             // The assignment starts where the ledger says.
                             if let Err(e) = element.set_offset(Offset::Offset(state.next_offset)) {
-                                self.push(Change::Failed(MeteringError::kafka(format!("set offset of {partition}"))(e)));
+                                self.push(Change::Failed(MeteringError::kafka(format!("set offset of {partition}"))(
+                                    e,
+                                )));
                                 return;
                             }
                             states.push((partition, state));
@@ -224,7 +226,12 @@ struct Outputs {
 impl Metering {
     /// Connects, checks and creates topics. `runtime` is used to await
     /// deliveries from the blocking loop.
-    pub fn start(config: MeteringConfig, rates: Arc<RateTable>, metrics: Metrics, runtime: Handle) -> Result<Self, MeteringError> {
+    pub fn start(
+        config: MeteringConfig,
+        rates: Arc<RateTable>,
+        metrics: Metrics,
+        runtime: Handle,
+    ) -> Result<Self, MeteringError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("enable.idempotence", "true")
@@ -244,8 +251,7 @@ impl Metering {
             runtime: runtime.clone(),
             instance: instance.clone(),
         });
-        let context =
-            MeteringContext { watermarks: WatermarkContext::default(), changes: Arc::default(), shared };
+        let context = MeteringContext { watermarks: WatermarkContext::default(), changes: Arc::default(), shared };
         let consumer: BaseConsumer<MeteringContext> = consumer_config(&config.brokers, &config.group_id)
             .set("statistics.interval.ms", "1000")
             .set("max.poll.interval.ms", "600000")
@@ -253,7 +259,8 @@ impl Metering {
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
             .create_with_context(context.clone())
             .map_err(MeteringError::kafka("create consumer"))?;
-        let service = Metering { config, consumer, context, producer, metrics, runtime, instance, states: BTreeMap::new() };
+        let service =
+            Metering { config, consumer, context, producer, metrics, runtime, instance, states: BTreeMap::new() };
         service.prepare_topics()?;
         service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
         Ok(service)
@@ -295,12 +302,12 @@ impl Metering {
         for topic in outputs {
             match self.partitions_of(topic)? {
                 Some(n) if n == partitions => {}
-                Some(n) => {
-                    return Err(MeteringError::Topic {
-                        topic: topic.clone(),
-                        message: format!("has {n} partitions but {input} has {partitions}: ledger partition p records input partition p"),
-                    })
-                }
+                Some(n) => return Err(MeteringError::Topic {
+                    topic: topic.clone(),
+                    message: format!(
+                        "has {n} partitions but {input} has {partitions}: ledger partition p records input partition p"
+                    ),
+                }),
                 None => return Err(MeteringError::Topic { topic: topic.clone(), message: "does not exist".into() }),
             }
         }
@@ -309,7 +316,11 @@ impl Metering {
 
     /// Runs until `shutdown` flips, then finishes the batch in hand,
     /// flushes and commits.
-    pub fn run(mut self, shutdown: watch::Receiver<bool>, ready: tally_service::http::Health) -> Result<(), MeteringError> {
+    pub fn run(
+        mut self,
+        shutdown: watch::Receiver<bool>,
+        ready: tally_service::http::Health,
+    ) -> Result<(), MeteringError> {
         ready.set_ready(true);
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.config.batch_size_max.get());
         let mut last_lag = Instant::now();
@@ -404,7 +415,13 @@ impl Metering {
                 if state.back_off == 0 || state.next_offset - state.back_off > 0 {
                     state.back_off = if state.back_off == 0 { 256 } else { state.back_off * 4 };
                     let target = (state.next_offset - state.back_off).max(0);
-                    tracing::warn!(partition, expected = state.next_offset, got = message.offset(), seek = target, "input starts past the resume point; seeking back");
+                    tracing::warn!(
+                        partition,
+                        expected = state.next_offset,
+                        got = message.offset(),
+                        seek = target,
+                        "input starts past the resume point; seeking back"
+                    );
                     reseek.push((partition, target));
                     continue;
                 }
@@ -414,7 +431,8 @@ impl Metering {
             }
             state.back_off = 0;
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
-            let encode_error = |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
+            let encode_error =
+                |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
             match step(&mut state.ledger, message.key(), message.payload(), &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
                     self.metrics.inputs.with_label_values(&[input_type]).inc();
@@ -423,12 +441,21 @@ impl Metering {
                         EntryStatus::Failed => "failed",
                     };
                     self.metrics.entries.with_label_values(&[entry.entry_type.name(), status]).inc();
-                    out.ledger.push((partition, entry.account_id.clone().into_bytes(), codec.encode(&entry).map_err(encode_error)?));
+                    out.ledger.push((
+                        partition,
+                        entry.account_id.clone().into_bytes(),
+                        codec.encode(&entry).map_err(encode_error)?,
+                    ));
                     state.recorded_offset = message.offset() + 1;
                     for alert in alerts {
                         self.metrics.alerts.with_label_values(&[alert_kind(&alert)]).inc();
                         let bytes = codec.encode(&alert).map_err(encode_error)?;
-                        out.side.push((self.config.alerts_topic.clone(), partition, alert.account_id.into_bytes(), bytes));
+                        out.side.push((
+                            self.config.alerts_topic.clone(),
+                            partition,
+                            alert.account_id.into_bytes(),
+                            bytes,
+                        ));
                     }
                 }
                 Step::Duplicate { input_type } => {
@@ -439,7 +466,12 @@ impl Metering {
                     self.metrics.inputs.with_label_values(&[input_type]).inc();
                     self.metrics.dead_letters.with_label_values(&[&letter.reason]).inc();
                     let key = message.key().unwrap_or_default().to_vec();
-                    out.side.push((self.config.dead_letter_topic.clone(), partition, key, codec.encode(&letter).map_err(encode_error)?));
+                    out.side.push((
+                        self.config.dead_letter_topic.clone(),
+                        partition,
+                        key,
+                        codec.encode(&letter).map_err(encode_error)?,
+                    ));
                 }
             }
             state.next_offset = message.offset() + 1;
@@ -466,7 +498,9 @@ impl Metering {
                         input_partition: *p,
                         next_input_offset: state.next_offset,
                     };
-                    let bytes = codec.encode(&marker).map_err(|e| MeteringError::Restore { partition: *p, message: e.to_string() })?;
+                    let bytes = codec
+                        .encode(&marker)
+                        .map_err(|e| MeteringError::Restore { partition: *p, message: e.to_string() })?;
                     out.ledger.push((*p, format!("progress-{p}").into_bytes(), bytes));
                     state.recorded_offset = state.next_offset;
                 }
@@ -482,7 +516,11 @@ impl Metering {
         for (partition, offset) in delivered {
             if let Some(state) = self.states.get_mut(&partition) {
                 if state.ledger_offset >= 0 && offset != state.ledger_offset + 1 {
-                    return Err(MeteringError::Superseded { partition, expected: state.ledger_offset + 1, got: offset });
+                    return Err(MeteringError::Superseded {
+                        partition,
+                        expected: state.ledger_offset + 1,
+                        got: offset,
+                    });
                 }
                 state.ledger_offset = offset;
             }
@@ -522,7 +560,9 @@ impl Metering {
             match self.runtime.block_on(future) {
                 Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
                 Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
-                Err(_) => return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled }),
+                Err(_) => {
+                    return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled })
+                }
             }
         }
         Ok(delivered)
@@ -545,7 +585,11 @@ impl Metering {
 
 /// Rebuilds one partition's state from the ledger and claims it (see
 /// `restore` module docs for the sequence).
-fn restore(shared: &Shared, consumer: &BaseConsumer<MeteringContext>, partition: i32) -> Result<PartitionState, MeteringError> {
+fn restore(
+    shared: &Shared,
+    consumer: &BaseConsumer<MeteringContext>,
+    partition: i32,
+) -> Result<PartitionState, MeteringError> {
     let started = Instant::now();
     let config = &shared.config;
     let restore_error = |message: String| MeteringError::Restore { partition, message };
@@ -627,9 +671,10 @@ fn committed_offset(consumer: &BaseConsumer<MeteringContext>, topic: &str, parti
 }
 
 async fn tally_service_topics(brokers: &str, specs: &[(&str, i32)]) -> Result<(), MeteringError> {
-    tally_service::kafka::ensure_topics(brokers, specs)
-        .await
-        .map_err(|e| MeteringError::Topic { topic: specs.iter().map(|s| s.0).collect::<Vec<_>>().join(","), message: e.to_string() })
+    tally_service::kafka::ensure_topics(brokers, specs).await.map_err(|e| MeteringError::Topic {
+        topic: specs.iter().map(|s| s.0).collect::<Vec<_>>().join(","),
+        message: e.to_string(),
+    })
 }
 
 fn alert_kind(alert: &Alert) -> &'static str {

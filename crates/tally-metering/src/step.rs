@@ -34,7 +34,13 @@ pub enum Step {
 }
 
 /// Decodes and applies one message read at `source`.
-pub fn step(ledger: &mut Ledger, key: Option<&[u8]>, payload: Option<&[u8]>, source: &SourceOffset, epoch: i64) -> Step {
+pub fn step(
+    ledger: &mut Ledger,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    source: &SourceOffset,
+    epoch: i64,
+) -> Step {
     let dead = |reason: &str, detail: String, input_id: String| DeadLetter {
         reason: reason.to_string(),
         detail,
@@ -46,7 +52,10 @@ pub fn step(ledger: &mut Ledger, key: Option<&[u8]>, payload: Option<&[u8]>, sou
     let input = match Codec::global().decode_input(payload.unwrap_or_default()) {
         Ok(input) => input,
         Err(e) => {
-            return Step::DeadLetter { letter: dead(e.reason(), e.to_string(), String::new()), input_type: "undecodable" }
+            return Step::DeadLetter {
+                letter: dead(e.reason(), e.to_string(), String::new()),
+                input_type: "undecodable",
+            }
         }
     };
     let input_type = match &input {

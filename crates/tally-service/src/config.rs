@@ -50,9 +50,10 @@ pub fn load<T: DeserializeOwned>(
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             (table, path.display().to_string())
         }
         None => (toml::Table::new(), "(defaults)".to_string()),

@@ -62,9 +62,9 @@ impl WatermarkContext {
     }
     /// Sum of the consumer lag of every partition of `topic` (unknown = 0).
     pub fn lag(&self, topic: &str) -> i64 {
-        self.partitions.lock().map_or(0, |p| {
-            p.iter().filter(|((t, _), _)| t == topic).map(|(_, (_, lag))| (*lag).max(0)).sum()
-        })
+        self.partitions
+            .lock()
+            .map_or(0, |p| p.iter().filter(|((t, _), _)| t == topic).map(|(_, (_, lag))| (*lag).max(0)).sum())
     }
     /// How many statistics reports arrived.
     pub fn reports(&self) -> u64 {

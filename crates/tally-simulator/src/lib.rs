@@ -293,7 +293,11 @@ impl Simulator {
     fn photo(&mut self) -> Vec<SimMessage> {
         // A few big operators do most of the volume.
         let count = self.accounts.len();
-        let index = if self.rng.random_bool(0.5) { self.rng.random_range(0..count.div_ceil(5)) } else { self.rng.random_range(0..count) };
+        let index = if self.rng.random_bool(0.5) {
+            self.rng.random_range(0..count.div_ceil(5))
+        } else {
+            self.rng.random_range(0..count)
+        };
         if self.accounts[index].deleted {
             // Workers do not know yet: their events are refused.
             return vec![self.usage_for(index, "background_removal", "standard", Unit::Image, "deleted-account")];
@@ -319,7 +323,9 @@ impl Simulator {
         let (event_id, booths) =
             account.current_event.as_ref().map_or(("none".to_string(), 1), |e| (e.id.clone(), e.booths));
         let quantity = match unit {
-            Unit::VideoSecond => [Decimal::from(5), Decimal::new(75, 1), Decimal::from(10)][self.rng.random_range(0..3)],
+            Unit::VideoSecond => {
+                [Decimal::from(5), Decimal::new(75, 1), Decimal::from(10)][self.rng.random_range(0..3)]
+            }
             Unit::Message => Decimal::from(self.rng.random_range(1..=3)),
             Unit::Image => Decimal::ONE,
         };
@@ -367,12 +373,17 @@ impl Simulator {
         let index = self.rng.random_range(0..self.accounts.len());
         let account = self.accounts[index].id.clone();
         let good = |sim: &mut Simulator| {
-            let mut event = UsageEventBuilder::new(&account, &format!("bad-{}", sim.rng.random::<u64>()), "ai_modify", "gpt_image_2")
-                .photo_event("bad-event")
-                .booth("booth-1")
-                .quantity(Decimal::ONE, Unit::Image)
-                .occurred_at(sim.now)
-                .build();
+            let mut event = UsageEventBuilder::new(
+                &account,
+                &format!("bad-{}", sim.rng.random::<u64>()),
+                "ai_modify",
+                "gpt_image_2",
+            )
+            .photo_event("bad-event")
+            .booth("booth-1")
+            .quantity(Decimal::ONE, Unit::Image)
+            .occurred_at(sim.now)
+            .build();
             if let Ok(event) = event.as_mut() {
                 event.producer.worker = "broken-worker".into();
             }
@@ -531,7 +542,8 @@ mod tests {
 
     #[test]
     fn the_workload_has_every_kind_of_message() {
-        let config = SimConfig { usage_events: 30_000, malformed_fraction: 0.01, late_fraction: 0.02, ..SimConfig::default() };
+        let config =
+            SimConfig { usage_events: 30_000, malformed_fraction: 0.01, late_fraction: 0.02, ..SimConfig::default() };
         let mut tally = Tally::default();
         let mut keyed_right = true;
         for message in Simulator::new(config) {

@@ -18,11 +18,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-pub use tally_service::kafka::WatermarkContext;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
+pub use tally_service::kafka::WatermarkContext;
 
 /// Where the Tansu binary is: `$TALLY_TANSU_BIN`, else the install cache.
 pub fn tansu_binary() -> Result<PathBuf> {
@@ -79,9 +79,16 @@ impl Broker {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let url = match &self.storage {
-            Storage::Memory => "memory://tansu/".to_string(),
-            Storage::Sqlite(path) => format!("sqlite://{}", path.display()),
+        // Tansu reads a sqlite:// path relative to its working directory
+        // (an absolute one loses its leading slash): run it in the folder.
+        let (url, dir) = match &self.storage {
+            Storage::Memory => ("memory://tansu/".to_string(), std::env::temp_dir()),
+            Storage::Sqlite(path) => {
+                let name = path.file_name().context("sqlite path has no file name")?.to_string_lossy().to_string();
+                let dir = path.parent().map_or_else(std::env::temp_dir, Path::to_path_buf);
+                std::fs::create_dir_all(&dir)?;
+                (format!("sqlite://{name}"), dir)
+            }
         };
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
@@ -90,6 +97,7 @@ impl Broker {
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
         let child = Command::new(tansu_binary()?)
+            .current_dir(dir)
             .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
             .args(["--storage-engine", &url])
             .stdin(Stdio::null())
@@ -284,7 +292,8 @@ pub fn tally_binary() -> Result<PathBuf> {
             if !status.success() {
                 return Err(format!("building the tally binary failed: {status}"));
             }
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+            let target =
+                std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
             let path = target.join(if release { "release" } else { "debug" }).join("tally");
             if path.exists() {
                 Ok(path)

@@ -182,9 +182,11 @@ pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
     let records = read_topic_at_least(bootstrap, INPUTS, published, Duration::from_secs(120))?;
     let rates = rates();
     let mut ledgers: BTreeMap<i32, Ledger> = BTreeMap::new();
-    let mut out = Expected { inputs: records.len(), entries: BTreeMap::new(), dead_letters: BTreeMap::new(), duplicates: 0 };
+    let mut out =
+        Expected { inputs: records.len(), entries: BTreeMap::new(), dead_letters: BTreeMap::new(), duplicates: 0 };
     for record in &records {
-        let ledger = ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
+        let ledger =
+            ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
         let source = SourceOffset { topic: INPUTS.into(), partition: record.partition, offset: record.offset };
         match step(ledger, record.key.as_deref(), record.payload.as_deref(), &source, 0) {
             Step::Entry { entry, .. } => {
@@ -374,10 +376,29 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
 /// Polls until the broker holds at least the expected entries and dead
 /// letters, or the timeout passes. Returns the last reading.
 pub fn wait_for_ledger(bootstrap: &str, expected: &Expected, timeout: Duration) -> Result<Actual> {
+    wait_for_ledger_supervising(bootstrap, expected, timeout, None)
+}
+
+/// Like [`wait_for_ledger`], restarting `process` whenever it exits, as a
+/// supervisor (systemd, Kubernetes) would: the service exits by design when
+/// it finds itself superseded or cannot deliver.
+pub fn wait_for_ledger_supervising(
+    bootstrap: &str,
+    expected: &Expected,
+    timeout: Duration,
+    mut process: Option<&mut MeteringProcess>,
+) -> Result<Actual> {
     let deadline = Instant::now() + timeout;
     loop {
+        if let Some(process) = process.as_deref_mut() {
+            if let Some(status) = process.exited() {
+                eprintln!("[supervisor] metering exited ({status}), restarting it; its last words:\n{}", process.log_tail());
+                *process = MeteringProcess::spawn(bootstrap, "restarted", &[])?;
+            }
+        }
         let actual = actual(bootstrap, true)?;
-        let distinct: BTreeSet<(&str, i64)> = actual.entries.iter().map(|e| (e.account_id.as_str(), e.sequence)).collect();
+        let distinct: BTreeSet<(&str, i64)> =
+            actual.entries.iter().map(|e| (e.account_id.as_str(), e.sequence)).collect();
         if distinct.len() >= expected.entries.len() && actual.dead_letters.len() >= expected.dead_letters.len() {
             return Ok(actual);
         }
