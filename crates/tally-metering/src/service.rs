@@ -33,7 +33,7 @@ use rdkafka::{
 };
 use tally_events::{Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, SourceOffset};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
-use tally_service::kafka::{consumer_config, read_partition, Until, WatermarkContext};
+use tally_service::kafka::{consumer_config, read_partition, LagContext, Until};
 use tokio::{runtime::Handle, sync::watch};
 use uuid::Uuid;
 
@@ -130,7 +130,7 @@ struct Shared {
 /// offset can win, skipping inputs).
 #[derive(Clone)]
 pub struct MeteringContext {
-    watermarks: WatermarkContext,
+    watermarks: LagContext,
     changes: Arc<Mutex<Vec<Change>>>,
     shared: Arc<Shared>,
 }
@@ -251,7 +251,7 @@ impl Metering {
             runtime: runtime.clone(),
             instance: instance.clone(),
         });
-        let context = MeteringContext { watermarks: WatermarkContext::default(), changes: Arc::default(), shared };
+        let context = MeteringContext { watermarks: LagContext::default(), changes: Arc::default(), shared };
         let consumer: BaseConsumer<MeteringContext> = consumer_config(&config.brokers, &config.group_id)
             .set("statistics.interval.ms", "1000")
             .set("max.poll.interval.ms", "600000")
@@ -302,12 +302,14 @@ impl Metering {
         for topic in outputs {
             match self.partitions_of(topic)? {
                 Some(n) if n == partitions => {}
-                Some(n) => return Err(MeteringError::Topic {
-                    topic: topic.clone(),
-                    message: format!(
+                Some(n) => {
+                    return Err(MeteringError::Topic {
+                        topic: topic.clone(),
+                        message: format!(
                         "has {n} partitions but {input} has {partitions}: ledger partition p records input partition p"
                     ),
-                }),
+                    })
+                }
                 None => return Err(MeteringError::Topic { topic: topic.clone(), message: "does not exist".into() }),
             }
         }

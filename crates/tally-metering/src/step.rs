@@ -9,6 +9,9 @@ use tally_ledger::{Applied, Ledger};
 
 /// The outcome of one input message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Returned by value and consumed at once: boxing the entry would add an
+// allocation per input for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     /// Applied: one entry, maybe alerts.
     Entry {

@@ -9,10 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -45,53 +42,42 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     config
 }
 
-/// Keeps the per-partition high watermarks and consumer lag that
-/// librdkafka's statistics report: good for a lag metric, not for deciding
-/// where a partition ends (see the module docs).
+/// Keeps the per-partition consumer lag that librdkafka's statistics
+/// report: good for a lag metric, not for deciding where a partition ends
+/// (see the module docs).
 #[derive(Default, Clone)]
-pub struct WatermarkContext {
-    partitions: Arc<Mutex<HashMap<(String, i32), (i64, i64)>>>,
-    reports: Arc<AtomicU64>,
+pub struct LagContext {
+    lags: Arc<Mutex<HashMap<String, HashMap<i32, i64>>>>,
 }
 
-impl WatermarkContext {
-    /// The last reported high watermark of a partition, if known.
-    pub fn high(&self, topic: &str, partition: i32) -> Option<i64> {
-        let partitions = self.partitions.lock().ok()?;
-        partitions.get(&(topic.to_string(), partition)).map(|(high, _)| *high).filter(|h| *h >= 0)
-    }
+impl LagContext {
     /// Sum of the consumer lag of every partition of `topic` (unknown = 0).
     pub fn lag(&self, topic: &str) -> i64 {
-        self.partitions
-            .lock()
-            .map_or(0, |p| p.iter().filter(|((t, _), _)| t == topic).map(|(_, (_, lag))| (*lag).max(0)).sum())
+        self.lags.lock().map_or(0, |lags| lags.get(topic).map_or(0, |p| p.values().map(|l| (*l).max(0)).sum()))
     }
-    /// How many statistics reports arrived.
-    pub fn reports(&self) -> u64 {
-        self.reports.load(Ordering::SeqCst)
-    }
+
     /// Records a statistics report (call from a context's `stats`).
     pub fn record(&self, statistics: &Statistics) {
-        if let Ok(mut partitions) = self.partitions.lock() {
+        if let Ok(mut lags) = self.lags.lock() {
             for (name, topic) in &statistics.topics {
+                let partitions = lags.entry(name.clone()).or_default();
                 for (id, partition) in &topic.partitions {
                     if *id >= 0 {
-                        partitions.insert((name.clone(), *id), (partition.hi_offset, partition.consumer_lag));
+                        partitions.insert(*id, partition.consumer_lag);
                     }
                 }
             }
         }
-        self.reports.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-impl ClientContext for WatermarkContext {
+impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         self.record(&statistics);
     }
 }
 
-impl ConsumerContext for WatermarkContext {}
+impl ConsumerContext for LagContext {}
 
 /// Why a partition read failed.
 #[derive(Debug, thiserror::Error)]

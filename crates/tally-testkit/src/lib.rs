@@ -22,7 +22,6 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
-pub use tally_service::kafka::WatermarkContext;
 
 /// Where the Tansu binary is: `$TALLY_TANSU_BIN`, else the install cache.
 pub fn tansu_binary() -> Result<PathBuf> {
