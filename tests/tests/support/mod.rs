@@ -392,7 +392,10 @@ pub fn wait_for_ledger_supervising(
     loop {
         if let Some(process) = process.as_deref_mut() {
             if let Some(status) = process.exited() {
-                eprintln!("[supervisor] metering exited ({status}), restarting it; its last words:\n{}", process.log_tail());
+                eprintln!(
+                    "[supervisor] metering exited ({status}), restarting it; its last words:\n{}",
+                    process.log_tail()
+                );
                 *process = MeteringProcess::spawn(bootstrap, "restarted", &[])?;
             }
         }
