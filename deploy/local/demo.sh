@@ -40,7 +40,8 @@ stop_metering() { kill -TERM "$metering" 2>/dev/null && wait "$metering" 2>/dev/
 trap stop_metering EXIT
 
 log "publishing the workload ($events usage events, $accounts accounts, seed $seed)"
-sim_out=$("$tally" simulate --events "$events" --accounts "$accounts" --seed "$seed" | tee /dev/stderr)
+sim_out=$("$tally" simulate --events "$events" --accounts "$accounts" --seed "$seed")
+printf '%s\n' "$sim_out"
 published=$(printf '%s\n' "$sim_out" | sed -n 's/^simulate: \([0-9]*\) messages acknowledged.*/\1/p')
 [ -n "$published" ] || { log "could not read how many messages simulate published"; exit 1; }
 

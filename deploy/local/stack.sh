@@ -69,6 +69,22 @@ start_tansu() { # storage
   log "tansu is up"
 }
 
+# Creates tally's topics (4 partitions each; an existing topic is kept).
+# The services create missing topics too; this makes a fresh stack ready
+# for any client.
+create_topics() {
+  local broker="tcp://127.0.0.1:$KAFKA_PORT" topic existing
+  existing=$("$TANSU_BIN" topic list --broker "$broker" 2>/dev/null || true)
+  for topic in tally.inputs tally.ledger tally.alerts tally.dead-letters; do
+    if printf '%s' "$existing" | grep -q "$topic"; then continue; fi
+    if "$TANSU_BIN" topic create "$topic" --partitions "${TALLY_PARTITIONS:-4}" --broker "$broker" >/dev/null 2>&1; then
+      log "created topic $topic"
+    else
+      log "could not create topic $topic (the services will create it)"
+    fi
+  done
+}
+
 start_clickhouse() {
   local pidfile="$STACK_DIR/clickhouse.pid" dir="$STACK_DIR/clickhouse"
   if running "$pidfile"; then log "clickhouse already running (pid $(cat "$pidfile"))"; return; fi
@@ -104,7 +120,10 @@ case "$cmd" in
     "$here/install.sh"
     mkdir -p "$STACK_DIR"
     start_clickhouse
-    [ "$broker" = 0 ] || start_tansu "$storage"
+    if [ "$broker" = 1 ]; then
+      start_tansu "$storage"
+      create_topics
+    fi
     ;;
   down)
     stop_pid tansu "$STACK_DIR/tansu.pid"

@@ -141,7 +141,8 @@ pub fn run(args: Args) -> Result<()> {
         Ok(())
     })?;
 
-    let cents = |d: Decimal| d.round_dp_with_strategy(2, RoundingStrategy::ToZero);
+    // To the cent, rounding down: a balance is never shown larger than it is.
+    let cents = |d: Decimal| format!("{:.2}", d.round_dp_with_strategy(2, RoundingStrategy::ToZero));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

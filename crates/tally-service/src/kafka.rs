@@ -79,6 +79,21 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
+/// Context of readers that ask for partition-EOF events: librdkafka also
+/// reports each one as a client error, which is noise, not a fault.
+#[derive(Default, Clone, Copy)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Why a partition read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -134,9 +149,9 @@ pub fn read_partition<E: std::fmt::Display>(
     mut visit: impl FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
 ) -> Result<i64, ReadError> {
     let kafka = |source| ReadError::Kafka { topic: topic.to_string(), partition, source };
-    let consumer: BaseConsumer = consumer_config(bootstrap, "tally-partition-reader")
+    let consumer: BaseConsumer<ReaderContext> = consumer_config(bootstrap, "tally-partition-reader")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(kafka)?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(kafka)?;

@@ -127,6 +127,9 @@ pub struct SimMessage {
 struct Account {
     id: String,
     tier: PlanTier,
+    /// What the operator believes the balance is, in credits (they watch
+    /// the dashboard): a rough figure that decides when they top up.
+    believed_credits: Decimal,
     /// Never tops up: runs out of credits and gets paused.
     thrifty: bool,
     deleted: bool,
@@ -183,6 +186,7 @@ impl Simulator {
             sim.accounts.push(Account {
                 id: format!("acct-{n:04}"),
                 tier,
+                believed_credits: Decimal::ZERO,
                 thrifty: rng.random_bool(0.1),
                 deleted: false,
                 purchases: 0,
@@ -246,6 +250,13 @@ impl Simulator {
         let cents: i64 = self.rng.random_range(low..=high) / 500 * 500;
         let account = &mut self.accounts[index];
         account.purchases += 1;
+        // Roughly what the dashboard would show after the purchase.
+        let per_credit = match account.tier {
+            PlanTier::Payg => Decimal::new(12, 2),
+            PlanTier::Basic => Decimal::new(10, 2),
+            PlanTier::Pro => Decimal::new(8, 2),
+        };
+        account.believed_credits += Decimal::new(cents, 2) / per_credit;
         let purchase = CreditPurchase {
             purchase_id: input_id(&["purchase", &account.id, &account.purchases.to_string()]),
             account_id: account.id.clone(),
@@ -352,6 +363,19 @@ impl Simulator {
             .occurred_at(occurred_at)
             .producer(&worker, "1.4.2")
             .build();
+        // The operator sees the balance drop by roughly the list price.
+        let rough_credits = match (service, engine) {
+            ("background_removal", _) => Decimal::ONE,
+            ("face_switch", _) | ("editorial_ai", _) => Decimal::TWO,
+            ("ai_modify", "gpt_image_2") => Decimal::from(6),
+            ("ai_modify", "nano_banana_2") => Decimal::from(4),
+            ("ai_modify", _) | ("ai_draw_me", _) => Decimal::from(3),
+            ("ai_image_to_video", "sora") => Decimal::from(5),
+            ("ai_image_to_video", "kling") => Decimal::TWO,
+            ("ai_image_to_video", _) => Decimal::new(15, 1),
+            _ => Decimal::new(5, 2),
+        } * quantity;
+        self.accounts[index].believed_credits -= rough_credits;
         match event {
             Ok(event) => {
                 self.recent.push_back(event.clone());
@@ -448,10 +472,17 @@ impl Simulator {
             out.extend(photo);
             out.extend(retries);
         }
-        // Operators top up from time to time; thrifty ones never do.
-        if self.rng.random_bool(0.004) {
-            let index = self.rng.random_range(0..self.accounts.len());
-            if !self.accounts[index].thrifty && !self.accounts[index].deleted {
+        // Operators top up when their balance looks low (most react within
+        // a few photos); thrifty ones never do, run dry and get paused.
+        if self.rng.random_bool(0.3) {
+            let low: Vec<usize> = (0..self.accounts.len())
+                .filter(|i| {
+                    let a = &self.accounts[*i];
+                    !a.thrifty && !a.deleted && a.believed_credits < Decimal::from(150)
+                })
+                .collect();
+            if !low.is_empty() {
+                let index = low[self.rng.random_range(0..low.len())];
                 out.push(self.purchase(index));
             }
         }

@@ -212,7 +212,9 @@ pub struct Record {
 /// partition-EOF event, raised from the fetch response's high watermark).
 /// Records come in (partition, offset) order.
 pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
-    let consumer: BaseConsumer = consumer_config(bootstrap, None).set("enable.partition.eof", "true").create()?;
+    let consumer: BaseConsumer<tally_service::kafka::ReaderContext> = consumer_config(bootstrap, None)
+        .set("enable.partition.eof", "true")
+        .create_with_context(tally_service::kafka::ReaderContext)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let partitions: Vec<i32> = metadata
         .topics()
