@@ -1,0 +1,294 @@
+//! Pipeline bench: the metering service against a bare rdkafka loop.
+//!
+//! One real Tansu broker (memory storage), one set of inputs from the
+//! simulator (1,000,000 by default; `TALLY_BENCH_INPUTS` changes it), 4
+//! partitions. Side by side:
+//! (a) a bare loop: consume each input and produce one record of the same
+//!     size to the same partition of another topic, batch by batch, waiting
+//!     for the acknowledgements of each batch (what metering does too);
+//! (b) the `tally metering` release binary, timed from its first handled
+//!     input to its last (its /metrics counters).
+//! It prints both rates and the ratio (goal: metering >= 0.8 of the bare
+//! loop), then runs metering again on a fresh topic fed at half its measured
+//! rate and prints the latency from input append to ledger entry append
+//! (p50, p99; goal: p99 < 250 ms).
+//!
+//! Run: `cargo bench -p tally-benches --bench pipeline` (needs the Tansu
+//! binary that deploy/local/install.sh caches).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{Read, Write},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::{FutureProducer, FutureRecord},
+    ClientConfig, Message,
+};
+use tally_client::{Publisher, PublisherConfig};
+use tally_simulator::{SimConfig, Simulator};
+use tally_testkit::{create_topics, free_port, read_topic, tally_binary, Broker};
+
+const PARTITIONS: i32 = 4;
+
+async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], rate: Option<f64>) -> Result<()> {
+    let publisher = Publisher::new(&PublisherConfig {
+        bootstrap_servers: bootstrap.into(),
+        topic: topic.into(),
+        ..PublisherConfig::default()
+    })?;
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    for (n, (key, payload)) in messages.iter().enumerate() {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        pending.push_back(publisher.enqueue_raw(key, payload).await?);
+        while pending.len() > 20_000 {
+            if let Some(p) = pending.pop_front() {
+                p.wait().await?;
+            }
+        }
+    }
+    for p in pending {
+        p.wait().await?;
+    }
+    publisher.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// (a): the bare loop. Returns records per second.
+async fn bare_loop(bootstrap: &str, input: &str, output: &str, total: usize) -> Result<f64> {
+    let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, Some("bench-bare")).create()?;
+    consumer.subscribe(&[input])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut done = 0usize;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done < total {
+        if Instant::now() > deadline {
+            bail!("bare loop did not finish: {done} of {total}");
+        }
+        let mut batch = Vec::new();
+        while batch.len() < 5_000 {
+            match consumer.poll(Duration::from_millis(if batch.is_empty() { 100 } else { 0 })) {
+                Some(Ok(message)) => batch.push(message.detach()),
+                Some(Err(e)) => bail!("consume: {e}"),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        started.get_or_insert_with(Instant::now);
+        let mut futures = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let record = FutureRecord::to(output)
+                .partition(message.partition())
+                .key(message.key().unwrap_or_default())
+                .payload(message.payload().unwrap_or_default());
+            futures.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for future in futures {
+            future.await.context("canceled")?.map_err(|(e, _)| e)?;
+        }
+        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async).ok();
+        done += batch.len();
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+struct Metering {
+    child: Child,
+    port: u16,
+}
+
+impl Metering {
+    fn start(bootstrap: &str, prefix: &str, group: &str) -> Result<Metering> {
+        let port = free_port()?;
+        let rates = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/rates.toml");
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-bench-{group}.log")))?;
+        let child = Command::new(tally_binary()?)
+            .arg("metering")
+            .env("TALLY_METERING__BROKERS", bootstrap)
+            .env("TALLY_METERING__GROUP_ID", group)
+            .env("TALLY_METERING__INPUT_TOPIC", format!("{prefix}inputs"))
+            .env("TALLY_METERING__LEDGER_TOPIC", format!("{prefix}ledger"))
+            .env("TALLY_METERING__ALERTS_TOPIC", format!("{prefix}alerts"))
+            .env("TALLY_METERING__DEAD_LETTER_TOPIC", format!("{prefix}dead-letters"))
+            .env("TALLY_METERING__RATES_FILE", rates)
+            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Metering { child, port })
+    }
+
+    /// Inputs handled so far (sum of inputs_total), if the server answers.
+    fn handled(&self) -> Option<u64> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with("tally_metering_inputs_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+}
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (b): metering, from its first handled input to its last.
+fn metering_rate(bootstrap: &str, total: u64) -> Result<f64> {
+    let metering = Metering::start(bootstrap, "", "bench-metering")?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let handled = metering.handled().unwrap_or(0);
+        if handled > 0 && first.is_none() {
+            first = Some((Instant::now(), handled));
+        }
+        if handled >= total {
+            let (at, n0) = first.context("no progress seen")?;
+            return Ok((total - n0) as f64 / at.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!("metering handled {handled} of {total} in 900 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let total: usize = std::env::var("TALLY_BENCH_INPUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let broker = Broker::memory()?;
+    let bootstrap = broker.bootstrap();
+    create_topics(&bootstrap, &[("inputs", PARTITIONS), ("bare-out", PARTITIONS)]).await?;
+    let config = SimConfig {
+        accounts: 2_000,
+        usage_events: total as u64,
+        duplicate_fraction: 0.02,
+        late_fraction: 0.0,
+        malformed_fraction: 0.001,
+        ..SimConfig::default()
+    };
+    let messages: Vec<(Vec<u8>, Vec<u8>)> = Simulator::new(config).take(total).map(|m| (m.key, m.payload)).collect();
+    let mean_size = messages.iter().map(|(_, p)| p.len()).sum::<usize>() / messages.len().max(1);
+    println!(
+        "pipeline bench: {} inputs (mean {mean_size} B), {PARTITIONS} partitions, Tansu memory storage",
+        messages.len()
+    );
+    publish(&bootstrap, "inputs", &messages, None).await?;
+    // Build the release binary before timing anything.
+    tally_binary()?;
+
+    let bare = bare_loop(&bootstrap, "inputs", "bare-out", messages.len()).await?;
+    println!("  (a) bare rdkafka consume+produce loop: {bare:>10.0} records/s");
+    let metering = metering_rate(&bootstrap, messages.len() as u64)?;
+    println!("  (b) tally metering:                    {metering:>10.0} inputs/s");
+    println!("  ratio (b)/(a): {:.2} (goal >= 0.80)", metering / bare);
+
+    // Latency at half the measured metering rate, on fresh topics.
+    let rate = metering / 2.0;
+    let count = ((rate * 20.0) as usize).clamp(1_000, messages.len());
+    create_topics(&bootstrap, &[("lat-inputs", PARTITIONS)]).await?;
+    let latency = Metering::start(&bootstrap, "lat-", "bench-latency")?;
+    std::thread::sleep(Duration::from_secs(3)); // let it join and claim
+    publish(&bootstrap, "lat-inputs", &messages[..count], Some(rate)).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while latency.handled().unwrap_or(0) < count as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(latency);
+    let ledger = read_topic(&bootstrap, "lat-ledger", Duration::from_secs(60))?;
+    // Timestamps are the producers' append times: the worker's publish for
+    // inputs, metering's produce for entries (one machine, one clock).
+    let appended = timestamps(&bootstrap, "lat-inputs")?;
+    let ledger_stamps = timestamps(&bootstrap, "lat-ledger")?;
+    let mut latencies = Vec::new();
+    for record in &ledger {
+        let Ok(tally_events::Message::Ledger(entry)) =
+            tally_events::Codec::global().decode_any(record.payload.as_deref().unwrap_or_default())
+        else {
+            continue;
+        };
+        if let (Some(input_ts), Some(entry_ts)) = (
+            appended.get(&(entry.source.partition, entry.source.offset)),
+            ledger_stamps.get(&(record.partition, record.offset)),
+        ) {
+            latencies.push(entry_ts - input_ts);
+        }
+    }
+    latencies.sort_unstable();
+    if latencies.is_empty() {
+        bail!("no ledger entries to measure latency on");
+    }
+    println!(
+        "  latency at {rate:.0} inputs/s (half of (b)), {} entries: p50 {} ms, p99 {} ms, max {} ms (goal p99 < 250 ms)",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+    Ok(())
+}
+
+/// (partition, offset) -> message timestamp (ms), read to the end.
+fn timestamps(bootstrap: &str, topic: &str) -> Result<HashMap<(i32, i64), i64>> {
+    let mut out = HashMap::new();
+    for partition in 0..PARTITIONS {
+        read_timestamps(bootstrap, topic, partition, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_timestamps(bootstrap: &str, topic: &str, partition: i32, out: &mut HashMap<(i32, i64), i64>) -> Result<()> {
+    let consumer: BaseConsumer<tally_service::kafka::ReaderContext> = tally_testkit::consumer_config(bootstrap, None)
+        .set("enable.partition.eof", "true")
+        .create_with_context(tally_service::kafka::ReaderContext)?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(0))?;
+    consumer.assign(&list)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                if let Some(ts) = m.timestamp().to_millis() {
+                    out.insert((m.partition(), m.offset()), ts);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) => bail!("{e}"),
+            None => {}
+        }
+    }
+    bail!("reading {topic}/{partition} timed out")
+}
