@@ -597,20 +597,6 @@ fn restore(
     let restore_error = |message: String| MeteringError::Restore { partition, message };
     let ledger_config = LedgerConfig { dedup_window: config.dedup_window };
     let mut restorer = Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition);
-    if crate::faults::unsafe_skip_restore() {
-        // Test-only broken variant: proves the crash test can fail.
-        let committed = committed_offset(consumer, &config.input_topic, partition);
-        tracing::warn!(partition, committed, "TALLY_UNSAFE_SKIP_RESTORE: empty state from the group offset");
-        return Ok(PartitionState {
-            ledger: restorer.ledger,
-            epoch: 1,
-            claim_id: Uuid::new_v4(),
-            next_offset: committed,
-            recorded_offset: committed,
-            ledger_offset: -1,
-            back_off: 0,
-        });
-    }
     let topic = &config.ledger_topic;
     let claim_id = Uuid::new_v4();
     let claim = LedgerMarker {
@@ -631,6 +617,21 @@ fn restore(
         .map_err(|(source, _)| MeteringError::Delivery { topic: topic.clone(), source })?;
     crate::faults::point("restore_after_claim");
     let epoch = delivery.offset;
+    if crate::faults::unsafe_skip_restore() {
+        // Test-only broken variant: claims, but keeps an empty state and
+        // starts from the group offset. Proves the crash test can fail.
+        let committed = committed_offset(consumer, &config.input_topic, partition);
+        tracing::warn!(partition, committed, "TALLY_UNSAFE_SKIP_RESTORE: empty state from the group offset");
+        return Ok(PartitionState {
+            ledger: restorer.ledger,
+            epoch,
+            claim_id,
+            next_offset: committed,
+            recorded_offset: committed,
+            ledger_offset: -1,
+            back_off: 0,
+        });
+    }
     read_partition(&config.brokers, topic, partition, 0, Until::Offset(epoch), config.restore_timeout, |m| {
         restorer.visit(m)
     })
