@@ -125,6 +125,13 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
             codec.encode_input(&usage(good, "j8", "sms", "standard", Decimal::ONE, Unit::Message, 0))?,
             reasons::TOO_LATE,
         ),
+        // Eighty years ahead of its append time: refused, and the inputs
+        // after it are not made "too late" by it.
+        (
+            good.into(),
+            codec.encode_input(&usage(good, "j11", "sms", "standard", Decimal::ONE, Unit::Message, 24 * 365 * 80))?,
+            reasons::FROM_FUTURE,
+        ),
         (
             "someone-else".into(),
             codec.encode_input(&usage(good, "j9", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
@@ -205,13 +212,13 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         }
     }
     assert_eq!(letters.len(), bad_count, "one dead letter per bad input");
-    // Every neighbour was applied: 16 successful debits of 1 credit.
+    // Every neighbour was applied: 17 successful debits of 1 credit.
     let debits = actual
         .entries
         .iter()
         .filter(|e| e.input_id != Uuid::nil() && e.service == "background_removal" && e.status == EntryStatus::Success)
         .count();
-    assert_eq!(debits, 16);
+    assert_eq!(debits, 17);
     let status = metering.terminate(Duration::from_secs(30))?;
     assert!(status.success());
     Ok(())

@@ -52,6 +52,10 @@ pub mod reasons {
     pub const INVALID_AMOUNT: &str = "invalid_amount";
     /// Threshold negative or otherwise unusable.
     pub const INVALID_THRESHOLD: &str = "invalid_threshold";
+    /// An input whose occurred_at is later than its message's append
+    /// timestamp plus the allowed skew: accepting it would make it the
+    /// partition's newest time and every later input too late.
+    pub const FROM_FUTURE: &str = "from_future";
     /// An input older than the dedup window relative to the newest input
     /// applied on its partition: dedup could not be exact, so it is refused.
     pub const TOO_LATE: &str = "too_late";

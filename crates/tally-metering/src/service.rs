@@ -435,7 +435,8 @@ impl Metering {
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
             let encode_error =
                 |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
-            match step(&mut state.ledger, message.key(), message.payload(), &source, state.epoch) {
+            let appended_ms = message.timestamp().to_millis();
+            match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
                     self.metrics.inputs.with_label_values(&[input_type]).inc();
                     let status = match entry.status {

@@ -36,11 +36,20 @@ pub enum Step {
     },
 }
 
-/// Decodes and applies one message read at `source`.
+/// How far an input's occurred_at may run ahead of its message's append
+/// timestamp (clock skew between workers and the broker).
+pub const FUTURE_SKEW_MAX: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Decodes and applies one message read at `source`, appended at
+/// `appended_ms` (the message timestamp, ms since the epoch, if it has one).
+///
+/// The future check uses the message's timestamp, not the wall clock, so a
+/// replay decides exactly as the first run did.
 pub fn step(
     ledger: &mut Ledger,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
+    appended_ms: Option<i64>,
     source: &SourceOffset,
     epoch: i64,
 ) -> Step {
@@ -71,6 +80,16 @@ pub fn step(
     if key != Some(input.account_id().as_bytes()) {
         let detail = format!("message key must be the account id {:?}", input.account_id());
         return Step::DeadLetter { letter: dead(reasons::BAD_KEY, detail, input.id().to_string()), input_type };
+    }
+    if let Some(appended) = appended_ms.and_then(chrono::DateTime::from_timestamp_millis) {
+        if input.occurred_at() > appended + FUTURE_SKEW_MAX {
+            let detail = format!(
+                "occurred_at {} is more than {} min after the message was appended ({appended})",
+                input.occurred_at(),
+                FUTURE_SKEW_MAX.num_minutes()
+            );
+            return Step::DeadLetter { letter: dead(reasons::FROM_FUTURE, detail, input.id().to_string()), input_type };
+        }
     }
     match ledger.apply(&input, source, epoch) {
         Applied::Entry { entry, alerts } => Step::Entry { entry, alerts, input_type },

@@ -206,6 +206,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Payload.
     pub payload: Option<Vec<u8>>,
+    /// Message timestamp (ms since the epoch), if any.
+    pub timestamp: Option<i64>,
 }
 
 /// Reads every partition of a topic from the start to its current end (the
@@ -250,6 +252,7 @@ pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec
                     offset: message.offset(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
+                    timestamp: message.timestamp().to_millis(),
                 });
             }
         }

@@ -188,7 +188,7 @@ pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
         let ledger =
             ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
         let source = SourceOffset { topic: INPUTS.into(), partition: record.partition, offset: record.offset };
-        match step(ledger, record.key.as_deref(), record.payload.as_deref(), &source, 0) {
+        match step(ledger, record.key.as_deref(), record.payload.as_deref(), record.timestamp, &source, 0) {
             Step::Entry { entry, .. } => {
                 out.entries.insert((entry.account_id.clone(), entry.sequence), entry.content());
             }
