@@ -32,9 +32,8 @@
 use std::collections::{hash_map::Entry, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rustc_hash::FxBuildHasher;
 use uuid::Uuid;
-
-use crate::hashing::FastHash;
 
 /// Buckets per window: bounds both the bucket index (about 1025 counters)
 /// and how long an id outlives the window (at most 1/1024 of it: 10 minutes
@@ -51,7 +50,11 @@ const SWEEP_SLACK: usize = 4096;
 pub(crate) struct Dedup {
     /// Input id → `occurred_at` in ms (the wire's precision). Holds the live
     /// ids and expired ones not swept yet; only live ones count anywhere.
-    ids: HashMap<Uuid, i64, FastHash>,
+    /// Fixed hasher (`FxBuildHasher`), not `RandomState`: no per-process
+    /// randomness, iteration order never reaches an output (the sweep only
+    /// drops ids, [`Dedup::sorted`] sorts), and input ids are written by
+    /// tally's own producers, not attacker-chosen.
+    ids: HashMap<Uuid, i64, FxBuildHasher>,
     /// Live ids per bucket (`occurred_at` ms divided by `bucket_millis`),
     /// for buckets `first_counted_bucket ..`: expiring a bucket is popping
     /// its counter from the front. At most about `BUCKETS_PER_WINDOW + 1`

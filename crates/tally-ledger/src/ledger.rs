@@ -59,6 +59,7 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use tally_events::{
     names::reasons,
@@ -72,11 +73,9 @@ use uuid::Uuid;
 use crate::{
     account_key::AccountKey,
     dedup::Dedup,
-    hashing::FastHash,
     invariants::{self, Previous, Violation},
     pricing,
     rates::RateTable,
-    uuid_v5,
 };
 
 /// Namespace of ledger entry ids: `entry_id = UUID v5(ENTRY_ID_NAMESPACE,
@@ -226,8 +225,11 @@ pub enum RestoreError {
 pub struct Ledger {
     rates: Arc<RateTable>,
     config: LedgerConfig,
-    /// Looked up by `&str`, never iterated into an output unsorted.
-    accounts: HashMap<AccountKey, AccountState, FastHash>,
+    /// Looked up by `&str`, never iterated into an output unsorted. Fixed
+    /// hasher (`FxBuildHasher`), not `RandomState`: no per-process
+    /// randomness, iteration order never reaches an output, and account ids
+    /// come from tally's account service, not an attacker.
+    accounts: HashMap<AccountKey, AccountState, FxBuildHasher>,
     dedup: Dedup,
     newest_occurred_at: Option<DateTime<Utc>>,
     /// `newest_occurred_at - dedup_window`, kept with it: inputs older than
@@ -329,7 +331,7 @@ impl Draft<'_> {
 
 /// The deterministic id of the entry of input `input_id`.
 pub fn entry_id(input_id: Uuid) -> Uuid {
-    uuid_v5::v5_of_uuid(&ENTRY_ID_NAMESPACE, &input_id)
+    Uuid::new_v5(&ENTRY_ID_NAMESPACE, input_id.as_bytes())
 }
 
 /// The deterministic id of the `kind` alert of entry `entry_id`.

@@ -26,12 +26,10 @@
 
 mod account_key;
 mod dedup;
-mod hashing;
 pub mod invariants;
 pub mod ledger;
 pub mod pricing;
 pub mod rates;
-mod uuid_v5;
 
 pub use invariants::Violation;
 pub use ledger::{

@@ -48,11 +48,10 @@ use std::{
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 use tally_events::records::{PlanTier, Unit};
 use toml::Spanned;
-
-use crate::hashing::FastHash;
 
 /// The file format this code reads (`format_version` at the top of the file).
 /// Bump it, and keep reading the old one, when the layout changes.
@@ -112,7 +111,9 @@ pub struct RateVersion {
     /// Service code → (engine code, index into `services`): every usage
     /// event looks its price up here, by borrowed strings, with no
     /// allocation (a service has only a few engines, scanned in order).
-    index: HashMap<String, Vec<(String, usize)>, FastHash>,
+    /// Fixed hasher (`FxBuildHasher`): no per-process randomness, never
+    /// iterated into an output, and the keys come from the rate file.
+    index: HashMap<String, Vec<(String, usize)>, FxBuildHasher>,
 }
 
 fn tier_index(tier: PlanTier) -> usize {
@@ -537,7 +538,7 @@ impl Validator<'_> {
             first_lines.insert(key, line_of(self.text, offset));
             services.push(rate);
         }
-        let mut index: HashMap<String, Vec<(String, usize)>, FastHash> = HashMap::default();
+        let mut index: HashMap<String, Vec<(String, usize)>, FxBuildHasher> = HashMap::default();
         for (position, rate) in services.iter().enumerate() {
             index.entry(rate.service.clone()).or_default().push((rate.engine.clone(), position));
         }
