@@ -8,7 +8,7 @@
 //! `Ledger` per partition). Goal: >= 1,000,000 events/s per core.
 //!
 //! What an event costs, roughly: one account lookup and one dedup lookup
-//! (each a cache miss once the maps outgrow the cache), a SHA-1 block for
+//! (each a cache miss once the maps outgrow the cache), a SHA-1 (uuid v5) for
 //! the entry id, seven small strings for the entry, and exact decimal
 //! arithmetic with the invariant checks.
 //!

@@ -396,7 +396,8 @@ pub fn wait_for_ledger_supervising(
                     "[supervisor] metering exited ({status}), restarting it; its last words:\n{}",
                     process.log_tail()
                 );
-                *process = MeteringProcess::spawn(bootstrap, "restarted", &[])?;
+                *process =
+                    MeteringProcess::spawn(bootstrap, "restarted", &[("TALLY_METERING__RESTORE_TIMEOUT_S", "30")])?;
             }
         }
         let actual = actual(bootstrap, true)?;
