@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 log() { printf '[test] %s\n' "$*" >&2; }
 
-"$root/deploy/local/install.sh"
+# stack.sh up installs what is missing (cached) before starting.
 "$root/deploy/local/stack.sh" up --no-broker
 trap '"$root/deploy/local/stack.sh" down' EXIT
 
