@@ -79,6 +79,14 @@ pub enum MeteringError {
         /// Partition.
         partition: i32,
     },
+    /// An output record did not fit its own schema (a bug, not an input fault).
+    #[error("cannot encode an output record for partition {partition}: {message}")]
+    Encode {
+        /// Partition.
+        partition: i32,
+        /// What went wrong.
+        message: String,
+    },
     /// Another writer appended to an owned ledger partition.
     #[error("ledger partition {partition} has a foreign write (expected offset {expected}, got {got}): superseded; exiting so a restart rebuilds from the log")]
     Superseded {
@@ -434,7 +442,7 @@ impl Metering {
             state.back_off = 0;
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
             let encode_error =
-                |e: tally_events::CodecError| MeteringError::Restore { partition, message: e.to_string() };
+                |e: tally_events::CodecError| MeteringError::Encode { partition, message: e.to_string() };
             let appended_ms = message.timestamp().to_millis();
             match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
@@ -503,7 +511,7 @@ impl Metering {
                     };
                     let bytes = codec
                         .encode(&marker)
-                        .map_err(|e| MeteringError::Restore { partition: *p, message: e.to_string() })?;
+                        .map_err(|e| MeteringError::Encode { partition: *p, message: e.to_string() })?;
                     out.ledger.push((*p, format!("progress-{p}").into_bytes(), bytes));
                     state.recorded_offset = state.next_offset;
                 }
