@@ -266,13 +266,21 @@ impl Codec {
     pub fn encode_into<T: Record>(&self, record: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let current = &self.current[&T::KIND];
         let err = |e: apache_avro::Error| CodecError::Encode { record: T::KIND.name(), message: e.to_string() };
-        let value = apache_avro::to_value(record).map_err(err)?;
+        let start = out.len();
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&current.fingerprint);
-        // resolve() maps serde's generic values (strings, longs) onto the
-        // schema's enums, unions and logical types before writing.
-        let value = value.resolve(&current.schema).map_err(err)?;
-        apache_avro::to_avro_datum(&current.schema, value).map(|body| out.extend_from_slice(&body)).map_err(err)
+        // Serialize straight into the buffer, guided by the schema: no
+        // intermediate `Value` tree (building and resolving one cost several
+        // times the write on the metering hot path). Enums are written by
+        // variant index, so each Rust enum lists its variants in the
+        // schema's symbol order (a test compares both paths byte for byte).
+        // Our schemas define every named type inline, so no name table is
+        // needed.
+        if let Err(e) = apache_avro::write_avro_datum_ref(&current.schema, record, out) {
+            out.truncate(start);
+            return Err(err(e));
+        }
+        Ok(())
     }
 
     fn header<'a>(&self, bytes: &'a [u8]) -> Result<(&WriterSchema, &'a [u8]), CodecError> {
