@@ -281,11 +281,21 @@ pub fn read_topic_at_least(bootstrap: &str, topic: &str, count: usize, timeout: 
 }
 
 /// The `tally` binary of this workspace, built (once per test process) with
-/// the same cargo that runs the tests, so a test never runs a stale binary.
+/// the same cargo that runs the tests, so a test never runs a stale binary;
+/// or the one `TALLY_BIN` names.
 pub fn tally_binary() -> Result<PathBuf> {
     static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // A prebuilt binary (for running a test binary on its own, away
+            // from a tree being edited).
+            if let Some(path) = std::env::var_os("TALLY_BIN").map(PathBuf::from) {
+                return if path.exists() {
+                    Ok(path)
+                } else {
+                    Err(format!("TALLY_BIN={} does not exist", path.display()))
+                };
+            }
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
