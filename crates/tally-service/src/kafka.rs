@@ -153,11 +153,19 @@ pub fn read_partition<E: std::fmt::Display>(
         .set("enable.partition.eof", "true")
         .create_with_context(ReaderContext)
         .map_err(kafka)?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(kafka)?;
-    consumer.assign(&assignment).map_err(kafka)?;
+    let assign = |start: i64| -> Result<(), ReadError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(kafka)?;
+        consumer.assign(&assignment).map_err(kafka)
+    };
+    assign(from)?;
     let deadline = Instant::now() + timeout;
     let mut next = from;
+    // Where the current assignment starts, and how far before `from` the
+    // last re-read went (see below).
+    let mut start = from;
+    let mut back_off = 0i64;
+    let mut seen = false;
     loop {
         if let Until::Offset(last) = until {
             if next > last {
@@ -182,9 +190,30 @@ pub fn read_partition<E: std::fmt::Display>(
             // bounds the read.
             Some(Err(e)) => tracing::debug!(error = %e, topic, partition, "consumer error while reading (retried)"),
             Some(Ok(message)) => {
-                if message.offset() < next {
+                if !seen && message.offset() > next && start > 0 {
+                    // Kafka answers a fetch with the record batch that
+                    // contains the offset; some brokers (Tansu 0.6) answer
+                    // with the next batch, skipping the rest of that one.
+                    // Re-read from further back each time, down to offset 0
+                    // (always a batch start), skipping what precedes `from`.
+                    back_off = if back_off == 0 { 256 } else { back_off * 4 };
+                    start = (from - back_off).max(0);
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        from,
+                        got = message.offset(),
+                        start,
+                        "fetch skipped records; re-reading"
+                    );
+                    assign(start)?;
                     continue;
                 }
+                if message.offset() < next {
+                    seen = true;
+                    continue;
+                }
+                seen = true;
                 next = message.offset() + 1;
                 visit(&message).map_err(|e| ReadError::Visit(e.to_string()))?;
             }
@@ -218,11 +247,27 @@ pub enum AdminError {
 /// Goes through the Kafka admin API, so the same call works on Tansu,
 /// Apache Kafka, Redpanda or a managed service.
 pub async fn ensure_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), AdminError> {
+    ensure_topics_with_config(bootstrap, topics, &[]).await
+}
+
+/// [`ensure_topics`], with topic configs (e.g. `cleanup.policy=compact`)
+/// for the topics it creates.
+pub async fn ensure_topics_with_config(
+    bootstrap: &str,
+    topics: &[(&str, i32)],
+    config: &[(&str, &str)],
+) -> Result<(), AdminError> {
     let kafka = |source| AdminError::Kafka { bootstrap: bootstrap.to_string(), source };
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(kafka)?;
-    let new: Vec<NewTopic> =
-        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            config
+                .iter()
+                .fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |topic, (k, v)| topic.set(k, v))
+        })
+        .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(15)));
