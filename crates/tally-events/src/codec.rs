@@ -17,7 +17,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     names::reasons,
-    records::{AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, LedgerMarker, UsageEvent},
+    records::{
+        AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, LedgerMarker, PartitionSnapshot,
+        UsageEvent,
+    },
 };
 
 /// The two magic bytes of Avro single-object encoding.
@@ -42,11 +45,13 @@ pub enum RecordKind {
     DeadLetter,
     /// [`LedgerMarker`]
     LedgerMarker,
+    /// [`PartitionSnapshot`]
+    PartitionSnapshot,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::UsageEvent,
         RecordKind::CreditPurchase,
         RecordKind::AccountChange,
@@ -54,6 +59,7 @@ impl RecordKind {
         RecordKind::Alert,
         RecordKind::DeadLetter,
         RecordKind::LedgerMarker,
+        RecordKind::PartitionSnapshot,
     ];
 
     /// The record's Avro name.
@@ -66,6 +72,7 @@ impl RecordKind {
             RecordKind::Alert => "Alert",
             RecordKind::DeadLetter => "DeadLetter",
             RecordKind::LedgerMarker => "LedgerMarker",
+            RecordKind::PartitionSnapshot => "PartitionSnapshot",
         }
     }
 
@@ -98,6 +105,7 @@ impl RecordKind {
                 include_str!("../../../schemas/avro/previous/dead_letter.avsc"),
             ],
             RecordKind::LedgerMarker => &[include_str!("../../../schemas/avro/ledger_marker.avsc")],
+            RecordKind::PartitionSnapshot => &[include_str!("../../../schemas/avro/partition_snapshot.avsc")],
         }
     }
 }
@@ -111,7 +119,7 @@ pub trait Record: Serialize + DeserializeOwned {
 macro_rules! record {
     ($($ty:ident),*) => {$(impl Record for $ty { const KIND: RecordKind = RecordKind::$ty; })*};
 }
-record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter, LedgerMarker);
+record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter, LedgerMarker, PartitionSnapshot);
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -184,6 +192,8 @@ pub enum Message {
     DeadLetter(DeadLetter),
     /// A ledger marker.
     Marker(LedgerMarker),
+    /// A chunk of a partition snapshot.
+    Snapshot(Box<PartitionSnapshot>),
 }
 
 struct WriterSchema {
@@ -349,6 +359,7 @@ impl Codec {
             RecordKind::Alert => Message::Alert(self.decode_with(writer, body)?),
             RecordKind::DeadLetter => Message::DeadLetter(self.decode_with(writer, body)?),
             RecordKind::LedgerMarker => Message::Marker(self.decode_with(writer, body)?),
+            RecordKind::PartitionSnapshot => Message::Snapshot(Box::new(self.decode_with(writer, body)?)),
         })
     }
 

@@ -17,6 +17,9 @@ pub mod topics {
     pub const ALERTS: &str = "tally.alerts";
     /// Inputs that could not be applied, with the reason.
     pub const DEAD_LETTERS: &str = "tally.dead-letters";
+    /// Compacted snapshots of each ledger partition's state; partition p
+    /// holds those of ledger partition p.
+    pub const SNAPSHOTS: &str = "tally.snapshots";
 }
 
 /// Reason codes of failed ledger entries and dead letters.

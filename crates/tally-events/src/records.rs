@@ -339,6 +339,63 @@ pub struct LedgerMarker {
     pub next_input_offset: i64,
 }
 
+/// One chunk of a partition snapshot (see
+/// `schemas/avro/partition_snapshot.avsc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// Shared by the chunks of one snapshot.
+    #[serde(with = "text")]
+    pub snapshot_id: Uuid,
+    /// Index of this chunk.
+    pub chunk: i32,
+    /// Chunks in the snapshot.
+    pub chunks: i32,
+    /// Input topic.
+    pub input_topic: String,
+    /// Input (and ledger, and snapshot) partition.
+    pub input_partition: i32,
+    /// The state covers ledger records below this offset.
+    pub ledger_next_offset: i64,
+    /// Epoch of the claim in force.
+    pub claim_epoch: i64,
+    /// Id of that claim.
+    #[serde(with = "text")]
+    pub claim_id: Uuid,
+    /// Every input offset below this one was handled.
+    pub resume_input_offset: i64,
+    /// Latest occurred_at applied.
+    #[serde(with = "chrono::serde::ts_milliseconds_option")]
+    pub newest_occurred_at: Option<DateTime<Utc>>,
+    /// Highest input offset applied.
+    pub last_source_offset: Option<i64>,
+    /// Accounts of this chunk.
+    pub accounts: Vec<SnapshotAccount>,
+    /// Packed dedup ids: 16 UUID bytes then 8 bytes big-endian ms, each.
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub dedup_ids: Vec<u8>,
+}
+
+/// One account in a [`PartitionSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotAccount {
+    /// Account id.
+    pub account_id: String,
+    /// Credits held.
+    #[serde(with = "text")]
+    pub balance: Decimal,
+    /// Sequence of the latest entry.
+    pub last_sequence: i64,
+    /// Plan tier.
+    pub tier: PlanTier,
+    /// Low-balance threshold.
+    #[serde(with = "text")]
+    pub low_balance_threshold: Decimal,
+    /// Paused.
+    pub paused: bool,
+    /// Deleted.
+    pub deleted: bool,
+}
+
 /// Alert kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -196,7 +196,7 @@ fn previous_schema_versions_still_decode() {
                 occurred_at: at(10),
                 message: String::new(),
             }),
-            RecordKind::LedgerMarker => unreachable!("one version"),
+            RecordKind::LedgerMarker | RecordKind::PartitionSnapshot => unreachable!("one version"),
             RecordKind::DeadLetter => apache_avro::to_value(DeadLetter {
                 reason: "too_late".into(),
                 detail: "d".into(),
@@ -365,5 +365,47 @@ fn direct_encoding_matches_the_generic_value_path() {
             next_input_offset: 77,
         };
         assert_eq!(codec.encode(&m).expect("encode"), via_value(&m));
+    }
+}
+
+#[test]
+fn partition_snapshots_round_trip() {
+    let codec = Codec::global();
+    let account = SnapshotAccount {
+        account_id: "acct-1".into(),
+        balance: "12.3456".parse().expect("decimal"),
+        last_sequence: 42,
+        tier: PlanTier::Pro,
+        low_balance_threshold: "50".parse().expect("decimal"),
+        paused: false,
+        deleted: true,
+    };
+    let mut ids = Uuid::from_u128(77).as_bytes().to_vec();
+    ids.extend_from_slice(&1_767_225_600_123i64.to_be_bytes());
+    let full = PartitionSnapshot {
+        snapshot_id: Uuid::from_u128(1),
+        chunk: 0,
+        chunks: 2,
+        input_topic: "tally.inputs".into(),
+        input_partition: 3,
+        ledger_next_offset: 1_000,
+        claim_epoch: 900,
+        claim_id: Uuid::from_u128(2),
+        resume_input_offset: 5_000,
+        newest_occurred_at: Some(at(1_767_225_600_123)),
+        last_source_offset: Some(4_999),
+        accounts: vec![account.clone(), SnapshotAccount { account_id: "acct-2".into(), ..account }],
+        dedup_ids: ids,
+    };
+    let empty = PartitionSnapshot {
+        newest_occurred_at: None,
+        last_source_offset: None,
+        accounts: Vec::new(),
+        dedup_ids: Vec::new(),
+        ..full.clone()
+    };
+    for snapshot in [full, empty] {
+        let bytes = codec.encode(&snapshot).expect("encode");
+        assert_eq!(codec.decode_any(&bytes).expect("decode"), Message::Snapshot(Box::new(snapshot)));
     }
 }
