@@ -25,6 +25,12 @@ pub struct RawConfig {
     pub alerts_topic: Option<String>,
     /// Dead-letter topic.
     pub dead_letter_topic: Option<String>,
+    /// Snapshot topic (compacted).
+    pub snapshot_topic: Option<String>,
+    /// Snapshot a partition after this many ledger entries (0: never).
+    pub snapshot_every_entries: Option<u64>,
+    /// Snapshot a partition that changed at least this often, in s.
+    pub snapshot_interval_s: Option<u64>,
     /// Rate table file.
     pub rates_file: Option<PathBuf>,
     /// Most inputs handled in one batch.
@@ -44,6 +50,13 @@ pub struct RawConfig {
     /// Consumer group session timeout, in ms: how soon a dead instance's
     /// partitions move to another.
     pub session_timeout_ms: Option<u64>,
+    /// How long the instance may wait for the consumer group to assign it
+    /// partitions (at start, or after a revocation) before it exits, in s.
+    pub join_timeout_s: Option<u64>,
+    /// Longest pause between two polls before the group evicts the
+    /// instance, in ms; also the rebalance timeout (how long a rebalance
+    /// waits for members to rejoin). Bounds one partition's restore.
+    pub max_poll_interval_ms: Option<u64>,
 }
 
 /// The validated config.
@@ -61,6 +74,12 @@ pub struct MeteringConfig {
     pub alerts_topic: String,
     /// Dead-letter topic.
     pub dead_letter_topic: String,
+    /// Snapshot topic.
+    pub snapshot_topic: String,
+    /// Ledger entries between two snapshots of a partition (`None`: never).
+    pub snapshot_every_entries: Option<u64>,
+    /// Longest time between two snapshots of a partition that changed.
+    pub snapshot_interval: Duration,
     /// Rate table file.
     pub rates_file: PathBuf,
     /// Most inputs per batch.
@@ -79,6 +98,10 @@ pub struct MeteringConfig {
     pub restore_timeout: Duration,
     /// Consumer group session timeout.
     pub session_timeout: Duration,
+    /// Bound on waiting for a (possibly empty) assignment from the group.
+    pub join_timeout: Duration,
+    /// Consumer `max.poll.interval.ms` (and rebalance timeout).
+    pub max_poll_interval: Duration,
     /// Where the config came from, for messages.
     pub origin: String,
 }
@@ -113,10 +136,11 @@ impl MeteringConfig {
         let ledger_topic = non_empty("ledger_topic", raw.ledger_topic, topics::LEDGER)?;
         let alerts_topic = non_empty("alerts_topic", raw.alerts_topic, topics::ALERTS)?;
         let dead_letter_topic = non_empty("dead_letter_topic", raw.dead_letter_topic, topics::DEAD_LETTERS)?;
-        let mut names = [&input_topic, &ledger_topic, &alerts_topic, &dead_letter_topic];
+        let snapshot_topic = non_empty("snapshot_topic", raw.snapshot_topic, topics::SNAPSHOTS)?;
+        let mut names = [&input_topic, &ledger_topic, &alerts_topic, &dead_letter_topic, &snapshot_topic];
         names.sort();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(bad("ledger_topic", "input, ledger, alerts and dead-letter topics must all differ"));
+            return Err(bad("ledger_topic", "input, ledger, alerts, dead-letter and snapshot topics must all differ"));
         }
         let batch_size_max = NonZeroUsize::new(raw.batch_size_max.unwrap_or(5_000))
             .filter(|n| n.get() <= 100_000)
@@ -142,6 +166,23 @@ impl MeteringConfig {
         if !(3_000..=300_000).contains(&session_timeout_ms) {
             return Err(bad("session_timeout_ms", "must be between 3000 and 300000"));
         }
+        let join_timeout_s = raw.join_timeout_s.unwrap_or(120);
+        if !(10..=3_600).contains(&join_timeout_s) {
+            return Err(bad("join_timeout_s", "must be between 10 and 3600"));
+        }
+        let max_poll_interval_ms = raw.max_poll_interval_ms.unwrap_or(300_000);
+        if !(10_000..=3_600_000).contains(&max_poll_interval_ms) || max_poll_interval_ms <= session_timeout_ms {
+            return Err(bad("max_poll_interval_ms", "must be between 10000 and 3600000 and above session_timeout_ms"));
+        }
+        let snapshot_interval_s = raw.snapshot_interval_s.unwrap_or(300);
+        if !(1..=86_400).contains(&snapshot_interval_s) {
+            return Err(bad("snapshot_interval_s", "must be between 1 and 86400"));
+        }
+        let snapshot_every_entries = match raw.snapshot_every_entries.unwrap_or(100_000) {
+            0 => None,
+            n if n < 100 => return Err(bad("snapshot_every_entries", "must be 0 (never) or at least 100")),
+            n => Some(n),
+        };
         Ok(MeteringConfig {
             brokers: non_empty("brokers", raw.brokers, "127.0.0.1:9092")?,
             group_id: non_empty("group_id", raw.group_id, "tally-metering")?,
@@ -149,6 +190,9 @@ impl MeteringConfig {
             ledger_topic,
             alerts_topic,
             dead_letter_topic,
+            snapshot_topic,
+            snapshot_every_entries,
+            snapshot_interval: Duration::from_secs(snapshot_interval_s),
             rates_file: raw.rates_file.unwrap_or_else(|| PathBuf::from("pipelines/rates.toml")),
             batch_size_max,
             batch_wait: Duration::from_millis(batch_wait_ms),
@@ -158,6 +202,8 @@ impl MeteringConfig {
             delivery_timeout: Duration::from_secs(delivery_timeout_s),
             restore_timeout: Duration::from_secs(raw.restore_timeout_s.unwrap_or(300).max(1)),
             session_timeout: Duration::from_millis(session_timeout_ms),
+            join_timeout: Duration::from_secs(join_timeout_s),
+            max_poll_interval: Duration::from_millis(max_poll_interval_ms),
             origin,
         })
     }

@@ -4,6 +4,7 @@
 //! destructors: what kill -9 does) the n-th time it passes `<point>`.
 //! Points: `before_produce`, `before_ack` (records in flight),
 //! `after_ledger_write` (ledger acknowledged, offsets not committed),
+//! `after_snapshot` (a snapshot acknowledged),
 //! `restore_after_claim` (claim written, state not yet rebuilt). Unset, a
 //! point costs one relaxed atomic load.
 //!

@@ -6,6 +6,8 @@
 //! the source of truth. Ledger partition p records input partition p; its
 //! owner rebuilds state from it (see [`restore`]) before reading input, and
 //! a claim marker with a new epoch fences off any older writer (zombie).
+//! Snapshots of that state ([`snapshot`], on a compacted topic) keep the
+//! rebuild short: the newest one plus the ledger written after it.
 //! `docs/DESIGN.md` has the whole argument.
 //!
 //! What it never does: read the wall clock for pricing, commit input offsets
@@ -17,6 +19,7 @@ pub mod faults;
 pub mod metrics;
 pub mod restore;
 pub mod service;
+pub mod snapshot;
 pub mod step;
 
 use std::sync::Arc;

@@ -28,6 +28,13 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Partitions owned.
     pub partitions_owned: IntGauge,
+    /// Snapshots written.
+    pub snapshots: IntCounter,
+    /// Seconds to cut, encode and write one snapshot.
+    pub snapshot_seconds: Histogram,
+    /// Ledger records read by restores (after the snapshot they started
+    /// from, if any).
+    pub restore_records: IntCounter,
 }
 
 impl Metrics {
@@ -51,6 +58,11 @@ impl Metrics {
         };
         let duplicates = IntCounter::new("duplicates_total", "Inputs already applied (changed nothing)")?;
         registry.register(Box::new(duplicates.clone()))?;
+        let snapshots = IntCounter::new("snapshots_total", "Partition snapshots written")?;
+        registry.register(Box::new(snapshots.clone()))?;
+        let restore_records =
+            IntCounter::new("restore_records_total", "Ledger records read by restores, after their snapshot")?;
+        registry.register(Box::new(restore_records.clone()))?;
         Ok(Metrics {
             inputs: counter_vec("inputs_total", "Inputs read, by type", &["type"])?,
             entries: counter_vec("entries_total", "Ledger entries written, by type and status", &["type", "status"])?,
@@ -77,6 +89,13 @@ impl Metrics {
                 prometheus::exponential_buckets(0.01, 2.0, 14)?,
             )?,
             partitions_owned: gauge("partitions_owned", "Input partitions this instance owns")?,
+            snapshots,
+            snapshot_seconds: histogram(
+                "snapshot_seconds",
+                "Seconds to cut, encode and write one partition snapshot",
+                prometheus::exponential_buckets(0.001, 2.0, 14)?,
+            )?,
+            restore_records,
             registry,
         })
     }

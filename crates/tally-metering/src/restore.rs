@@ -19,8 +19,10 @@ use tally_events::{
     fence::{ClaimOutcome, Fence},
     Codec, LedgerEntry, MarkerKind, Message as Record,
 };
-use tally_ledger::{Ledger, LedgerConfig, RateTable};
+use tally_ledger::{Ledger, LedgerConfig, LedgerSnapshot, RateTable};
 use uuid::Uuid;
+
+use crate::snapshot::SnapshotPoint;
 
 /// Reads a ledger partition, applying the fence.
 pub struct Restorer {
@@ -49,6 +51,28 @@ impl Restorer {
             fenced: 0,
             input_topic: input_topic.to_string(),
             input_partition,
+        }
+    }
+
+    /// A restorer that continues from a snapshot: the state, fence and
+    /// resume point it records, ready to visit the ledger from
+    /// `point.ledger_next_offset`.
+    pub fn from_snapshot(
+        rates: Arc<RateTable>,
+        config: LedgerConfig,
+        point: &SnapshotPoint,
+        state: LedgerSnapshot,
+    ) -> Self {
+        let mut fence = Fence::new();
+        fence.observe_claim(point.claim_epoch, point.claim_id);
+        Restorer {
+            ledger: Ledger::from_snapshot(rates, config, state),
+            fence,
+            resume: point.resume_input_offset,
+            entries: 0,
+            fenced: 0,
+            input_topic: point.input_topic.clone(),
+            input_partition: point.input_partition,
         }
     }
 

@@ -31,7 +31,7 @@ use rdkafka::{
     statistics::Statistics,
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
 };
-use tally_events::{Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, SourceOffset};
+use tally_events::{Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, PartitionSnapshot, SourceOffset};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_service::kafka::{consumer_config, read_partition, LagContext, Until};
 use tokio::{runtime::Handle, sync::watch};
@@ -41,6 +41,7 @@ use crate::{
     config::MeteringConfig,
     metrics::Metrics,
     restore::Restorer,
+    snapshot::{self, SnapshotPoint},
     step::{step, Step},
 };
 
@@ -96,6 +97,17 @@ pub enum MeteringError {
         expected: i64,
         /// Offset it got.
         got: i64,
+    },
+    /// The consumer group gave this instance no assignment (not even an
+    /// empty one) within the bound: its membership is stuck.
+    #[error(
+        "no partition assignment from consumer group {group} within {waited:?}; exiting so a restart joins afresh"
+    )]
+    NoAssignment {
+        /// Group.
+        group: String,
+        /// How long it waited.
+        waited: Duration,
     },
     /// A topic is missing or shaped wrong.
     #[error("topic {topic}: {message}")]
@@ -210,6 +222,12 @@ struct PartitionState {
     /// How far before `next_offset` the last repositioning seek went (0:
     /// none pending). See `process`.
     back_off: i64,
+    /// Ledger entries written since the last snapshot (or the restore).
+    since_snapshot: u64,
+    /// When the last snapshot was written (or the partition restored).
+    last_snapshot: Instant,
+    /// Snapshot key slot to write next (alternates; see `snapshot`).
+    snapshot_slot: u8,
 }
 
 /// The running service.
@@ -222,6 +240,9 @@ pub struct Metering {
     runtime: Handle,
     instance: String,
     states: BTreeMap<i32, PartitionState>,
+    /// Since when the instance waits for the group to assign it partitions
+    /// (start, or after a revocation); `None` once an assignment arrived.
+    awaiting_assignment: Option<Instant>,
 }
 
 /// Output records of one batch.
@@ -262,13 +283,22 @@ impl Metering {
         let context = MeteringContext { watermarks: LagContext::default(), changes: Arc::default(), shared };
         let consumer: BaseConsumer<MeteringContext> = consumer_config(&config.brokers, &config.group_id)
             .set("statistics.interval.ms", "1000")
-            .set("max.poll.interval.ms", "600000")
+            .set("max.poll.interval.ms", config.max_poll_interval.as_millis().to_string())
             .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
             .create_with_context(context.clone())
             .map_err(MeteringError::kafka("create consumer"))?;
-        let service =
-            Metering { config, consumer, context, producer, metrics, runtime, instance, states: BTreeMap::new() };
+        let service = Metering {
+            config,
+            consumer,
+            context,
+            producer,
+            metrics,
+            runtime,
+            instance,
+            states: BTreeMap::new(),
+            awaiting_assignment: Some(Instant::now()),
+        };
         service.prepare_topics()?;
         service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
         Ok(service)
@@ -302,10 +332,23 @@ impl Metering {
                 }
             }
         };
-        let outputs = [&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic];
+        let outputs = [
+            &self.config.ledger_topic,
+            &self.config.alerts_topic,
+            &self.config.dead_letter_topic,
+            &self.config.snapshot_topic,
+        ];
         if self.config.create_topics {
-            let specs: Vec<(&str, i32)> = outputs.iter().map(|t| (t.as_str(), partitions as i32)).collect();
-            self.runtime.block_on(tally_service_topics(&self.config.brokers, &specs))?;
+            let specs: Vec<(&str, i32)> = outputs[..3].iter().map(|t| (t.as_str(), partitions as i32)).collect();
+            self.runtime.block_on(tally_service_topics(&self.config.brokers, &specs, &[]))?;
+            // Compaction keeps the newest chunk per key: two snapshots'
+            // worth per partition, however long the service runs.
+            let snapshots = [(self.config.snapshot_topic.as_str(), partitions as i32)];
+            self.runtime.block_on(tally_service_topics(
+                &self.config.brokers,
+                &snapshots,
+                &[("cleanup.policy", "compact")],
+            ))?;
         }
         for topic in outputs {
             match self.partitions_of(topic)? {
@@ -368,6 +411,7 @@ impl Metering {
             }
             if last_lag.elapsed() > Duration::from_secs(1) {
                 last_lag = Instant::now();
+                self.check_assignment_wait()?;
                 self.metrics.consumer_lag.set(self.context.watermarks.lag(&self.config.input_topic));
             }
         }
@@ -375,6 +419,21 @@ impl Metering {
         ready.set_ready(false);
         self.producer.flush(Duration::from_secs(30)).map_err(MeteringError::kafka("flush on shutdown"))?;
         self.commit(CommitMode::Sync);
+        Ok(())
+    }
+
+    /// A member whose join never completes (a coordinator that lost it, a
+    /// broker restart mid-join) would otherwise idle silently forever. An
+    /// idle standby is fine: it did receive an (empty) assignment.
+    fn check_assignment_wait(&self) -> Result<(), MeteringError> {
+        let Some(since) = self.awaiting_assignment else { return Ok(()) };
+        let waited = since.elapsed();
+        if waited > self.config.join_timeout {
+            return Err(MeteringError::NoAssignment { group: self.config.group_id.clone(), waited });
+        }
+        if waited > Duration::from_secs(10) {
+            tracing::warn!(group = %self.config.group_id, waited_s = waited.as_secs(), "waiting for a partition assignment");
+        }
         Ok(())
     }
 
@@ -388,14 +447,17 @@ impl Metering {
                     }
                     batch.retain(|m| !partitions.contains(&m.partition()));
                     tracing::info!(?partitions, "partitions revoked");
+                    self.awaiting_assignment = Some(Instant::now());
                 }
                 Change::Assigned(states) => {
                     // The assignment started at each partition's resume
                     // offset (set in the rebalance callback), so anything
                     // already polled for it is the next input: keep it.
+                    tracing::info!(partitions = ?states.iter().map(|(p, _)| *p).collect::<Vec<_>>(), "partitions assigned");
                     for (p, state) in states {
                         self.states.insert(p, state);
                     }
+                    self.awaiting_assignment = None;
                 }
                 Change::Failed(e) => return Err(e),
             }
@@ -458,6 +520,7 @@ impl Metering {
                         codec.encode(&entry).map_err(encode_error)?,
                     ));
                     state.recorded_offset = message.offset() + 1;
+                    state.since_snapshot += 1;
                     for alert in alerts {
                         self.metrics.alerts.with_label_values(&[alert_kind(&alert)]).inc();
                         let bytes = codec.encode(&alert).map_err(encode_error)?;
@@ -537,7 +600,62 @@ impl Metering {
             }
         }
         crate::faults::point("after_ledger_write");
+        self.write_due_snapshots()?;
         self.commit(CommitMode::Async);
+        Ok(())
+    }
+
+    /// Snapshots every owned partition that is due. Runs only after the
+    /// batch's contiguity check passed: the state is then exactly the fold
+    /// of the ledger up to this owner's last write (see `snapshot`).
+    fn write_due_snapshots(&mut self) -> Result<(), MeteringError> {
+        let Some(every) = self.config.snapshot_every_entries else { return Ok(()) };
+        let interval = self.config.snapshot_interval;
+        let due: Vec<i32> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.ledger_offset >= 0 && s.since_snapshot > 0)
+            .filter(|(_, s)| s.since_snapshot >= every || s.last_snapshot.elapsed() >= interval)
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in due {
+            let Some(state) = self.states.get(&partition) else { continue };
+            let started = Instant::now();
+            let point = SnapshotPoint {
+                input_topic: self.config.input_topic.clone(),
+                input_partition: partition,
+                ledger_next_offset: state.ledger_offset + 1,
+                claim_epoch: state.epoch,
+                claim_id: state.claim_id,
+                resume_input_offset: state.recorded_offset,
+            };
+            let slot = state.snapshot_slot;
+            let chunks = snapshot::chunks(&state.ledger.snapshot(), &point, Uuid::new_v4());
+            let mut records = Vec::with_capacity(chunks.len());
+            for chunk in &chunks {
+                let bytes = Codec::global()
+                    .encode(chunk)
+                    .map_err(|e| MeteringError::Encode { partition, message: e.to_string() })?;
+                records.push((snapshot::chunk_key(partition, slot, chunk.chunk), bytes));
+            }
+            let topic = self.config.snapshot_topic.clone();
+            self.send_all(records.iter().map(|(k, v)| (topic.as_str(), partition, k.as_bytes(), v.as_slice())))?;
+            if let Some(state) = self.states.get_mut(&partition) {
+                state.since_snapshot = 0;
+                state.last_snapshot = Instant::now();
+                state.snapshot_slot ^= 1;
+            }
+            crate::faults::point("after_snapshot");
+            self.metrics.snapshots.inc();
+            self.metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
+            tracing::info!(
+                partition,
+                ledger_next_offset = point.ledger_next_offset,
+                chunks = chunks.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot written"
+            );
+        }
         Ok(())
     }
 
@@ -605,7 +723,6 @@ fn restore(
     let config = &shared.config;
     let restore_error = |message: String| MeteringError::Restore { partition, message };
     let ledger_config = LedgerConfig { dedup_window: config.dedup_window };
-    let mut restorer = Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition);
     let topic = &config.ledger_topic;
     let claim_id = Uuid::new_v4();
     let claim = LedgerMarker {
@@ -627,6 +744,7 @@ fn restore(
     crate::faults::point("restore_after_claim");
     let epoch = delivery.offset;
     if crate::faults::unsafe_skip_restore() {
+        let restorer = Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition);
         // Test-only broken variant: claims, but keeps an empty state and
         // starts from the group offset. Proves the crash test can fail.
         let committed = committed_offset(consumer, &config.input_topic, partition);
@@ -639,12 +757,27 @@ fn restore(
             recorded_offset: committed,
             ledger_offset: -1,
             back_off: 0,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+            snapshot_slot: 0,
         });
     }
-    read_partition(&config.brokers, topic, partition, 0, Until::Offset(epoch), config.restore_timeout, |m| {
+    // The newest complete snapshot before the claim, then the ledger after it.
+    let found = newest_snapshot(config, partition, epoch).map_err(restore_error)?;
+    let (mut restorer, from) = match found {
+        Some((point, state)) => {
+            let from = point.ledger_next_offset;
+            (Restorer::from_snapshot(shared.rates.clone(), ledger_config, &point, state), from)
+        }
+        None => (Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition), 0),
+    };
+    let mut records = 0u64;
+    read_partition(&config.brokers, topic, partition, from, Until::Offset(epoch), config.restore_timeout, |m| {
+        records += 1;
         restorer.visit(m)
     })
     .map_err(|e| restore_error(e.to_string()))?;
+    shared.metrics.restore_records.inc_by(records);
     if !restorer.owns(claim_id) {
         return Err(MeteringError::LostClaim { partition });
     }
@@ -656,6 +789,8 @@ fn restore(
         entries = restorer.entries,
         fenced = restorer.fenced,
         resume = restorer.resume,
+        snapshot = from,
+        records,
         ms = elapsed.as_millis() as u64,
         "partition restored and claimed"
     );
@@ -667,7 +802,35 @@ fn restore(
         recorded_offset: restorer.resume,
         ledger_offset: epoch,
         back_off: 0,
+        since_snapshot: 0,
+        last_snapshot: Instant::now(),
+        snapshot_slot: 0,
     })
+}
+
+/// Reads a partition's snapshot topic partition and returns the newest
+/// complete snapshot whose state ends at or before `limit`. A record that
+/// does not decode is skipped with a warning: snapshots only shorten the
+/// restore, the ledger stays the truth.
+fn newest_snapshot(
+    config: &MeteringConfig,
+    partition: i32,
+    limit: i64,
+) -> Result<Option<(SnapshotPoint, tally_ledger::LedgerSnapshot)>, String> {
+    let topic = &config.snapshot_topic;
+    let mut assembler = snapshot::Assembler::new(&config.input_topic, partition, limit);
+    read_partition(&config.brokers, topic, partition, 0, Until::End, config.restore_timeout, |m| match Codec::global()
+        .decode::<PartitionSnapshot>(
+        m.payload().unwrap_or_default(),
+    ) {
+        Ok(chunk) => assembler.visit(chunk).map_err(|e| e.to_string()),
+        Err(e) => {
+            tracing::warn!(topic, partition, offset = m.offset(), error = %e, "skipping an unreadable snapshot record");
+            Ok(())
+        }
+    })
+    .map_err(|e| format!("reading snapshots: {e}"))?;
+    assembler.finish().map_err(|e| e.to_string())
 }
 
 fn committed_offset(consumer: &BaseConsumer<MeteringContext>, topic: &str, partition: i32) -> i64 {
@@ -682,8 +845,12 @@ fn committed_offset(consumer: &BaseConsumer<MeteringContext>, topic: &str, parti
         .unwrap_or(0)
 }
 
-async fn tally_service_topics(brokers: &str, specs: &[(&str, i32)]) -> Result<(), MeteringError> {
-    tally_service::kafka::ensure_topics(brokers, specs).await.map_err(|e| MeteringError::Topic {
+async fn tally_service_topics(
+    brokers: &str,
+    specs: &[(&str, i32)],
+    config: &[(&str, &str)],
+) -> Result<(), MeteringError> {
+    tally_service::kafka::ensure_topics_with_config(brokers, specs, config).await.map_err(|e| MeteringError::Topic {
         topic: specs.iter().map(|s| s.0).collect::<Vec<_>>().join(","),
         message: e.to_string(),
     })
