@@ -1,10 +1,13 @@
 //! Broker restart test with durable (SQLite) storage: the broker stops
 //! cleanly, then is killed with -9, mid-run; nothing is lost or doubled.
+//! The moments are random (the seed is printed; TALLY_TEST_SEED replays a
+//! run): a restart can hit the group join, a restore or a batch in flight.
 
 mod support;
 
 use std::time::Duration;
 
+use rand::{rngs::SmallRng, Rng, SeedableRng};
 use support::*;
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, Broker, Storage};
@@ -24,11 +27,15 @@ async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
     // (and the supervisor below restarts it) instead of the default 300 s.
     let env = [("TALLY_METERING__RESTORE_TIMEOUT_S", "30")];
     let mut metering = MeteringProcess::spawn(&bootstrap, "broker-restart", &env)?;
-    std::thread::sleep(Duration::from_millis(1_500));
-    eprintln!("[broker-restart] clean broker restart");
+    let seed = seed();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (first, second) = (rng.random_range(0..2_500), rng.random_range(0..2_500));
+    eprintln!("[broker-restart] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
+    std::thread::sleep(Duration::from_millis(first));
+    eprintln!("[broker-restart] clean broker restart after {first} ms");
     broker.restart()?;
-    std::thread::sleep(Duration::from_millis(1_500));
-    eprintln!("[broker-restart] broker kill -9 and start");
+    std::thread::sleep(Duration::from_millis(second));
+    eprintln!("[broker-restart] broker kill -9 and start after {second} ms");
     broker.kill()?;
     std::thread::sleep(Duration::from_millis(500));
     broker.start_again()?;
@@ -42,5 +49,38 @@ async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
     let report = compare(&expected, &actual);
     report.print("broker-restart");
     assert!(report.passed(), "ledger differs after broker restarts\n{}", metering.log_tail());
+    Ok(())
+}
+
+/// The broker and the metering instance die together (a power loss), then
+/// both come back: the group must hand the partitions to the new instance
+/// (the dead one never left the group) and the ledger must be complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_and_metering_killed_together_recover() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("tally-power-loss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut broker = Broker::start(Storage::Sqlite(dir.join("tansu.db")))?;
+    let bootstrap = broker.bootstrap();
+    create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
+    let config = SimConfig { seed: 29, accounts: 40, usage_events: 4_000, ..SimConfig::default() };
+    let messages: Vec<_> = Simulator::new(config).collect();
+    publish(&bootstrap, &messages).await?;
+    let expected = expected(&bootstrap, messages.len())?;
+    let seed = seed();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let after = rng.random_range(300..2_000);
+    eprintln!("[power-loss] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
+    let mut metering = MeteringProcess::spawn(&bootstrap, "power-loss", &[])?;
+    std::thread::sleep(Duration::from_millis(after));
+    eprintln!("[power-loss] broker and metering kill -9 after {after} ms");
+    broker.kill()?;
+    metering.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    broker.start_again()?;
+    let mut metering = MeteringProcess::spawn(&bootstrap, "power-loss-restarted", &[])?;
+    let actual = wait_for_ledger_supervising(&bootstrap, &expected, Duration::from_secs(120), Some(&mut metering))?;
+    let report = compare(&expected, &actual);
+    report.print("power-loss");
+    assert!(report.passed(), "ledger differs after a power loss\n{}", metering.log_tail());
     Ok(())
 }

@@ -14,14 +14,6 @@ use tally_events::{EntryStatus, EntryType};
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, Broker};
 
-fn seed() -> u64 {
-    std::env::var("TALLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        #[allow(clippy::disallowed_methods)] // a seed, printed: not business time
-        let now = std::time::SystemTime::now();
-        now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_loses_doubles_and_conflicts_nothing() -> anyhow::Result<()> {
     let seed = seed();
@@ -60,17 +52,20 @@ async fn kill_9_at_random_moments_loses_doubles_and_conflicts_nothing() -> anyho
     let mut rng = SmallRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut faults = Vec::new();
+    let mut logs = Vec::new();
     for round in 0..5 {
         let mut metering = MeteringProcess::spawn(&bootstrap, "crash", &[])?;
+        logs.push(metering.log.clone());
         let after = Duration::from_millis(rng.random_range(300..2_500));
         std::thread::sleep(after);
         metering.kill();
         faults.push(format!("round {round}: kill -9 after {after:?} (t={:?})", started.elapsed()));
     }
-    for point in ["before_produce", "before_ack", "after_ledger_write", "restore_after_claim"] {
+    for point in ["before_produce", "before_ack", "after_ledger_write", "after_snapshot", "restore_after_claim"] {
         let pass = rng.random_range(1..4u32);
         let spec = format!("{point}:{pass}");
         let mut metering = MeteringProcess::spawn(&bootstrap, "crash-point", &[("TALLY_CRASH_AT", spec.as_str())])?;
+        logs.push(metering.log.clone());
         let deadline = Instant::now() + Duration::from_secs(60);
         let crashed = loop {
             if let Some(status) = metering.exited() {
@@ -86,6 +81,7 @@ async fn kill_9_at_random_moments_loses_doubles_and_conflicts_nothing() -> anyho
     }
     let recovery_started = Instant::now();
     let mut metering = MeteringProcess::spawn(&bootstrap, "crash-final", &[])?;
+    logs.push(metering.log.clone());
     let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(300))?;
     let recovery = recovery_started.elapsed();
     for fault in &faults {
@@ -98,6 +94,9 @@ async fn kill_9_at_random_moments_loses_doubles_and_conflicts_nothing() -> anyho
     assert!(status.success(), "SIGTERM exits 0: {status}\n{}", metering.log_tail());
     assert!(report.passed(), "seed {seed}: the ledger differs from the expected one\n{}", metering.log_tail());
     assert!(report.claims >= 6, "every restart claimed: {} claims", report.claims);
+    let from_snapshots = restores_from_snapshots(&logs);
+    eprintln!("[crash] restores that started from a snapshot: {from_snapshots}");
+    assert!(from_snapshots > 0, "restarts restored from snapshots, not only from ledger offset 0");
     Ok(())
 }
 

@@ -34,6 +34,47 @@ pub fn rates() -> Arc<RateTable> {
 }
 
 /// A `tally metering` child process.
+/// How many restores in these metering logs started from a snapshot (not
+/// from ledger offset 0).
+#[allow(dead_code)] // not every test binary checks it
+pub fn restores_from_snapshots(logs: &[PathBuf]) -> usize {
+    logs.iter()
+        .filter_map(|log| std::fs::read_to_string(log).ok())
+        .flat_map(|text| text.lines().map(strip_ansi).collect::<Vec<_>>())
+        .filter(|line| line.contains("partition restored and claimed"))
+        .filter(|line| line.split_whitespace().any(|w| w.starts_with("snapshot=") && w != "snapshot=0"))
+        .count()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A test's random seed: `TALLY_TEST_SEED`, or the clock. Tests print it
+/// so a failing run can be replayed.
+#[allow(dead_code)] // not every test binary draws random faults
+pub fn seed() -> u64 {
+    std::env::var("TALLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        #[allow(clippy::disallowed_methods)] // a seed, printed: not business time
+        let now = std::time::SystemTime::now();
+        now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
+    })
+}
+
 pub struct MeteringProcess {
     child: Option<Child>,
     pub metrics_port: u16,
@@ -53,7 +94,14 @@ impl MeteringProcess {
             .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{metrics_port}"))
             .env("TALLY_METERING__SESSION_TIMEOUT_MS", "6000")
             .env("TALLY_METERING__DELIVERY_TIMEOUT_S", "60")
-            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("TALLY_METERING__JOIN_TIMEOUT_S", "30")
+            // Snapshots often, so restores in every fault test start from
+            // one and read the ledger after it.
+            .env("TALLY_METERING__SNAPSHOT_EVERY_ENTRIES", "1000")
+            .env("TALLY_METERING__SNAPSHOT_INTERVAL_S", "2")
+            .env("RUST_LOG", std::env::var("TALLY_TEST_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()))
+            // Error messages, not backtraces, in the log tails tests print.
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
@@ -280,6 +328,8 @@ pub struct Report {
     pub dead_letters_expected: BTreeMap<String, usize>,
     pub dead_letters_actual: BTreeMap<String, usize>,
     pub dead_letters_wrong: usize,
+    /// A few lost entries' input coordinates, for diagnosis.
+    pub lost_examples: Vec<String>,
 }
 
 impl Report {
@@ -312,6 +362,9 @@ impl Report {
             self.dead_letters_actual,
             self.dead_letters_wrong,
         );
+        if !self.lost_examples.is_empty() {
+            eprintln!("[{title}] lost, first by input coordinates: {}", self.lost_examples.join(", "));
+        }
     }
 }
 
@@ -353,7 +406,14 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
         }
     }
     report.doubled = input_keys.values().filter(|keys| keys.len() > 1).count();
-    report.lost = expected.entries.keys().filter(|k| !by_key.contains_key(*k)).count();
+    let lost: Vec<&LedgerEntry> =
+        expected.entries.iter().filter(|(k, _)| !by_key.contains_key(*k)).map(|(_, e)| e).collect();
+    report.lost = lost.len();
+    let mut lost_sources: Vec<(i32, i64, &str, i64)> =
+        lost.iter().map(|e| (e.source.partition, e.source.offset, e.account_id.as_str(), e.sequence)).collect();
+    lost_sources.sort();
+    report.lost_examples =
+        lost_sources.iter().take(12).map(|(p, o, a, s)| format!("input {p}/{o} -> {a}#{s}")).collect();
     let mut sequences: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for (account, sequence) in by_key.keys() {
         sequences.entry(account).or_default().push(*sequence);
@@ -389,6 +449,10 @@ pub fn wait_for_ledger_supervising(
     mut process: Option<&mut MeteringProcess>,
 ) -> Result<Actual> {
     let deadline = Instant::now() + timeout;
+    // Liveness, as a production supervisor probes it: no new ledger output
+    // for this long while inputs are outstanding means a stuck instance.
+    let stall_limit = Duration::from_secs(45);
+    let mut progress = (0usize, Instant::now());
     loop {
         if let Some(process) = process.as_deref_mut() {
             if let Some(status) = process.exited() {
@@ -398,6 +462,16 @@ pub fn wait_for_ledger_supervising(
                 );
                 *process =
                     MeteringProcess::spawn(bootstrap, "restarted", &[("TALLY_METERING__RESTORE_TIMEOUT_S", "30")])?;
+                progress.1 = Instant::now();
+            } else if progress.1.elapsed() > stall_limit {
+                eprintln!(
+                    "[supervisor] no ledger progress for {stall_limit:?}: kill -9 and restart; last words:\n{}",
+                    process.log_tail()
+                );
+                process.kill();
+                *process =
+                    MeteringProcess::spawn(bootstrap, "restarted", &[("TALLY_METERING__RESTORE_TIMEOUT_S", "30")])?;
+                progress.1 = Instant::now();
             }
         }
         let actual = actual(bootstrap, true)?;
@@ -405,6 +479,10 @@ pub fn wait_for_ledger_supervising(
             actual.entries.iter().map(|e| (e.account_id.as_str(), e.sequence)).collect();
         if distinct.len() >= expected.entries.len() && actual.dead_letters.len() >= expected.dead_letters.len() {
             return Ok(actual);
+        }
+        let done = distinct.len() + actual.dead_letters.len();
+        if done > progress.0 {
+            progress = (done, Instant::now());
         }
         if Instant::now() > deadline {
             eprintln!(
