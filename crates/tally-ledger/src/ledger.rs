@@ -72,7 +72,7 @@ use uuid::Uuid;
 
 use crate::{
     account_key::AccountKey,
-    dedup::Dedup,
+    dedup::{Dedup, Probe},
     invariants::{self, Previous, Violation},
     pricing,
     rates::RateTable,
@@ -385,13 +385,14 @@ impl Ledger {
             }
         }
         let input_id = input.id();
-        if self.dedup.contains(&input_id) {
-            self.duplicates_seen += 1;
+        let Ledger { rates, accounts, dedup, duplicates_seen, .. } = self;
+        let Some(probe) = dedup.find(&input_id) else {
+            *duplicates_seen += 1;
             return Applied::Duplicate;
-        }
+        };
         // One account lookup per input: the decision reads a copy of the
-        // state, and the same slot takes the state after the entry.
-        let Ledger { rates, accounts, .. } = self;
+        // state, and the same slot takes the state after the entry. Right
+        // after the dedup probe, so that both cache misses overlap.
         let slot = accounts.get_mut(&AccountKey::new(input.account_id()));
         let Decision { draft, previous, after, alerts } = match decide(rates, slot.as_deref(), input) {
             Ok(decision) => decision,
@@ -412,7 +413,7 @@ impl Ledger {
                 }
             }
         }
-        self.remember(input_id, occurred_at, source.offset);
+        self.remember(input_id, occurred_at, source.offset, Some(probe));
         applied
     }
 
@@ -462,7 +463,7 @@ impl Ledger {
             deleted: entry.entry_type == EntryType::Forfeit,
         };
         self.accounts.insert(key, after);
-        self.remember(entry.input_id, entry.occurred_at, entry.source.offset);
+        self.remember(entry.input_id, entry.occurred_at, entry.source.offset, None);
         Ok(())
     }
 
@@ -513,7 +514,7 @@ impl Ledger {
             ledger.dedup.prune(cutoff);
         }
         for id in snapshot.dedup {
-            ledger.dedup.insert(id.input_id, id.occurred_at);
+            ledger.dedup.insert(id.input_id, id.occurred_at, None);
         }
         ledger
     }
@@ -534,8 +535,8 @@ impl Ledger {
     }
 
     /// Records an applied or restored entry's input: dedup, newest time,
-    /// source offset, then prunes.
-    fn remember(&mut self, input_id: Uuid, occurred_at: DateTime<Utc>, offset: i64) {
+    /// source offset, then prunes. `probe`: where [`Dedup::find`] left the id.
+    fn remember(&mut self, input_id: Uuid, occurred_at: DateTime<Utc>, offset: i64, probe: Option<Probe>) {
         self.last_source_offset = Some(self.last_source_offset.map_or(offset, |last| last.max(offset)));
         if self.newest_occurred_at.is_none_or(|newest| occurred_at > newest) {
             self.newest_occurred_at = Some(occurred_at);
@@ -546,7 +547,7 @@ impl Ledger {
                 self.dedup.prune(cutoff);
             }
         }
-        self.dedup.insert(input_id, occurred_at);
+        self.dedup.insert(input_id, occurred_at, probe);
     }
 }
 
