@@ -78,9 +78,11 @@ use crate::{
     rates::RateTable,
 };
 
-/// Namespace of ledger entry ids: `entry_id = UUID v5(ENTRY_ID_NAMESPACE,
-/// input id bytes)`. Never change it: a replay after a change would write
-/// entries with new ids, and readers could no longer match copies.
+/// Key of ledger entry ids, XORed into the input id before it is mixed into
+/// the entry id (see [`entry_id`]; it was the UUID v5 namespace of entry ids
+/// before they became a bijection). Never change it: a replay after a
+/// change would write entries with new ids, and readers could no longer
+/// match copies.
 pub const ENTRY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8576_2862_815f_54f4_b7a0_406e_b04c_77ce);
 
 /// Ledger settings.
@@ -329,9 +331,12 @@ impl Draft<'_> {
     }
 }
 
-/// The deterministic id of the entry of input `input_id`.
+/// The deterministic id of the entry of input `input_id`: a UUID v8 whose
+/// 122 free bits are a fixed bijection of the input id's (all but its
+/// version and variant), so distinct input ids of one UUID version always
+/// get distinct entry ids. See `entry_id.rs` for why not UUID v5.
 pub fn entry_id(input_id: Uuid) -> Uuid {
-    Uuid::new_v5(&ENTRY_ID_NAMESPACE, input_id.as_bytes())
+    crate::entry_id::entry_id(input_id)
 }
 
 /// The deterministic id of the `kind` alert of entry `entry_id`.

@@ -26,6 +26,7 @@
 
 mod account_key;
 mod dedup;
+mod entry_id;
 pub mod invariants;
 pub mod ledger;
 pub mod pricing;

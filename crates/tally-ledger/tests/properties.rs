@@ -491,10 +491,12 @@ proptest! {
             let applied = ledger.apply(input, &source(offset), 1);
             prop_assert_eq!(observed(&applied), model.apply(&rates, input), "step {} input {:?}", offset, input);
             if let Applied::Entry { entry, .. } = applied {
-                prop_assert_eq!(entry.entry_id, Uuid::new_v5(&tally_ledger::ENTRY_ID_NAMESPACE, input.id().as_bytes()));
+                prop_assert_eq!(entry.entry_id, tally_ledger::ledger::entry_id(input.id()));
                 all.push(entry);
             }
         }
+        let entry_ids: std::collections::HashSet<_> = all.iter().map(|e| e.entry_id).collect();
+        prop_assert_eq!(entry_ids.len(), all.len(), "entry ids are unique");
         for account in ACCOUNTS {
             let mine: Vec<LedgerEntry> = all.iter().filter(|e| e.account_id == account).cloned().collect();
             prop_assert!(invariants::check_account(&mine).is_ok(), "{:?}", invariants::check_account(&mine));

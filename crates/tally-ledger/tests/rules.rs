@@ -14,7 +14,7 @@ use tally_events::{
     },
     Codec,
 };
-use tally_ledger::{invariants, Applied, Ledger, LedgerConfig, RateTable, RestoreError, Violation, ENTRY_ID_NAMESPACE};
+use tally_ledger::{invariants, Applied, Ledger, LedgerConfig, RateTable, RestoreError, Violation};
 use uuid::Uuid;
 
 const DEFAULT_TABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/rates.toml");
@@ -157,7 +157,9 @@ fn open_writes_sequence_one_with_every_field() {
     let open = f.open("acct-1", PlanTier::Basic, "25.00");
     let (entry, alerts) = f.entry(&open);
     assert!(alerts.is_empty());
-    assert_eq!(entry.entry_id, Uuid::new_v5(&ENTRY_ID_NAMESPACE, open.id().as_bytes()));
+    assert_eq!(entry.entry_id, tally_ledger::ledger::entry_id(open.id()));
+    assert_eq!(entry.entry_id.get_version_num(), 8);
+    assert_ne!(entry.entry_id, open.id());
     assert_eq!(entry.account_id, "acct-1");
     assert_eq!((entry.sequence, entry.epoch), (1, 7));
     assert_eq!((entry.entry_type, entry.status, entry.reason.as_str()), (EntryType::Open, EntryStatus::Success, ""));
