@@ -391,14 +391,14 @@ impl Ledger {
         }
         let input_id = input.id();
         let Ledger { rates, accounts, dedup, duplicates_seen, .. } = self;
+        // One account lookup per input: the decision reads a copy of the
+        // state, and the same slot takes the state after the entry. Right
+        // before the dedup probe, so that both cache misses overlap.
+        let slot = accounts.get_mut(&AccountKey::new(input.account_id()));
         let Some(probe) = dedup.find(&input_id) else {
             *duplicates_seen += 1;
             return Applied::Duplicate;
         };
-        // One account lookup per input: the decision reads a copy of the
-        // state, and the same slot takes the state after the entry. Right
-        // after the dedup probe, so that both cache misses overlap.
-        let slot = accounts.get_mut(&AccountKey::new(input.account_id()));
         let Decision { draft, previous, after, alerts } = match decide(rates, slot.as_deref(), input) {
             Ok(decision) => decision,
             Err(Rejection { reason, detail }) => return Applied::Rejected { reason, detail },
