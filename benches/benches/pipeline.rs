@@ -130,6 +130,7 @@ impl Metering {
             .env("TALLY_METERING__LEDGER_TOPIC", format!("{prefix}ledger"))
             .env("TALLY_METERING__ALERTS_TOPIC", format!("{prefix}alerts"))
             .env("TALLY_METERING__DEAD_LETTER_TOPIC", format!("{prefix}dead-letters"))
+            .env("TALLY_METERING__SNAPSHOT_TOPIC", format!("{prefix}snapshots"))
             .env("TALLY_METERING__RATES_FILE", rates)
             .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")

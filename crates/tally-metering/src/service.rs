@@ -819,17 +819,24 @@ fn newest_snapshot(
 ) -> Result<Option<(SnapshotPoint, tally_ledger::LedgerSnapshot)>, String> {
     let topic = &config.snapshot_topic;
     let mut assembler = snapshot::Assembler::new(&config.input_topic, partition, limit);
-    read_partition(&config.brokers, topic, partition, 0, Until::End, config.restore_timeout, |m| match Codec::global()
-        .decode::<PartitionSnapshot>(
-        m.payload().unwrap_or_default(),
-    ) {
-        Ok(chunk) => assembler.visit(chunk).map_err(|e| e.to_string()),
-        Err(e) => {
-            tracing::warn!(topic, partition, offset = m.offset(), error = %e, "skipping an unreadable snapshot record");
-            Ok(())
+    read_partition(&config.brokers, topic, partition, 0, Until::End, config.restore_timeout, |m| {
+        match Codec::global().decode::<PartitionSnapshot>(m.payload().unwrap_or_default()) {
+            Ok(chunk) => assembler.visit(chunk),
+            Err(e) => {
+                tracing::warn!(topic, partition, offset = m.offset(), error = %e, "skipping an unreadable snapshot record");
+            }
         }
+        Ok::<(), String>(())
     })
     .map_err(|e| format!("reading snapshots: {e}"))?;
+    if assembler.foreign > 0 {
+        tracing::warn!(
+            topic,
+            partition,
+            chunks = assembler.foreign,
+            "skipped snapshot chunks of other input partitions: is the snapshot topic shared by two deployments?"
+        );
+    }
     assembler.finish().map_err(|e| e.to_string())
 }
 

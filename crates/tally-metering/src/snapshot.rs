@@ -111,18 +111,6 @@ pub fn chunk_key(partition: i32, slot: u8, chunk: i32) -> String {
 /// Why a chunk read back cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    /// The chunk belongs to another partition: the topic is mis-wired.
-    #[error("snapshot chunk of {topic}/{partition} found in the snapshot partition of {expected_topic}/{expected_partition}")]
-    WrongPartition {
-        /// Chunk's input topic.
-        topic: String,
-        /// Chunk's input partition.
-        partition: i32,
-        /// Expected topic.
-        expected_topic: String,
-        /// Expected partition.
-        expected_partition: i32,
-    },
     /// Packed dedup ids of a length that is not a multiple of 24.
     #[error("snapshot {snapshot_id} chunk {chunk}: {len} bytes of dedup ids is not a multiple of 24")]
     BadIds {
@@ -153,35 +141,42 @@ pub struct Assembler {
     limit: i64,
     partial: HashMap<Uuid, Vec<Option<PartitionSnapshot>>>,
     best: Option<Vec<PartitionSnapshot>>,
+    /// Chunks of other input partitions (a snapshot topic shared by two
+    /// deployments, or re-partitioned): skipped.
+    pub foreign: u64,
 }
 
 impl Assembler {
     /// Assembles snapshots of `input_topic`/`input_partition` whose state
     /// ends at or before ledger offset `limit` (the restoring owner's claim).
     pub fn new(input_topic: &str, input_partition: i32, limit: i64) -> Self {
-        Assembler { input_topic: input_topic.to_string(), input_partition, limit, partial: HashMap::new(), best: None }
+        Assembler {
+            input_topic: input_topic.to_string(),
+            input_partition,
+            limit,
+            partial: HashMap::new(),
+            best: None,
+            foreign: 0,
+        }
     }
 
-    /// Takes one chunk.
-    pub fn visit(&mut self, chunk: PartitionSnapshot) -> Result<(), SnapshotError> {
+    /// Takes one chunk; chunks of other input partitions are counted in
+    /// [`Assembler::foreign`] and skipped.
+    pub fn visit(&mut self, chunk: PartitionSnapshot) {
         if chunk.input_topic != self.input_topic || chunk.input_partition != self.input_partition {
-            return Err(SnapshotError::WrongPartition {
-                topic: chunk.input_topic,
-                partition: chunk.input_partition,
-                expected_topic: self.input_topic.clone(),
-                expected_partition: self.input_partition,
-            });
+            self.foreign += 1;
+            return;
         }
         if chunk.ledger_next_offset > self.limit || chunk.chunks < 1 || !(0..chunk.chunks).contains(&chunk.chunk) {
-            return Ok(());
+            return;
         }
         if self.best.as_ref().is_some_and(|b| b[0].ledger_next_offset >= chunk.ledger_next_offset) {
-            return Ok(());
+            return;
         }
         let id = chunk.snapshot_id;
         let slots = self.partial.entry(id).or_insert_with(|| vec![None; chunk.chunks as usize]);
         if slots.len() != chunk.chunks as usize {
-            return Ok(()); // inconsistent chunk counts: never complete
+            return; // inconsistent chunk counts: never complete
         }
         let index = chunk.chunk as usize;
         slots[index] = Some(chunk);
@@ -190,7 +185,6 @@ impl Assembler {
                 self.best = Some(slots.into_iter().flatten().collect());
             }
         }
-        Ok(())
     }
 
     /// The newest complete snapshot: where it stands and the state.
@@ -290,7 +284,7 @@ mod tests {
     fn assemble(chunks: Vec<PartitionSnapshot>, limit: i64) -> Option<(SnapshotPoint, LedgerSnapshot)> {
         let mut assembler = Assembler::new("in", 2, limit);
         for chunk in chunks {
-            assembler.visit(chunk).expect("visit");
+            assembler.visit(chunk);
         }
         assembler.finish().expect("finish")
     }
@@ -330,10 +324,19 @@ mod tests {
     }
 
     #[test]
-    fn chunks_of_another_partition_are_an_error() {
-        let mut chunk = chunks(&state(1, 1), &point(5), Uuid::from_u128(1)).remove(0);
-        chunk.input_partition = 3;
-        let err = Assembler::new("in", 2, 10).visit(chunk).unwrap_err();
-        assert!(err.to_string().contains("in/3"), "{err}");
+    fn chunks_of_another_partition_are_skipped_and_counted() {
+        let mine = chunks(&state(1, 1), &point(5), Uuid::from_u128(1));
+        let mut other = mine.clone();
+        for chunk in &mut other {
+            chunk.input_partition = 3;
+            chunk.ledger_next_offset = 9;
+        }
+        let foreign = other.len() as u64;
+        let mut assembler = Assembler::new("in", 2, 10);
+        for chunk in other.into_iter().chain(mine) {
+            assembler.visit(chunk);
+        }
+        assert_eq!(assembler.foreign, foreign);
+        assert_eq!(assembler.finish().expect("finish").expect("complete").0.ledger_next_offset, 5);
     }
 }
