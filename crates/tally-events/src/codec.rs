@@ -12,7 +12,7 @@
 
 use std::{collections::HashMap, sync::LazyLock};
 
-use apache_avro::{rabin::Rabin, types::Value, Schema};
+use apache_avro::{rabin::Rabin, types::Value, GenericSingleObjectReader, Schema};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
@@ -198,7 +198,9 @@ pub enum Message {
 
 struct WriterSchema {
     kind: RecordKind,
-    schema: Schema,
+    /// Decodes with the schema's names resolved once: `from_avro_datum`
+    /// would rebuild that name table for every message.
+    reader: GenericSingleObjectReader,
     current: bool,
 }
 
@@ -243,7 +245,8 @@ impl Codec {
                 if version == 0 {
                     current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp });
                 }
-                writers.insert(u64::from_le_bytes(fp), WriterSchema { kind, schema, current: version == 0 });
+                let reader = GenericSingleObjectReader::new(schema).expect("tally's own Avro schemas resolve");
+                writers.insert(u64::from_le_bytes(fp), WriterSchema { kind, reader, current: version == 0 });
             }
         }
         Codec { writers, current }
@@ -312,35 +315,40 @@ impl Codec {
         Ok(self.header(bytes)?.0.kind)
     }
 
-    fn decode_with<T: Record>(&self, writer: &WriterSchema, mut body: &[u8]) -> Result<T, CodecError> {
+    /// Decodes a whole message (header included) whose header named
+    /// `writer`.
+    fn decode_with<T: Record>(&self, writer: &WriterSchema, message: &[u8]) -> Result<T, CodecError> {
         let record = writer.kind.name();
         let malformed = |message: String| CodecError::Malformed { record, message };
-        let reader = (!writer.current).then(|| self.schema(writer.kind));
-        let value =
-            apache_avro::from_avro_datum(&writer.schema, &mut body, reader).map_err(|e| malformed(e.to_string()))?;
-        if !body.is_empty() {
-            return Err(malformed(format!("{} trailing bytes after the record", body.len())));
+        let mut rest = message;
+        let mut value = writer.reader.read_value(&mut rest).map_err(|e| malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(malformed(format!("{} trailing bytes after the record", rest.len())));
+        }
+        if !writer.current {
+            // An older version: fill the fields added since with defaults.
+            value = value.resolve(self.schema(writer.kind)).map_err(|e| malformed(e.to_string()))?;
         }
         from_value(&value).map_err(malformed)
     }
 
     /// Decodes a message that must be a `T`.
     pub fn decode<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let (writer, body) = self.header(bytes)?;
+        let (writer, _) = self.header(bytes)?;
         if writer.kind != T::KIND {
             return Err(CodecError::WrongRecord { expected: T::KIND.name(), found: writer.kind.name() });
         }
-        self.decode_with(writer, body)
+        self.decode_with(writer, bytes)
     }
 
     /// Decodes a message of the input topic: a usage event, purchase or
     /// account change.
     pub fn decode_input(&self, bytes: &[u8]) -> Result<Input, CodecError> {
-        let (writer, body) = self.header(bytes)?;
+        let (writer, _) = self.header(bytes)?;
         match writer.kind {
-            RecordKind::UsageEvent => self.decode_with(writer, body).map(Input::Usage),
-            RecordKind::CreditPurchase => self.decode_with(writer, body).map(Input::Purchase),
-            RecordKind::AccountChange => self.decode_with(writer, body).map(Input::Account),
+            RecordKind::UsageEvent => self.decode_with(writer, bytes).map(Input::Usage),
+            RecordKind::CreditPurchase => self.decode_with(writer, bytes).map(Input::Purchase),
+            RecordKind::AccountChange => self.decode_with(writer, bytes).map(Input::Account),
             other => Err(CodecError::WrongRecord {
                 expected: "usage event, purchase or account change",
                 found: other.name(),
@@ -350,16 +358,16 @@ impl Codec {
 
     /// Decodes any tally record.
     pub fn decode_any(&self, bytes: &[u8]) -> Result<Message, CodecError> {
-        let (writer, body) = self.header(bytes)?;
+        let (writer, _) = self.header(bytes)?;
         Ok(match writer.kind {
             RecordKind::UsageEvent | RecordKind::CreditPurchase | RecordKind::AccountChange => {
                 Message::Input(self.decode_input(bytes)?)
             }
-            RecordKind::LedgerEntry => Message::Ledger(self.decode_with(writer, body)?),
-            RecordKind::Alert => Message::Alert(self.decode_with(writer, body)?),
-            RecordKind::DeadLetter => Message::DeadLetter(self.decode_with(writer, body)?),
-            RecordKind::LedgerMarker => Message::Marker(self.decode_with(writer, body)?),
-            RecordKind::PartitionSnapshot => Message::Snapshot(Box::new(self.decode_with(writer, body)?)),
+            RecordKind::LedgerEntry => Message::Ledger(self.decode_with(writer, bytes)?),
+            RecordKind::Alert => Message::Alert(self.decode_with(writer, bytes)?),
+            RecordKind::DeadLetter => Message::DeadLetter(self.decode_with(writer, bytes)?),
+            RecordKind::LedgerMarker => Message::Marker(self.decode_with(writer, bytes)?),
+            RecordKind::PartitionSnapshot => Message::Snapshot(Box::new(self.decode_with(writer, bytes)?)),
         })
     }
 
