@@ -243,13 +243,57 @@ pub struct Metering {
     /// Since when the instance waits for the group to assign it partitions
     /// (start, or after a revocation); `None` once an assignment arrived.
     awaiting_assignment: Option<Instant>,
+    /// Reused from batch to batch.
+    out: Outputs,
 }
 
-/// Output records of one batch.
+/// Output records of one batch. Ledger records (one per input, the hot
+/// path) live in one reusable arena: key and payload are ranges of `arena`,
+/// so a batch costs no allocation per record.
 #[derive(Default)]
 struct Outputs {
     side: Vec<(String, i32, Vec<u8>, Vec<u8>)>,
-    ledger: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    arena: Vec<u8>,
+    ledger: Vec<(i32, std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl Outputs {
+    fn clear(&mut self) {
+        self.side.clear();
+        self.arena.clear();
+        self.ledger.clear();
+    }
+
+    /// Appends a ledger record: `key`, then whatever `encode` writes.
+    fn push_ledger<E>(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let key_start = self.arena.len();
+        self.arena.extend_from_slice(key);
+        let payload_start = self.arena.len();
+        encode(&mut self.arena)?;
+        self.ledger.push((partition, key_start..payload_start, payload_start..self.arena.len()));
+        Ok(())
+    }
+}
+
+/// Metric increments of one batch, applied once at its end: a labelled
+/// counter lookup hashes its labels, too costly per input.
+#[derive(Default)]
+struct Tally {
+    inputs: Vec<(&'static str, u64)>,
+    entries: Vec<((&'static str, &'static str), u64)>,
+    duplicates: u64,
+}
+
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
 }
 
 impl Metering {
@@ -298,6 +342,7 @@ impl Metering {
             instance,
             states: BTreeMap::new(),
             awaiting_assignment: Some(Instant::now()),
+            out: Outputs::default(),
         };
         service.prepare_topics()?;
         service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
@@ -468,7 +513,9 @@ impl Metering {
 
     fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), MeteringError> {
         let codec = Codec::global();
-        let mut out = Outputs::default();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let mut tally = Tally::default();
         let mut touched: Vec<i32> = Vec::new();
         let mut reseek: Vec<(i32, i64)> = Vec::new();
         for message in batch {
@@ -508,17 +555,14 @@ impl Metering {
             let appended_ms = message.timestamp().to_millis();
             match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
-                    self.metrics.inputs.with_label_values(&[input_type]).inc();
+                    bump(&mut tally.inputs, input_type);
                     let status = match entry.status {
                         EntryStatus::Success => "success",
                         EntryStatus::Failed => "failed",
                     };
-                    self.metrics.entries.with_label_values(&[entry.entry_type.name(), status]).inc();
-                    out.ledger.push((
-                        partition,
-                        entry.account_id.clone().into_bytes(),
-                        codec.encode(&entry).map_err(encode_error)?,
-                    ));
+                    bump(&mut tally.entries, (entry.entry_type.name(), status));
+                    out.push_ledger(partition, entry.account_id.as_bytes(), |buf| codec.encode_into(&entry, buf))
+                        .map_err(encode_error)?;
                     state.recorded_offset = message.offset() + 1;
                     state.since_snapshot += 1;
                     for alert in alerts {
@@ -533,11 +577,11 @@ impl Metering {
                     }
                 }
                 Step::Duplicate { input_type } => {
-                    self.metrics.inputs.with_label_values(&[input_type]).inc();
-                    self.metrics.duplicates.inc();
+                    bump(&mut tally.inputs, input_type);
+                    tally.duplicates += 1;
                 }
                 Step::DeadLetter { letter, input_type } => {
-                    self.metrics.inputs.with_label_values(&[input_type]).inc();
+                    bump(&mut tally.inputs, input_type);
                     self.metrics.dead_letters.with_label_values(&[&letter.reason]).inc();
                     let key = message.key().unwrap_or_default().to_vec();
                     out.side.push((
@@ -572,18 +616,26 @@ impl Metering {
                         input_partition: *p,
                         next_input_offset: state.next_offset,
                     };
-                    let bytes = codec
-                        .encode(&marker)
+                    out.push_ledger(*p, format!("progress-{p}").as_bytes(), |buf| codec.encode_into(&marker, buf))
                         .map_err(|e| MeteringError::Encode { partition: *p, message: e.to_string() })?;
-                    out.ledger.push((*p, format!("progress-{p}").into_bytes(), bytes));
                     state.recorded_offset = state.next_offset;
                 }
             }
         }
+        for (input_type, n) in &tally.inputs {
+            self.metrics.inputs.with_label_values(&[input_type]).inc_by(*n);
+        }
+        for ((entry_type, status), n) in &tally.entries {
+            self.metrics.entries.with_label_values(&[entry_type, status]).inc_by(*n);
+        }
+        self.metrics.duplicates.inc_by(tally.duplicates);
         self.send_all(out.side.iter().map(|(t, p, k, v)| (t.as_str(), *p, k.as_slice(), v.as_slice())))?;
         let ledger_topic = self.config.ledger_topic.clone();
-        let delivered =
-            self.send_all(out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, k.as_slice(), v.as_slice())))?;
+        let arena = &out.arena;
+        let delivered = self.send_all(
+            out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, &arena[k.clone()], &arena[v.clone()])),
+        )?;
+        self.out = out;
         // The fence's other half: this owner's writes must follow each other
         // in the log. A gap is someone else's write (a newer claim, a
         // zombie): stop before committing anything.
