@@ -52,14 +52,10 @@
 //! assert_eq!(ledger.apply(&open, &source, 1), Applied::Duplicate);
 //! ```
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rust_decimal::Decimal;
-use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use tally_events::{
     names::reasons,
@@ -71,7 +67,7 @@ use tally_events::{
 use uuid::Uuid;
 
 use crate::{
-    account_key::AccountKey,
+    accounts::Accounts,
     dedup::{Dedup, Probe},
     invariants::{self, Previous, Violation},
     pricing,
@@ -227,11 +223,8 @@ pub enum RestoreError {
 pub struct Ledger {
     rates: Arc<RateTable>,
     config: LedgerConfig,
-    /// Looked up by `&str`, never iterated into an output unsorted. Fixed
-    /// hasher (`FxBuildHasher`), not `RandomState`: no per-process
-    /// randomness, iteration order never reaches an output, and account ids
-    /// come from tally's account service, not an attacker.
-    accounts: HashMap<AccountKey, AccountState, FxBuildHasher>,
+    /// Looked up by `&str`, never iterated into an output unsorted.
+    accounts: Accounts,
     dedup: Dedup,
     newest_occurred_at: Option<DateTime<Utc>>,
     /// `newest_occurred_at - dedup_window`, kept with it: inputs older than
@@ -359,7 +352,7 @@ impl Ledger {
         Ledger {
             rates,
             config,
-            accounts: HashMap::default(),
+            accounts: Accounts::default(),
             dedup: Dedup::new(config.dedup_window),
             newest_occurred_at: None,
             cutoff: None,
@@ -394,7 +387,7 @@ impl Ledger {
         // One account lookup per input: the decision reads a copy of the
         // state, and the same slot takes the state after the entry. Right
         // before the dedup probe, so that both cache misses overlap.
-        let slot = accounts.get_mut(&AccountKey::new(input.account_id()));
+        let slot = accounts.get_mut(input.account_id());
         let Some(probe) = dedup.find(&input_id) else {
             *duplicates_seen += 1;
             return Applied::Duplicate;
@@ -414,7 +407,7 @@ impl Ledger {
             match slot {
                 Some(state) => *state = after,
                 None => {
-                    accounts.insert(AccountKey::new(&entry.account_id), after);
+                    accounts.insert(&entry.account_id, after);
                 }
             }
         }
@@ -428,8 +421,7 @@ impl Ledger {
     /// entry already reflected (same account, sequence <= last: ignored,
     /// returns Ok).
     pub fn restore(&mut self, entry: &LedgerEntry) -> Result<(), RestoreError> {
-        let key = AccountKey::new(&entry.account_id);
-        let previous = match self.accounts.get(&key) {
+        let previous = match self.accounts.get(&entry.account_id) {
             Some(state) if entry.sequence <= state.last_sequence => return Ok(()),
             Some(state) if state.deleted => {
                 return Err(RestoreError::AfterDeletion {
@@ -467,14 +459,14 @@ impl Ledger {
             paused: entry.paused,
             deleted: entry.entry_type == EntryType::Forfeit,
         };
-        self.accounts.insert(key, after);
+        self.accounts.insert(&entry.account_id, after);
         self.remember(entry.input_id, entry.occurred_at, entry.source.offset, None);
         Ok(())
     }
 
     /// The state of `account_id`, deleted accounts included.
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
-        self.accounts.get(&AccountKey::new(account_id))
+        self.accounts.get(account_id)
     }
 
     /// Highest source offset of any applied or restored entry.
@@ -495,7 +487,7 @@ impl Ledger {
     /// The state as a sorted, serializable value.
     pub fn snapshot(&self) -> LedgerSnapshot {
         LedgerSnapshot {
-            accounts: self.accounts.iter().map(|(id, state)| (id.to_text(), *state)).collect(),
+            accounts: self.accounts.iter().map(|(id, state)| (id.into_owned(), *state)).collect(),
             dedup: self
                 .dedup
                 .sorted()
@@ -511,7 +503,9 @@ impl Ledger {
     /// are pruned, so a smaller window takes effect at once.
     pub fn from_snapshot(rates: Arc<RateTable>, config: LedgerConfig, snapshot: LedgerSnapshot) -> Self {
         let mut ledger = Ledger::new(rates, config);
-        ledger.accounts = snapshot.accounts.iter().map(|(id, state)| (AccountKey::new(id), *state)).collect();
+        for (id, state) in &snapshot.accounts {
+            ledger.accounts.insert(id, *state);
+        }
         ledger.newest_occurred_at = snapshot.newest_occurred_at;
         ledger.cutoff = ledger.dedup_cutoff();
         ledger.last_source_offset = snapshot.last_source_offset;
@@ -528,7 +522,7 @@ impl Ledger {
     pub fn stats(&self) -> LedgerStats {
         LedgerStats {
             accounts: self.accounts.len(),
-            deleted_accounts: self.accounts.values().filter(|state| state.deleted).count(),
+            deleted_accounts: self.accounts.iter().filter(|(_, state)| state.deleted).count(),
             dedup_ids: self.dedup.len(),
             duplicates_seen: self.duplicates_seen,
         }

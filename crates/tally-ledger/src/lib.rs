@@ -24,7 +24,7 @@
 //! id (exact dedup within the window).
 #![deny(missing_docs)]
 
-mod account_key;
+mod accounts;
 mod dedup;
 mod entry_id;
 pub mod invariants;
