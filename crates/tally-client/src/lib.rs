@@ -8,6 +8,9 @@
 //!   `acks=all`) with batching (`linger.ms`), backpressure (a bounded queue:
 //!   [`Publisher::enqueue`] waits while it is full) and [`Publisher::flush`]
 //!   for shutdown.
+//! - [`AlertWatcher`] follows the alerts topic, so a worker stops offering
+//!   AI features to a paused account ([`AlertWatcher::ai_allowed`]) and
+//!   offers them again once it is resumed.
 //!
 //! Invariant: every record is keyed by its account id, so all of an
 //! account's inputs land in one partition, in the order the worker sent them.
@@ -27,9 +30,11 @@
 //! ```
 #![deny(missing_docs)]
 
+mod alerts;
 mod builder;
 mod publisher;
 
+pub use alerts::{AccountAlerts, AlertWatcher, AlertWatcherConfig};
 pub use builder::{event_id, input_id, BuildError, UsageEventBuilder};
 pub use publisher::{ClientError, Delivery, PendingDelivery, Publisher, PublisherConfig};
 pub use tally_events::{Input, UsageEvent};

@@ -30,12 +30,18 @@ pub enum ClientError {
     /// Queued records were not delivered before the flush deadline.
     #[error("flush did not finish within {0:?}")]
     Flush(Duration),
+    /// The alerts topic could not be followed (consumer, metadata).
+    #[error("cannot follow the alerts topic: {0}")]
+    Follow(#[source] KafkaError),
+    /// A topic is missing, or the follower could not start.
+    #[error("{0}")]
+    Topic(String),
 }
 
 impl ClientError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Delivery { .. } | ClientError::Flush(_))
+        matches!(self, ClientError::Delivery { .. } | ClientError::Flush(_) | ClientError::Follow(_))
     }
 }
 
