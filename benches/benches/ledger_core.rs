@@ -9,13 +9,14 @@
 //! least disturbed by other work on the machine). Goal: >= 1,000,000
 //! events/s per core with the full dedup window.
 //!
-//! What an event costs, roughly: one account lookup and one dedup lookup
-//! (each a cache miss once the maps outgrow the cache), a SHA-1 (uuid v5) for
-//! the entry id, seven small strings for the entry, and exact decimal
-//! arithmetic with the invariant checks.
+//! What an event costs, roughly: one account lookup and one dedup probe
+//! (each a cache miss once the tables outgrow the cache, issued together so
+//! that they overlap), seven small strings for the entry (allocated, and
+//! freed when the entry is dropped), and exact decimal arithmetic with the
+//! invariant checks.
 //!
-//! Run: `cargo bench -p tally-benches --bench ledger_core` (about a minute
-//! and a half). A bare argument filters the cases by substring of their
+//! Run: `cargo bench -p tally-benches --bench ledger_core` (under a minute
+//! once built). A bare argument filters the cases by substring of their
 //! id, for criterion and for the rounds alike: `cargo bench -p
 //! tally-benches --bench ledger_core -- 1M_accounts`.
 
@@ -143,8 +144,8 @@ fn print_figures(figures: &[String]) {
 }
 
 fn main() {
-    // Small samples keep the whole run near a minute and a half on 2 cores;
-    // each sample is still BATCH events, so the figures are stable.
+    // Small samples keep the whole run under a minute on 2 cores; each
+    // sample is still BATCH events, so the figures are stable.
     let mut criterion = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
