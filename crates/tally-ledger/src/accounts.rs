@@ -222,6 +222,11 @@ impl Accounts {
         }
     }
 
+    /// Every account's state, in no particular order.
+    pub(crate) fn states(&self) -> impl Iterator<Item = &AccountState> {
+        self.slots.iter().filter(|slot| slot.key[0] != EMPTY).map(|slot| &slot.state)
+    }
+
     /// Every account as (id, state), in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, &AccountState)> {
         self.slots.iter().filter(|slot| slot.key[0] != EMPTY).map(|slot| (self.id(&slot.key), &slot.state))

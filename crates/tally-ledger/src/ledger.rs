@@ -522,7 +522,7 @@ impl Ledger {
     pub fn stats(&self) -> LedgerStats {
         LedgerStats {
             accounts: self.accounts.len(),
-            deleted_accounts: self.accounts.iter().filter(|(_, state)| state.deleted).count(),
+            deleted_accounts: self.accounts.states().filter(|state| state.deleted).count(),
             dedup_ids: self.dedup.len(),
             duplicates_seen: self.duplicates_seen,
         }
