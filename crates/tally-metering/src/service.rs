@@ -1,18 +1,23 @@
 //! The metering loop: poll a batch, apply it with the core, write outputs,
 //! store progress.
 //!
-//! Per batch, in this order (each step waits for the broker's
-//! acknowledgement before the next):
-//! 1. dead letters and alerts;
-//! 2. ledger entries, then a PROGRESS marker for a partition whose last
-//!    handled input produced no entry;
-//! 3. consumer offsets (a hint for lag; the resume point comes from the
-//!    ledger).
+//! Per batch, records are produced while the batch is applied (so the
+//! broker's acknowledgements overlap the work), under one rule: a ledger
+//! record is sent only after every dead letter and alert before it in the
+//! batch is acknowledged. Until the batch's first side record, ledger
+//! records go out at once; after it they wait. Then:
+//! 1. wait for the dead letters and alerts, send the waiting ledger records
+//!    and a PROGRESS marker for a partition whose last handled input
+//!    produced no entry, and wait for every ledger acknowledgement;
+//! 2. check that this owner's ledger writes are contiguous, snapshot what is
+//!    due, and commit consumer offsets (a hint for lag; the resume point
+//!    comes from the ledger).
 //!
-//! A crash between 1 and 2 re-sends the same dead letters and alerts on
-//! restart (at-least-once; they carry deterministic ids and source
-//! coordinates). A crash inside 2 loses nothing and doubles nothing: the
-//! restart rebuilds from what the ledger holds and re-applies the rest,
+//! A crash before a side record is acknowledged leaves no ledger record
+//! covering its input, so the restart re-sends it (at-least-once; dead
+//! letters and alerts carry deterministic ids and source coordinates). A
+//! crash with ledger records in flight loses nothing and doubles nothing:
+//! the restart rebuilds from what the ledger holds and re-applies the rest,
 //! which gives the same bytes. Any delivery error is fatal: the process
 //! exits and its restart rebuilds state, so a gap in the ledger can never be
 //! followed by later entries (`enable.gapless.guarantee` too).
@@ -27,7 +32,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     message::OwnedMessage,
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{future_producer::DeliveryFuture, FutureProducer, FutureRecord, Producer},
     statistics::Statistics,
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
 };
@@ -252,14 +257,12 @@ pub struct Metering {
 /// so a batch costs no allocation per record.
 #[derive(Default)]
 struct Outputs {
-    side: Vec<(String, i32, Vec<u8>, Vec<u8>)>,
     arena: Vec<u8>,
     ledger: Vec<(i32, std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
 impl Outputs {
     fn clear(&mut self) {
-        self.side.clear();
         self.arena.clear();
         self.ledger.clear();
     }
@@ -278,6 +281,93 @@ impl Outputs {
         self.ledger.push((partition, key_start..payload_start, payload_start..self.arena.len()));
         Ok(())
     }
+}
+
+/// One batch's sends. Records go out while the batch is being applied, so
+/// their acknowledgements overlap the work. What keeps a crash safe still
+/// holds: a ledger record is sent only once every dead letter and alert
+/// before it in the batch is acknowledged (the ledger is the resume point,
+/// so a side record must never trail a ledger record that covers its
+/// input). After the first side record, later ledger records wait in the
+/// arena until the side acknowledgements are in.
+struct Sends {
+    producer: FutureProducer,
+    side: Vec<(String, DeliveryFuture)>,
+    ledger: Vec<DeliveryFuture>,
+    /// A side record was sent: ledger records now wait.
+    held: bool,
+    started: bool,
+}
+
+impl Sends {
+    fn new(producer: FutureProducer) -> Self {
+        Sends { producer, side: Vec::new(), ledger: Vec::new(), held: false, started: false }
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, MeteringError> {
+        if !self.started {
+            self.started = true;
+            crate::faults::point("before_produce");
+        }
+        produce(&self.producer, topic, partition, key, payload)
+    }
+
+    fn side(&mut self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<(), MeteringError> {
+        let future = self.send(topic, partition, key, payload)?;
+        self.side.push((topic.to_string(), future));
+        self.held = true;
+        Ok(())
+    }
+
+    fn ledger(&mut self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<(), MeteringError> {
+        let future = self.send(topic, partition, key, payload)?;
+        self.ledger.push(future);
+        Ok(())
+    }
+}
+
+/// Produces one record, waiting while librdkafka's queue is full.
+fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<DeliveryFuture, MeteringError> {
+    let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((source, _)) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
+        }
+    }
+}
+
+/// Waits for acknowledgements, in order; any failure is fatal.
+fn acknowledged(
+    runtime: &Handle,
+    topic: &str,
+    futures: impl IntoIterator<Item = DeliveryFuture>,
+) -> Result<Vec<(i32, i64)>, MeteringError> {
+    let mut delivered = Vec::new();
+    for future in futures {
+        match runtime.block_on(future) {
+            Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
+            Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
+            Err(_) => return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled }),
+        }
+    }
+    Ok(delivered)
 }
 
 /// Metric increments of one batch, applied once at its end: a labelled
@@ -516,6 +606,10 @@ impl Metering {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let mut tally = Tally::default();
+        let mut sends = Sends::new(self.producer.clone());
+        let mut scratch: Vec<u8> = Vec::with_capacity(512);
+        let (ledger_topic, alerts_topic, dead_letter_topic) =
+            (self.config.ledger_topic.clone(), self.config.alerts_topic.clone(), self.config.dead_letter_topic.clone());
         let mut touched: Vec<i32> = Vec::new();
         let mut reseek: Vec<(i32, i64)> = Vec::new();
         for message in batch {
@@ -561,20 +655,23 @@ impl Metering {
                         EntryStatus::Failed => "failed",
                     };
                     bump(&mut tally.entries, (entry.entry_type.name(), status));
-                    out.push_ledger(partition, entry.account_id.as_bytes(), |buf| codec.encode_into(&entry, buf))
-                        .map_err(encode_error)?;
-                    state.recorded_offset = message.offset() + 1;
-                    state.since_snapshot += 1;
+                    // Its alerts first: the entry must not land before them.
                     for alert in alerts {
                         self.metrics.alerts.with_label_values(&[alert_kind(&alert)]).inc();
-                        let bytes = codec.encode(&alert).map_err(encode_error)?;
-                        out.side.push((
-                            self.config.alerts_topic.clone(),
-                            partition,
-                            alert.account_id.into_bytes(),
-                            bytes,
-                        ));
+                        scratch.clear();
+                        codec.encode_into(&alert, &mut scratch).map_err(encode_error)?;
+                        sends.side(&alerts_topic, partition, alert.account_id.as_bytes(), &scratch)?;
                     }
+                    let key = entry.account_id.as_bytes();
+                    if sends.held {
+                        out.push_ledger(partition, key, |buf| codec.encode_into(&entry, buf)).map_err(encode_error)?;
+                    } else {
+                        scratch.clear();
+                        codec.encode_into(&entry, &mut scratch).map_err(encode_error)?;
+                        sends.ledger(&ledger_topic, partition, key, &scratch)?;
+                    }
+                    state.recorded_offset = message.offset() + 1;
+                    state.since_snapshot += 1;
                 }
                 Step::Duplicate { input_type } => {
                     bump(&mut tally.inputs, input_type);
@@ -583,13 +680,9 @@ impl Metering {
                 Step::DeadLetter { letter, input_type } => {
                     bump(&mut tally.inputs, input_type);
                     self.metrics.dead_letters.with_label_values(&[&letter.reason]).inc();
-                    let key = message.key().unwrap_or_default().to_vec();
-                    out.side.push((
-                        self.config.dead_letter_topic.clone(),
-                        partition,
-                        key,
-                        codec.encode(&letter).map_err(encode_error)?,
-                    ));
+                    scratch.clear();
+                    codec.encode_into(&letter, &mut scratch).map_err(encode_error)?;
+                    sends.side(&dead_letter_topic, partition, message.key().unwrap_or_default(), &scratch)?;
                 }
             }
             state.next_offset = message.offset() + 1;
@@ -616,8 +709,17 @@ impl Metering {
                         input_partition: *p,
                         next_input_offset: state.next_offset,
                     };
-                    out.push_ledger(*p, format!("progress-{p}").as_bytes(), |buf| codec.encode_into(&marker, buf))
-                        .map_err(|e| MeteringError::Encode { partition: *p, message: e.to_string() })?;
+                    let encode_error =
+                        |e: tally_events::CodecError| MeteringError::Encode { partition: *p, message: e.to_string() };
+                    let key = format!("progress-{p}");
+                    if sends.held {
+                        out.push_ledger(*p, key.as_bytes(), |buf| codec.encode_into(&marker, buf))
+                            .map_err(encode_error)?;
+                    } else {
+                        scratch.clear();
+                        codec.encode_into(&marker, &mut scratch).map_err(encode_error)?;
+                        sends.ledger(&ledger_topic, *p, key.as_bytes(), &scratch)?;
+                    }
                     state.recorded_offset = state.next_offset;
                 }
             }
@@ -629,12 +731,14 @@ impl Metering {
             self.metrics.entries.with_label_values(&[entry_type, status]).inc_by(*n);
         }
         self.metrics.duplicates.inc_by(tally.duplicates);
-        self.send_all(out.side.iter().map(|(t, p, k, v)| (t.as_str(), *p, k.as_slice(), v.as_slice())))?;
-        let ledger_topic = self.config.ledger_topic.clone();
-        let arena = &out.arena;
-        let delivered = self.send_all(
-            out.ledger.iter().map(|(p, k, v)| (ledger_topic.as_str(), *p, &arena[k.clone()], &arena[v.clone()])),
-        )?;
+        crate::faults::point("before_ack");
+        for (topic, future) in std::mem::take(&mut sends.side) {
+            acknowledged(&self.runtime, &topic, [future])?;
+        }
+        for (p, k, v) in &out.ledger {
+            sends.ledger(&ledger_topic, *p, &out.arena[k.clone()], &out.arena[v.clone()])?;
+        }
+        let delivered = acknowledged(&self.runtime, &ledger_topic, std::mem::take(&mut sends.ledger))?;
         self.out = out;
         // The fence's other half: this owner's writes must follow each other
         // in the log. A gap is someone else's write (a newer claim, a
@@ -720,31 +824,12 @@ impl Metering {
         crate::faults::point("before_produce");
         let mut futures = Vec::new();
         for (topic, partition, key, payload) in records {
-            let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(future) => {
-                        futures.push((topic, future));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
-                        record = returned;
-                        self.producer.poll(Duration::from_millis(5));
-                    }
-                    Err((source, _)) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
-                }
-            }
+            futures.push((topic, produce(&self.producer, topic, partition, key, payload)?));
         }
         crate::faults::point("before_ack");
         let mut delivered = Vec::with_capacity(futures.len());
         for (topic, future) in futures {
-            match self.runtime.block_on(future) {
-                Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
-                Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
-                Err(_) => {
-                    return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled })
-                }
-            }
+            delivered.extend(acknowledged(&self.runtime, topic, [future])?);
         }
         Ok(delivered)
     }
