@@ -22,6 +22,10 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{Read, Write},
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -67,7 +71,15 @@ async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], 
 }
 
 /// (a): the bare loop. Returns records per second.
-async fn bare_loop(bootstrap: &str, input: &str, output: &str, total: usize, group: &str) -> Result<f64> {
+/// `ready` is set once the group has assigned every partition.
+async fn bare_loop(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    total: usize,
+    group: &str,
+    ready: Arc<AtomicBool>,
+) -> Result<f64> {
     let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, Some(group)).create()?;
     consumer.subscribe(&[input])?;
     let producer: FutureProducer = ClientConfig::new()
@@ -83,6 +95,9 @@ async fn bare_loop(bootstrap: &str, input: &str, output: &str, total: usize, gro
     while done < total {
         if Instant::now() > deadline {
             bail!("bare loop did not finish: {done} of {total}");
+        }
+        if !ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() == PARTITIONS as usize) {
+            ready.store(true, Ordering::Relaxed);
         }
         let mut batch = Vec::new();
         while batch.len() < 5_000 {
@@ -169,6 +184,13 @@ impl Metering {
         buckets.iter().find(|(_, c)| *c >= target).map(|(le, _)| (*le, total))
     }
 
+    /// A gauge's value.
+    fn gauge(&self, name: &str) -> Option<i64> {
+        let body = self.metrics()?;
+        let prefix = format!("tally_metering_{name} ");
+        body.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+    }
+
     /// Inputs handled so far (sum of inputs_total), if the server answers.
     fn handled(&self) -> Option<u64> {
         let body = self.metrics()?;
@@ -252,7 +274,7 @@ async fn main() -> Result<()> {
     // Build the release binary before timing anything.
     tally_binary()?;
 
-    let bare = bare_loop(&bootstrap, "inputs", "bare-out", messages.len(), "bench-bare").await?;
+    let bare = bare_loop(&bootstrap, "inputs", "bare-out", messages.len(), "bench-bare", Arc::default()).await?;
     println!("  (a) bare rdkafka consume+produce loop: {bare:>10.0} records/s");
     let metering = metering_rate(&bootstrap, messages.len() as u64)?;
     println!("  (b) tally metering:                    {metering:>10.0} inputs/s");
@@ -263,7 +285,11 @@ async fn main() -> Result<()> {
     let count = ((rate * 20.0) as usize).clamp(1_000, messages.len());
     create_topics(&bootstrap, &[("lat-inputs", PARTITIONS)]).await?;
     let latency = Metering::start(&bootstrap, "lat-", "bench-latency")?;
-    std::thread::sleep(Duration::from_secs(3)); // let it join and claim
+    // Time the steady state, not the group join and restore.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latency.gauge("partitions_owned") != Some(PARTITIONS as i64) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     publish(&bootstrap, "lat-inputs", &messages[..count], Some(rate)).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while latency.handled().unwrap_or(0) < count as u64 && Instant::now() < deadline {
@@ -303,13 +329,18 @@ async fn main() -> Result<()> {
     // The same measure for the bare loop: the floor this broker and machine
     // set (publisher batching, broker append and fetch, one produce).
     create_topics(&bootstrap, &[("lat-bare-in", PARTITIONS), ("lat-bare-out", PARTITIONS)]).await?;
+    let ready = Arc::new(AtomicBool::new(false));
     let loop_task = {
-        let bootstrap = bootstrap.clone();
-        tokio::spawn(
-            async move { bare_loop(&bootstrap, "lat-bare-in", "lat-bare-out", count, "bench-bare-latency").await },
-        )
+        let (bootstrap, ready) = (bootstrap.clone(), ready.clone());
+        tokio::spawn(async move {
+            bare_loop(&bootstrap, "lat-bare-in", "lat-bare-out", count, "bench-bare-latency", ready).await
+        })
     };
-    std::thread::sleep(Duration::from_secs(3)); // let it join
+    // Time the steady state, not the group join: publish once it owns all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     publish(&bootstrap, "lat-bare-in", &messages[..count], Some(rate)).await?;
     loop_task.await??;
     let inputs = timestamps(&bootstrap, "lat-bare-in")?;
