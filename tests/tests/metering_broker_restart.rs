@@ -9,19 +9,27 @@ use std::time::Duration;
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use support::*;
+use tally_simulator::SimMessage;
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, Broker, Storage};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("tally-broker-restart-{}", std::process::id()));
+/// A durable (SQLite) broker in its own folder, with a small scenario of
+/// simulator `seed` published.
+async fn durable_broker_with_inputs(name: &str, seed: u64) -> anyhow::Result<(Broker, String, Vec<SimMessage>)> {
+    let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut broker = Broker::start(Storage::Sqlite(dir.join("tansu.db")))?;
+    let broker = Broker::start(Storage::Sqlite(dir.join("tansu.db")))?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
-    let config = SimConfig { seed: 23, accounts: 40, usage_events: 4_000, ..SimConfig::default() };
+    let config = SimConfig { seed, accounts: 40, usage_events: 4_000, ..SimConfig::default() };
     let messages: Vec<_> = Simulator::new(config).collect();
     publish(&bootstrap, &messages).await?;
+    Ok((broker, bootstrap, messages))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
+    let (mut broker, bootstrap, messages) = durable_broker_with_inputs("broker-restart", 23).await?;
 
     // A restore stuck on a broker that is coming back fails within 30 s
     // (and the supervisor below restarts it) instead of the default 300 s.
@@ -57,14 +65,7 @@ async fn broker_restarts_lose_and_double_nothing() -> anyhow::Result<()> {
 /// (the dead one never left the group) and the ledger must be complete.
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_and_metering_killed_together_recover() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("tally-power-loss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut broker = Broker::start(Storage::Sqlite(dir.join("tansu.db")))?;
-    let bootstrap = broker.bootstrap();
-    create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
-    let config = SimConfig { seed: 29, accounts: 40, usage_events: 4_000, ..SimConfig::default() };
-    let messages: Vec<_> = Simulator::new(config).collect();
-    publish(&bootstrap, &messages).await?;
+    let (mut broker, bootstrap, messages) = durable_broker_with_inputs("power-loss", 29).await?;
     let expected = expected(&bootstrap, messages.len())?;
     let seed = seed();
     let mut rng = SmallRng::seed_from_u64(seed);
