@@ -5,7 +5,7 @@
 //! placed: in the produce path, or between an acknowledged append and a
 //! fetch that returns it.
 //!
-//! Run: `cargo run --release -p tally-benches --example broker_floor -- [RATE] [SECONDS]`
+//! Run: `cargo run --release -p tally-benches --example broker_floor -- [RATE] [SECONDS] [plain]`
 //! (a fresh Tansu memory broker; defaults 20000 records/s for 15 s).
 
 use std::{
@@ -46,11 +46,15 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let rate: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000.0);
     let seconds: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(15.0);
+    // `plain`: no idempotence, acks=1, to see whether the tail is the
+    // idempotent producer's or the broker's.
+    let plain = args.next().as_deref() == Some("plain");
     let broker = Broker::memory()?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[("floor", PARTITIONS)]).await?;
     let total = (rate * seconds) as usize;
-    println!("broker floor: {total} records of 170 B at {rate:.0}/s, {PARTITIONS} partitions, Tansu memory storage");
+    let producer_kind = if plain { "plain producer (acks=1)" } else { "idempotent producer (acks=all)" };
+    println!("broker floor: {total} records of 170 B at {rate:.0}/s, {PARTITIONS} partitions, Tansu memory storage, {producer_kind}");
 
     // The consumer records when each (partition, offset) is first polled.
     let sent_at: Arc<Mutex<HashMap<(i32, i64), Instant>>> = Arc::default();
@@ -76,8 +80,8 @@ async fn main() -> Result<()> {
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+        .set("enable.idempotence", if plain { "false" } else { "true" })
+        .set("acks", if plain { "1" } else { "all" })
         .set("linger.ms", "1")
         .create()?;
     let payload = vec![7u8; 170];
