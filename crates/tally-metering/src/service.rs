@@ -250,6 +250,7 @@ pub struct Metering {
     awaiting_assignment: Option<Instant>,
     /// Reused from batch to batch.
     out: Outputs,
+    snapshots: SnapshotWriter,
 }
 
 /// Output records of one batch. Ledger records (one per input, the hot
@@ -370,6 +371,108 @@ fn acknowledged(
     Ok(delivered)
 }
 
+/// A snapshot cut by the loop, for the snapshot thread to write.
+struct SnapshotJob {
+    partition: i32,
+    slot: u8,
+    point: SnapshotPoint,
+    state: tally_ledger::LedgerSnapshot,
+    cut_at: Instant,
+}
+
+/// Writes snapshots off the metering loop: chunking, encoding, producing
+/// and waiting for acknowledgements took ~100 ms at a full dedup window,
+/// a pause of every owned partition's input. One snapshot at a time; the
+/// loop skips (and retries after its next batch) while one is being
+/// written. A snapshot that fails or is cut short costs restore time only.
+struct SnapshotWriter {
+    sender: Option<std::sync::mpsc::SyncSender<SnapshotJob>>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn start(producer: FutureProducer, runtime: Handle, metrics: Metrics, topic: String) -> Self {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<SnapshotJob>(1);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = queued.clone();
+        let thread = std::thread::Builder::new()
+            .name("tally-snapshots".into())
+            .spawn(move || {
+                for job in receiver {
+                    let (partition, cut_at) = (job.partition, job.cut_at);
+                    let ledger_next_offset = job.point.ledger_next_offset;
+                    match write_snapshot(&producer, &runtime, &topic, job) {
+                        Ok(chunks) => {
+                            crate::faults::point("after_snapshot");
+                            metrics.snapshots.inc();
+                            metrics.snapshot_seconds.observe(cut_at.elapsed().as_secs_f64());
+                            tracing::info!(
+                                partition,
+                                ledger_next_offset,
+                                chunks,
+                                ms = cut_at.elapsed().as_millis() as u64,
+                                "snapshot written"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition, error = %e, "snapshot not written (restore reads more ledger)")
+                        }
+                    }
+                    done.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                }
+            })
+            .ok();
+        SnapshotWriter { sender: Some(sender), queued, thread }
+    }
+
+    fn busy(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Acquire) > 0 || self.thread.is_none()
+    }
+
+    /// Hands a snapshot over; false if the writer is busy.
+    fn offer(&self, job: SnapshotJob) -> bool {
+        let Some(sender) = &self.sender else { return false };
+        self.queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if sender.try_send(job).is_ok() {
+            return true;
+        }
+        self.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        false
+    }
+
+    /// Lets the snapshot in hand finish (shutdown).
+    fn finish(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Chunks, encodes and writes one snapshot; returns its chunk count.
+fn write_snapshot(
+    producer: &FutureProducer,
+    runtime: &Handle,
+    topic: &str,
+    job: SnapshotJob,
+) -> Result<usize, MeteringError> {
+    let partition = job.partition;
+    let chunks = snapshot::chunks(&job.state, &job.point, Uuid::new_v4());
+    let mut futures = Vec::with_capacity(chunks.len());
+    let mut bytes = Vec::new();
+    for chunk in &chunks {
+        bytes.clear();
+        Codec::global()
+            .encode_into(chunk, &mut bytes)
+            .map_err(|e| MeteringError::Encode { partition, message: e.to_string() })?;
+        let key = snapshot::chunk_key(partition, job.slot, chunk.chunk);
+        futures.push(produce(producer, topic, partition, key.as_bytes(), &bytes)?);
+    }
+    acknowledged(runtime, topic, futures)?;
+    Ok(chunks.len())
+}
+
 /// Metric increments of one batch, applied once at its end: a labelled
 /// counter lookup hashes its labels, too costly per input.
 #[derive(Default)]
@@ -422,6 +525,8 @@ impl Metering {
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
             .create_with_context(context.clone())
             .map_err(MeteringError::kafka("create consumer"))?;
+        let snapshots =
+            SnapshotWriter::start(producer.clone(), runtime.clone(), metrics.clone(), config.snapshot_topic.clone());
         let service = Metering {
             config,
             consumer,
@@ -433,6 +538,7 @@ impl Metering {
             states: BTreeMap::new(),
             awaiting_assignment: Some(Instant::now()),
             out: Outputs::default(),
+            snapshots,
         };
         service.prepare_topics()?;
         service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
@@ -552,6 +658,7 @@ impl Metering {
         }
         tracing::info!("shutting down: flushing and committing");
         ready.set_ready(false);
+        self.snapshots.finish();
         self.producer.flush(Duration::from_secs(30)).map_err(MeteringError::kafka("flush on shutdown"))?;
         self.commit(CommitMode::Sync);
         Ok(())
@@ -775,8 +882,10 @@ impl Metering {
             .map(|(p, _)| *p)
             .collect();
         for partition in due {
-            let Some(state) = self.states.get(&partition) else { continue };
-            let started = Instant::now();
+            if self.snapshots.busy() {
+                break; // due again after the next batch
+            }
+            let Some(state) = self.states.get_mut(&partition) else { continue };
             let point = SnapshotPoint {
                 input_topic: self.config.input_topic.clone(),
                 input_partition: partition,
@@ -785,53 +894,22 @@ impl Metering {
                 claim_id: state.claim_id,
                 resume_input_offset: state.recorded_offset,
             };
-            let slot = state.snapshot_slot;
-            let chunks = snapshot::chunks(&state.ledger.snapshot(), &point, Uuid::new_v4());
-            let mut records = Vec::with_capacity(chunks.len());
-            for chunk in &chunks {
-                let bytes = Codec::global()
-                    .encode(chunk)
-                    .map_err(|e| MeteringError::Encode { partition, message: e.to_string() })?;
-                records.push((snapshot::chunk_key(partition, slot, chunk.chunk), bytes));
-            }
-            let topic = self.config.snapshot_topic.clone();
-            self.send_all(records.iter().map(|(k, v)| (topic.as_str(), partition, k.as_bytes(), v.as_slice())))?;
-            if let Some(state) = self.states.get_mut(&partition) {
+            // Only the cut is made here (the state must be this batch's);
+            // chunking, encoding and writing run on the snapshot thread.
+            let job = SnapshotJob {
+                partition,
+                slot: state.snapshot_slot,
+                point,
+                state: state.ledger.snapshot(),
+                cut_at: Instant::now(),
+            };
+            if self.snapshots.offer(job) {
                 state.since_snapshot = 0;
                 state.last_snapshot = Instant::now();
                 state.snapshot_slot ^= 1;
             }
-            crate::faults::point("after_snapshot");
-            self.metrics.snapshots.inc();
-            self.metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                partition,
-                ledger_next_offset = point.ledger_next_offset,
-                chunks = chunks.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "snapshot written"
-            );
         }
         Ok(())
-    }
-
-    /// Produces every record and waits for all acknowledgements; returns
-    /// (partition, offset) of each, in the order given.
-    fn send_all<'a>(
-        &self,
-        records: impl Iterator<Item = (&'a str, i32, &'a [u8], &'a [u8])>,
-    ) -> Result<Vec<(i32, i64)>, MeteringError> {
-        crate::faults::point("before_produce");
-        let mut futures = Vec::new();
-        for (topic, partition, key, payload) in records {
-            futures.push((topic, produce(&self.producer, topic, partition, key, payload)?));
-        }
-        crate::faults::point("before_ack");
-        let mut delivered = Vec::with_capacity(futures.len());
-        for (topic, future) in futures {
-            delivered.extend(acknowledged(&self.runtime, topic, [future])?);
-        }
-        Ok(delivered)
     }
 
     fn commit(&self, mode: CommitMode) {
