@@ -35,6 +35,17 @@ fn usage() -> UsageEvent {
     }
 }
 
+fn dead_letter() -> DeadLetter {
+    DeadLetter {
+        reason: reasons::MALFORMED.into(),
+        detail: "bad".into(),
+        source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
+        key: Some(b"acct".to_vec()),
+        payload: Some(vec![0, 1, 2, 255]),
+        input_id: String::new(),
+    }
+}
+
 fn entry() -> LedgerEntry {
     LedgerEntry {
         entry_id: Uuid::from_u128(1),
@@ -116,14 +127,7 @@ fn every_record_round_trips() {
     };
     assert_eq!(codec.decode::<Alert>(&codec.encode(&a).expect("encode")).expect("decode"), a);
 
-    let d = DeadLetter {
-        reason: reasons::MALFORMED.into(),
-        detail: "bad".into(),
-        source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
-        key: Some(b"acct".to_vec()),
-        payload: Some(vec![0, 1, 2, 255]),
-        input_id: String::new(),
-    };
+    let d = dead_letter();
     let back = codec.decode_any(&codec.encode(&d).expect("encode")).expect("decode");
     assert_eq!(back, Message::DeadLetter(d));
 }
@@ -343,14 +347,7 @@ fn direct_encoding_matches_the_generic_value_path() {
         };
         assert_eq!(codec.encode(&c).expect("encode"), via_value(&c));
     }
-    let d = DeadLetter {
-        reason: reasons::MALFORMED.into(),
-        detail: "bad".into(),
-        source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
-        key: Some(b"acct".to_vec()),
-        payload: Some(vec![0, 1, 2, 255]),
-        input_id: String::new(),
-    };
+    let d = dead_letter();
     assert_eq!(codec.encode(&d).expect("encode"), via_value(&d));
     let none = DeadLetter { key: None, payload: None, ..d };
     assert_eq!(codec.encode(&none).expect("encode"), via_value(&none));
