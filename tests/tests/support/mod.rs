@@ -40,28 +40,10 @@ pub fn rates() -> Arc<RateTable> {
 pub fn restores_from_snapshots(logs: &[PathBuf]) -> usize {
     logs.iter()
         .filter_map(|log| std::fs::read_to_string(log).ok())
-        .flat_map(|text| text.lines().map(strip_ansi).collect::<Vec<_>>())
+        .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
         .filter(|line| line.contains("partition restored and claimed"))
         .filter(|line| line.split_whitespace().any(|w| w.starts_with("snapshot=") && w != "snapshot=0"))
         .count()
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A test's random seed: `TALLY_TEST_SEED`, or the clock. Tests print it
