@@ -24,6 +24,7 @@
 
 use std::{
     collections::BTreeMap,
+    ops::Range,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -36,7 +37,9 @@ use rdkafka::{
     statistics::Statistics,
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
 };
-use tally_events::{Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, PartitionSnapshot, SourceOffset};
+use tally_events::{
+    codec::Record, Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, PartitionSnapshot, SourceOffset,
+};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_service::kafka::{consumer_config, read_partition, LagContext, Until};
 use tokio::{runtime::Handle, sync::watch};
@@ -235,6 +238,25 @@ struct PartitionState {
     snapshot_slot: u8,
 }
 
+impl PartitionState {
+    /// A partition just taken: inputs resume at `resume`, and this owner's
+    /// next ledger write must follow `ledger_offset` (-1: not checked).
+    fn new(ledger: Ledger, epoch: i64, claim_id: Uuid, resume: i64, ledger_offset: i64) -> Self {
+        PartitionState {
+            ledger,
+            epoch,
+            claim_id,
+            next_offset: resume,
+            recorded_offset: resume,
+            ledger_offset,
+            back_off: 0,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+            snapshot_slot: 0,
+        }
+    }
+}
+
 /// The running service.
 pub struct Metering {
     config: MeteringConfig,
@@ -249,39 +271,8 @@ pub struct Metering {
     /// (start, or after a revocation); `None` once an assignment arrived.
     awaiting_assignment: Option<Instant>,
     /// Reused from batch to batch.
-    out: Outputs,
+    sends: Sends,
     snapshots: SnapshotWriter,
-}
-
-/// Output records of one batch. Ledger records (one per input, the hot
-/// path) live in one reusable arena: key and payload are ranges of `arena`,
-/// so a batch costs no allocation per record.
-#[derive(Default)]
-struct Outputs {
-    arena: Vec<u8>,
-    ledger: Vec<(i32, std::ops::Range<usize>, std::ops::Range<usize>)>,
-}
-
-impl Outputs {
-    fn clear(&mut self) {
-        self.arena.clear();
-        self.ledger.clear();
-    }
-
-    /// Appends a ledger record: `key`, then whatever `encode` writes.
-    fn push_ledger<E>(
-        &mut self,
-        partition: i32,
-        key: &[u8],
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let key_start = self.arena.len();
-        self.arena.extend_from_slice(key);
-        let payload_start = self.arena.len();
-        encode(&mut self.arena)?;
-        self.ledger.push((partition, key_start..payload_start, payload_start..self.arena.len()));
-        Ok(())
-    }
 }
 
 /// One batch's sends. Records go out while the batch is being applied, so
@@ -289,48 +280,111 @@ impl Outputs {
 /// holds: a ledger record is sent only once every dead letter and alert
 /// before it in the batch is acknowledged (the ledger is the resume point,
 /// so a side record must never trail a ledger record that covers its
-/// input). After the first side record, later ledger records wait in the
-/// arena until the side acknowledgements are in.
+/// input). After the batch's first side record, later ledger records wait
+/// in `held` until [`Sends::finish`] has the side acknowledgements.
+///
+/// Kept from batch to batch: its buffers are reused, so a batch costs no
+/// allocation per record.
 struct Sends {
     producer: FutureProducer,
     side: Vec<(String, DeliveryFuture)>,
     ledger: Vec<DeliveryFuture>,
+    /// Waiting ledger records: key and payload are ranges of `arena`.
+    held: Vec<(i32, Range<usize>, Range<usize>)>,
+    arena: Vec<u8>,
+    /// Encoding buffer of a record sent at once (librdkafka copies it).
+    scratch: Vec<u8>,
     /// A side record was sent: ledger records now wait.
-    held: bool,
+    holding: bool,
     started: bool,
 }
 
 impl Sends {
     fn new(producer: FutureProducer) -> Self {
-        Sends { producer, side: Vec::new(), ledger: Vec::new(), held: false, started: false }
+        Sends {
+            producer,
+            side: Vec::new(),
+            ledger: Vec::new(),
+            held: Vec::new(),
+            arena: Vec::new(),
+            scratch: Vec::with_capacity(512),
+            holding: false,
+            started: false,
+        }
     }
 
-    fn send(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        key: &[u8],
-        payload: &[u8],
-    ) -> Result<DeliveryFuture, MeteringError> {
+    /// Starts a batch.
+    fn begin(&mut self) {
+        self.side.clear();
+        self.ledger.clear();
+        self.held.clear();
+        self.arena.clear();
+        self.holding = false;
+        self.started = false;
+    }
+
+    /// Sends what `scratch` holds.
+    fn send_scratch(&mut self, topic: &str, partition: i32, key: &[u8]) -> Result<DeliveryFuture, MeteringError> {
         if !self.started {
             self.started = true;
             crate::faults::point("before_produce");
         }
-        produce(&self.producer, topic, partition, key, payload)
+        produce(&self.producer, topic, partition, key, &self.scratch)
     }
 
-    fn side(&mut self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<(), MeteringError> {
-        let future = self.send(topic, partition, key, payload)?;
+    /// Encodes and sends a dead letter or alert; ledger records wait from now on.
+    fn side<T: Record>(&mut self, topic: &str, partition: i32, key: &[u8], record: &T) -> Result<(), MeteringError> {
+        encode(&mut self.scratch, partition, record)?;
+        let future = self.send_scratch(topic, partition, key)?;
         self.side.push((topic.to_string(), future));
-        self.held = true;
+        self.holding = true;
         Ok(())
     }
 
-    fn ledger(&mut self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<(), MeteringError> {
-        let future = self.send(topic, partition, key, payload)?;
+    /// Encodes a ledger record and sends it, or holds it after a side record.
+    fn ledger<T: Record>(&mut self, topic: &str, partition: i32, key: &[u8], record: &T) -> Result<(), MeteringError> {
+        if self.holding {
+            let key_start = self.arena.len();
+            self.arena.extend_from_slice(key);
+            let payload_start = self.arena.len();
+            Codec::global()
+                .encode_into(record, &mut self.arena)
+                .map_err(|e| MeteringError::Encode { partition, message: e.to_string() })?;
+            self.held.push((partition, key_start..payload_start, payload_start..self.arena.len()));
+            return Ok(());
+        }
+        encode(&mut self.scratch, partition, record)?;
+        let future = self.send_scratch(topic, partition, key)?;
         self.ledger.push(future);
         Ok(())
     }
+
+    /// Waits for the side records, sends the held ledger records, waits
+    /// for every ledger record; returns (partition, offset) of each ledger
+    /// record in the order sent.
+    fn finish(&mut self, runtime: &Handle, ledger_topic: &str) -> Result<Vec<(i32, i64)>, MeteringError> {
+        crate::faults::point("before_ack");
+        for (topic, future) in self.side.drain(..) {
+            acknowledged(runtime, &topic, [future])?;
+        }
+        for (partition, key, payload) in &self.held {
+            let future = produce(
+                &self.producer,
+                ledger_topic,
+                *partition,
+                &self.arena[key.clone()],
+                &self.arena[payload.clone()],
+            )?;
+            self.ledger.push(future);
+        }
+        acknowledged(runtime, ledger_topic, self.ledger.drain(..))
+    }
+}
+
+/// Encodes `record` into `buffer` (cleared first).
+fn encode<T: Record>(buffer: &mut Vec<u8>, partition: i32, record: &T) -> Result<(), MeteringError> {
+    buffer.clear();
+    Codec::global().encode_into(record, buffer).map_err(|e| MeteringError::Encode { partition, message: e.to_string() })
 }
 
 /// Produces one record, waiting while librdkafka's queue is full.
@@ -422,6 +476,9 @@ impl SnapshotWriter {
                     done.fetch_sub(1, std::sync::atomic::Ordering::Release);
                 }
             })
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot start the snapshot thread: no snapshots will be written"),
+            )
             .ok();
         SnapshotWriter { sender: Some(sender), queued, thread }
     }
@@ -525,6 +582,7 @@ impl Metering {
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
             .create_with_context(context.clone())
             .map_err(MeteringError::kafka("create consumer"))?;
+        let sends = Sends::new(producer.clone());
         let snapshots =
             SnapshotWriter::start(producer.clone(), runtime.clone(), metrics.clone(), config.snapshot_topic.clone());
         let service = Metering {
@@ -537,7 +595,7 @@ impl Metering {
             instance,
             states: BTreeMap::new(),
             awaiting_assignment: Some(Instant::now()),
-            out: Outputs::default(),
+            sends,
             snapshots,
         };
         service.prepare_topics()?;
@@ -573,14 +631,9 @@ impl Metering {
                 }
             }
         };
-        let outputs = [
-            &self.config.ledger_topic,
-            &self.config.alerts_topic,
-            &self.config.dead_letter_topic,
-            &self.config.snapshot_topic,
-        ];
+        let plain = [&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic];
         if self.config.create_topics {
-            let specs: Vec<(&str, i32)> = outputs[..3].iter().map(|t| (t.as_str(), partitions as i32)).collect();
+            let specs: Vec<(&str, i32)> = plain.iter().map(|t| (t.as_str(), partitions as i32)).collect();
             self.runtime.block_on(tally_service_topics(&self.config.brokers, &specs, &[]))?;
             // Compaction keeps the newest chunk per key: two snapshots'
             // worth per partition, however long the service runs.
@@ -591,6 +644,7 @@ impl Metering {
                 &[("cleanup.policy", "compact")],
             ))?;
         }
+        let outputs = plain.into_iter().chain([&self.config.snapshot_topic]);
         for topic in outputs {
             match self.partitions_of(topic)? {
                 Some(n) if n == partitions => {}
@@ -709,14 +763,11 @@ impl Metering {
     }
 
     fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), MeteringError> {
-        let codec = Codec::global();
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
+        let sends = &mut self.sends;
+        sends.begin();
         let mut tally = Tally::default();
-        let mut sends = Sends::new(self.producer.clone());
-        let mut scratch: Vec<u8> = Vec::with_capacity(512);
         let (ledger_topic, alerts_topic, dead_letter_topic) =
-            (self.config.ledger_topic.clone(), self.config.alerts_topic.clone(), self.config.dead_letter_topic.clone());
+            (&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic);
         let mut touched: Vec<i32> = Vec::new();
         let mut reseek: Vec<(i32, i64)> = Vec::new();
         for message in batch {
@@ -751,8 +802,6 @@ impl Metering {
             }
             state.back_off = 0;
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
-            let encode_error =
-                |e: tally_events::CodecError| MeteringError::Encode { partition, message: e.to_string() };
             let appended_ms = message.timestamp().to_millis();
             match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
@@ -765,18 +814,9 @@ impl Metering {
                     // Its alerts first: the entry must not land before them.
                     for alert in alerts {
                         self.metrics.alerts.with_label_values(&[alert_kind(&alert)]).inc();
-                        scratch.clear();
-                        codec.encode_into(&alert, &mut scratch).map_err(encode_error)?;
-                        sends.side(&alerts_topic, partition, alert.account_id.as_bytes(), &scratch)?;
+                        sends.side(alerts_topic, partition, alert.account_id.as_bytes(), &alert)?;
                     }
-                    let key = entry.account_id.as_bytes();
-                    if sends.held {
-                        out.push_ledger(partition, key, |buf| codec.encode_into(&entry, buf)).map_err(encode_error)?;
-                    } else {
-                        scratch.clear();
-                        codec.encode_into(&entry, &mut scratch).map_err(encode_error)?;
-                        sends.ledger(&ledger_topic, partition, key, &scratch)?;
-                    }
+                    sends.ledger(ledger_topic, partition, entry.account_id.as_bytes(), &entry)?;
                     state.recorded_offset = message.offset() + 1;
                     state.since_snapshot += 1;
                 }
@@ -787,9 +827,7 @@ impl Metering {
                 Step::DeadLetter { letter, input_type } => {
                     bump(&mut tally.inputs, input_type);
                     self.metrics.dead_letters.with_label_values(&[&letter.reason]).inc();
-                    scratch.clear();
-                    codec.encode_into(&letter, &mut scratch).map_err(encode_error)?;
-                    sends.side(&dead_letter_topic, partition, message.key().unwrap_or_default(), &scratch)?;
+                    sends.side(dead_letter_topic, partition, message.key().unwrap_or_default(), &letter)?;
                 }
             }
             state.next_offset = message.offset() + 1;
@@ -816,17 +854,7 @@ impl Metering {
                         input_partition: *p,
                         next_input_offset: state.next_offset,
                     };
-                    let encode_error =
-                        |e: tally_events::CodecError| MeteringError::Encode { partition: *p, message: e.to_string() };
-                    let key = format!("progress-{p}");
-                    if sends.held {
-                        out.push_ledger(*p, key.as_bytes(), |buf| codec.encode_into(&marker, buf))
-                            .map_err(encode_error)?;
-                    } else {
-                        scratch.clear();
-                        codec.encode_into(&marker, &mut scratch).map_err(encode_error)?;
-                        sends.ledger(&ledger_topic, *p, key.as_bytes(), &scratch)?;
-                    }
+                    sends.ledger(ledger_topic, *p, format!("progress-{p}").as_bytes(), &marker)?;
                     state.recorded_offset = state.next_offset;
                 }
             }
@@ -838,15 +866,7 @@ impl Metering {
             self.metrics.entries.with_label_values(&[entry_type, status]).inc_by(*n);
         }
         self.metrics.duplicates.inc_by(tally.duplicates);
-        crate::faults::point("before_ack");
-        for (topic, future) in std::mem::take(&mut sends.side) {
-            acknowledged(&self.runtime, &topic, [future])?;
-        }
-        for (p, k, v) in &out.ledger {
-            sends.ledger(&ledger_topic, *p, &out.arena[k.clone()], &out.arena[v.clone()])?;
-        }
-        let delivered = acknowledged(&self.runtime, &ledger_topic, std::mem::take(&mut sends.ledger))?;
-        self.out = out;
+        let delivered = sends.finish(&self.runtime, ledger_topic)?;
         // The fence's other half: this owner's writes must follow each other
         // in the log. A gap is someone else's write (a newer claim, a
         // zombie): stop before committing anything.
@@ -964,18 +984,7 @@ fn restore(
         // starts from the group offset. Proves the crash test can fail.
         let committed = committed_offset(consumer, &config.input_topic, partition);
         tracing::warn!(partition, committed, "TALLY_UNSAFE_SKIP_RESTORE: empty state from the group offset");
-        return Ok(PartitionState {
-            ledger: restorer.ledger,
-            epoch,
-            claim_id,
-            next_offset: committed,
-            recorded_offset: committed,
-            ledger_offset: -1,
-            back_off: 0,
-            since_snapshot: 0,
-            last_snapshot: Instant::now(),
-            snapshot_slot: 0,
-        });
+        return Ok(PartitionState::new(restorer.ledger, epoch, claim_id, committed, -1));
     }
     // The newest complete snapshot before the claim, then the ledger after it.
     let found = newest_snapshot(config, partition, epoch).map_err(restore_error)?;
@@ -1009,18 +1018,7 @@ fn restore(
         ms = elapsed.as_millis() as u64,
         "partition restored and claimed"
     );
-    Ok(PartitionState {
-        ledger: restorer.ledger,
-        epoch,
-        claim_id,
-        next_offset: restorer.resume,
-        recorded_offset: restorer.resume,
-        ledger_offset: epoch,
-        back_off: 0,
-        since_snapshot: 0,
-        last_snapshot: Instant::now(),
-        snapshot_slot: 0,
-    })
+    Ok(PartitionState::new(restorer.ledger, epoch, claim_id, restorer.resume, epoch))
 }
 
 /// Reads a partition's snapshot topic partition and returns the newest
