@@ -19,7 +19,7 @@
 //! binary that deploy/local/install.sh caches).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io::{Read, Write},
     process::{Child, Command, Stdio},
     sync::{
@@ -35,7 +35,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
-use tally_client::{Publisher, PublisherConfig};
+use tally_client::{InFlight, Publisher, PublisherConfig};
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, free_port, read_topic, tally_binary, Broker};
 
@@ -48,7 +48,7 @@ async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], 
         ..PublisherConfig::default()
     })?;
     let started = Instant::now();
-    let mut pending = VecDeque::new();
+    let mut in_flight = InFlight::new(20_000);
     for (n, (key, payload)) in messages.iter().enumerate() {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(n as f64 / rate);
@@ -56,16 +56,9 @@ async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], 
                 tokio::time::sleep(wait).await;
             }
         }
-        pending.push_back(publisher.enqueue_raw(key, payload).await?);
-        while pending.len() > 20_000 {
-            if let Some(p) = pending.pop_front() {
-                p.wait().await?;
-            }
-        }
+        in_flight.push(publisher.enqueue_raw(key, payload).await?).await?;
     }
-    for p in pending {
-        p.wait().await?;
-    }
+    in_flight.finish().await?;
     publisher.flush(Duration::from_secs(60))?;
     Ok(())
 }

@@ -2,14 +2,13 @@
 //! with progress on stderr and a summary on stdout.
 
 use std::{
-    collections::VecDeque,
     io::Write,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use tally_client::{Publisher, PublisherConfig};
+use tally_client::{InFlight, Publisher, PublisherConfig};
 use tally_events::names::topics;
 use tally_service::kafka::ensure_topics;
 use tally_simulator::{SimConfig, Simulator, Tally};
@@ -89,8 +88,8 @@ pub async fn run(args: Args) -> Result<()> {
     );
     let started = Instant::now();
     let mut tally = Tally::default();
-    let mut pending = VecDeque::new();
-    let mut delivered = 0u64;
+    // Bound what is awaited later: acknowledgements come back in order.
+    let mut in_flight = InFlight::new(10_000);
     let mut last_report = Instant::now();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     for (n, message) in Simulator::new(config).enumerate() {
@@ -101,28 +100,21 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
         tally.add(&message);
-        pending.push_back(publisher.enqueue_raw(&message.key, &message.payload).await?);
-        // Bound what is awaited later: acknowledgements come back in order.
-        while pending.len() > 10_000 {
-            if let Some(p) = pending.pop_front() {
-                p.wait().await.context("delivery failed")?;
-                delivered += 1;
-            }
-        }
+        in_flight
+            .push(publisher.enqueue_raw(&message.key, &message.payload).await?)
+            .await
+            .context("delivery failed")?;
         if !args.quiet && last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             let rate = tally.total() as f64 / started.elapsed().as_secs_f64();
             eprintln!(
                 "  sent {:>9} messages ({rate:>8.0}/s), {:>6} awaiting acknowledgement",
                 tally.total(),
-                pending.len()
+                in_flight.len()
             );
         }
     }
-    for p in pending {
-        p.wait().await.context("delivery failed")?;
-        delivered += 1;
-    }
+    let delivered = in_flight.finish().await.context("delivery failed")?;
     publisher.flush(Duration::from_secs(30))?;
     let elapsed = started.elapsed();
     print_summary(&tally, delivered, elapsed);

@@ -7,7 +7,8 @@
 //! - [`Publisher`] is an idempotent Kafka producer (`enable.idempotence`,
 //!   `acks=all`) with batching (`linger.ms`), backpressure (a bounded queue:
 //!   [`Publisher::enqueue`] waits while it is full) and [`Publisher::flush`]
-//!   for shutdown.
+//!   for shutdown; [`InFlight`] bounds the acknowledgements a bulk
+//!   publisher awaits.
 //! - [`AlertWatcher`] follows the alerts topic, so a worker stops offering
 //!   AI features to a paused account ([`AlertWatcher::ai_allowed`]) and
 //!   offers them again once it is resumed.
@@ -32,9 +33,11 @@
 
 mod alerts;
 mod builder;
+mod in_flight;
 mod publisher;
 
 pub use alerts::{AccountAlerts, AlertWatcher, AlertWatcherConfig};
 pub use builder::{event_id, input_id, BuildError, UsageEventBuilder};
+pub use in_flight::InFlight;
 pub use publisher::{ClientError, Delivery, PendingDelivery, Publisher, PublisherConfig};
 pub use tally_events::{Input, UsageEvent};

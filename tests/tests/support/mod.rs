@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use tally_client::{Publisher, PublisherConfig};
+use tally_client::{InFlight, Publisher, PublisherConfig};
 use tally_events::{fence::Fence, Codec, LedgerEntry, MarkerKind, Message as Record, SourceOffset};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_metering::step::{step, Step};
@@ -172,18 +172,11 @@ pub async fn publish(bootstrap: &str, messages: &[SimMessage]) -> Result<()> {
         topic: INPUTS.into(),
         ..PublisherConfig::default()
     })?;
-    let mut pending = std::collections::VecDeque::new();
+    let mut in_flight = InFlight::new(5_000);
     for message in messages {
-        pending.push_back(publisher.enqueue_raw(&message.key, &message.payload).await?);
-        while pending.len() > 5_000 {
-            if let Some(p) = pending.pop_front() {
-                p.wait().await?;
-            }
-        }
+        in_flight.push(publisher.enqueue_raw(&message.key, &message.payload).await?).await?;
     }
-    for p in pending {
-        p.wait().await?;
-    }
+    in_flight.finish().await?;
     publisher.flush(Duration::from_secs(30))?;
     Ok(())
 }
