@@ -41,7 +41,7 @@ use tally_events::{
     codec::Record, Alert, Codec, EntryStatus, LedgerMarker, MarkerKind, PartitionSnapshot, SourceOffset,
 };
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
-use tally_service::kafka::{consumer_config, read_partition, LagContext, Until};
+use tally_service::kafka::{consumer_config, read_partition, LagContext, ReRead, Until};
 use tokio::{runtime::Handle, sync::watch};
 use uuid::Uuid;
 
@@ -227,9 +227,8 @@ struct PartitionState {
     /// Ledger offset of this owner's last write (its claim at first): its
     /// next write must land right after it, or someone else wrote.
     ledger_offset: i64,
-    /// How far before `next_offset` the last repositioning seek went (0:
-    /// none pending). See `process`.
-    back_off: i64,
+    /// Repositioning after a fetch that came back past `next_offset`.
+    reread: ReRead,
     /// Ledger entries written since the last snapshot (or the restore).
     since_snapshot: u64,
     /// When the last snapshot was written (or the partition restored).
@@ -249,7 +248,7 @@ impl PartitionState {
             next_offset: resume,
             recorded_offset: resume,
             ledger_offset,
-            back_off: 0,
+            reread: ReRead::default(),
             since_snapshot: 0,
             last_snapshot: Instant::now(),
             snapshot_slot: 0,
@@ -777,15 +776,10 @@ impl Metering {
                 continue; // handled before (a refetch), or being repositioned
             }
             if message.offset() > state.next_offset {
-                // The first input is past the resume point. Kafka returns the
-                // record batch containing a fetch offset; some brokers
-                // (Tansu 0.6) return the next batch instead, skipping the
-                // rest of the containing one. So seek further back, each
-                // time further, down to offset 0 (always a batch start);
-                // records before the resume point are skipped above.
-                if state.back_off == 0 || state.next_offset - state.back_off > 0 {
-                    state.back_off = if state.back_off == 0 { 256 } else { state.back_off * 4 };
-                    let target = (state.next_offset - state.back_off).max(0);
+                // The first input is past the resume point (see `ReRead`):
+                // seek back; records before the resume point are skipped
+                // above.
+                if let Some(target) = state.reread.next_start(state.next_offset) {
                     tracing::warn!(
                         partition,
                         expected = state.next_offset,
@@ -796,11 +790,9 @@ impl Metering {
                     reseek.push((partition, target));
                     continue;
                 }
-                // Read from offset 0 and still past it: a real gap in the
-                // input log (compaction, transaction markers).
                 tracing::warn!(partition, expected = state.next_offset, got = message.offset(), "input offsets skip");
             }
-            state.back_off = 0;
+            state.reread.reset();
             let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
             let appended_ms = message.timestamp().to_millis();
             match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {

@@ -140,6 +140,35 @@ pub enum Until {
     Offset(i64),
 }
 
+/// Where to re-read a partition from when a fetch from `resume` returned
+/// records past it. Kafka answers a fetch with the record batch that
+/// contains the offset; some brokers (Tansu 0.6) answer with the next
+/// batch, skipping the rest of that one. Each call goes further back (256
+/// offsets, then 4 times more) down to offset 0, always a batch start; what
+/// precedes `resume` is the reader's to skip.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReRead {
+    back_off: i64,
+}
+
+impl ReRead {
+    /// The offset to re-read from, or `None` once a read from offset 0
+    /// still came back past `resume`: a real gap in the log (compaction,
+    /// transaction markers).
+    pub fn next_start(&mut self, resume: i64) -> Option<i64> {
+        if self.back_off > 0 && resume - self.back_off <= 0 {
+            return None;
+        }
+        self.back_off = if self.back_off == 0 { 256 } else { self.back_off * 4 };
+        Some((resume - self.back_off).max(0))
+    }
+
+    /// The records arrived where expected: the next miss starts over.
+    pub fn reset(&mut self) {
+        self.back_off = 0;
+    }
+}
+
 /// Reads one partition from `from` to `until`, calling `visit` on each
 /// record in offset order. Returns the next offset after the last record
 /// read.
@@ -165,10 +194,7 @@ pub fn read_partition<E: std::fmt::Display>(
     assign(from)?;
     let deadline = Instant::now() + timeout;
     let mut next = from;
-    // Where the current assignment starts, and how far before `from` the
-    // last re-read went (see below).
-    let mut start = from;
-    let mut back_off = 0i64;
+    let mut reread = ReRead::default();
     let mut seen = false;
     loop {
         if let Until::Offset(last) = until {
@@ -194,24 +220,19 @@ pub fn read_partition<E: std::fmt::Display>(
             // bounds the read.
             Some(Err(e)) => tracing::debug!(error = %e, topic, partition, "consumer error while reading (retried)"),
             Some(Ok(message)) => {
-                if !seen && message.offset() > next && start > 0 {
-                    // Kafka answers a fetch with the record batch that
-                    // contains the offset; some brokers (Tansu 0.6) answer
-                    // with the next batch, skipping the rest of that one.
-                    // Re-read from further back each time, down to offset 0
-                    // (always a batch start), skipping what precedes `from`.
-                    back_off = if back_off == 0 { 256 } else { back_off * 4 };
-                    start = (from - back_off).max(0);
-                    tracing::debug!(
-                        topic,
-                        partition,
-                        from,
-                        got = message.offset(),
-                        start,
-                        "fetch skipped records; re-reading"
-                    );
-                    assign(start)?;
-                    continue;
+                if !seen && message.offset() > next && from > 0 {
+                    if let Some(start) = reread.next_start(from) {
+                        tracing::debug!(
+                            topic,
+                            partition,
+                            from,
+                            got = message.offset(),
+                            start,
+                            "fetch skipped records; re-reading"
+                        );
+                        assign(start)?;
+                        continue;
+                    }
                 }
                 if message.offset() < next {
                     seen = true;
@@ -294,4 +315,22 @@ pub fn partition_count(bootstrap: &str, topic: &str, timeout: Duration) -> Resul
         .iter()
         .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReRead;
+
+    #[test]
+    fn rereads_go_further_back_down_to_zero_then_stop() {
+        let mut reread = ReRead::default();
+        assert_eq!(reread.next_start(5_000), Some(4_744));
+        assert_eq!(reread.next_start(5_000), Some(3_976));
+        assert_eq!(reread.next_start(5_000), Some(904));
+        assert_eq!(reread.next_start(5_000), Some(0));
+        assert_eq!(reread.next_start(5_000), None, "read from 0 and still past: a real gap");
+        reread.reset();
+        assert_eq!(reread.next_start(100), Some(0));
+        assert_eq!(reread.next_start(100), None);
+    }
 }
