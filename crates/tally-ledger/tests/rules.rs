@@ -343,8 +343,9 @@ fn dollars_round_half_even_at_the_account_tier() {
 #[test]
 fn the_rate_version_in_force_at_occurred_at_prices_the_usage() {
     let mut f = Fixture::new();
-    f.funded("acct", PlanTier::Payg, "0", "120.00"); // 1000 credits
-                                                     // GPT-Image 2: 6 credits until 2026-07-01, 7 from then ($0.72 → $0.84).
+    // 1000 credits. GPT-Image 2: 6 credits until 2026-07-01, 7 from then
+    // ($0.72 → $0.84).
+    f.funded("acct", PlanTier::Payg, "0", "120.00");
     let before = f.usage_full(
         "acct",
         "ai_modify",
