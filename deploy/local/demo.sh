@@ -45,18 +45,24 @@ printf '%s\n' "$sim_out"
 published=$(printf '%s\n' "$sim_out" | sed -n 's/^simulate: \([0-9]*\) messages acknowledged.*/\1/p')
 [ -n "$published" ] || { log "could not read how many messages simulate published"; exit 1; }
 
-# Wait until metering has read every published input.
-deadline=$((SECONDS + 300))
+# Wait until metering has read every published input. A terminal gets one
+# progress line rewritten in place; a log gets a line per change.
+deadline=$((SECONDS + 300)) shown=""
+progress() {
+  if [ -t 2 ]; then printf '\r[demo] metering: %s / %s inputs' "$1" "$2" >&2
+  elif [ "$1" != "$shown" ]; then printf '[demo] metering: %s / %s inputs\n' "$1" "$2" >&2; fi
+  shown=$1
+}
 while :; do
   kill -0 "$metering" 2>/dev/null || { log "metering exited; see $metering_log"; tail -20 "$metering_log" >&2; exit 1; }
   read_count=$(curl -s "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null \
     | awk '/^tally_metering_inputs_total/ {s += $2} END {print s + 0}')
-  printf '\r[demo] metering: %s / %s inputs' "$read_count" "$published" >&2
+  progress "$read_count" "$published"
   [ "$read_count" -ge "$published" ] && break
   [ $SECONDS -lt $deadline ] || { echo >&2; log "metering did not catch up in 300 s; see $metering_log"; exit 1; }
   sleep 0.5
 done
-echo >&2
+[ -t 2 ] && echo >&2
 stop_metering
 trap - EXIT
 "$tally" summary

@@ -71,14 +71,19 @@ start_tansu() { # storage
 
 # Creates tally's topics (4 partitions each; an existing topic is kept).
 # The services create missing topics too; this makes a fresh stack ready
-# for any client.
+# for any client. The snapshot topic is compacted: metering keeps only the
+# newest snapshot per key there (see docs/DESIGN.md).
 create_topics() {
-  local broker="tcp://127.0.0.1:$KAFKA_PORT" topic existing
+  local broker="tcp://127.0.0.1:$KAFKA_PORT" spec topic config existing
   existing=$("$TANSU_BIN" topic list --broker "$broker" 2>/dev/null || true)
-  for topic in tally.inputs tally.ledger tally.alerts tally.dead-letters; do
-    if printf '%s' "$existing" | grep -q "$topic"; then continue; fi
-    if "$TANSU_BIN" topic create "$topic" --partitions "${TALLY_PARTITIONS:-4}" --broker "$broker" >/dev/null 2>&1; then
-      log "created topic $topic"
+  for spec in tally.inputs tally.ledger tally.alerts tally.dead-letters \
+              tally.snapshots:cleanup.policy=compact; do
+    topic=${spec%%:*} config=${spec#"$topic"}
+    config=${config#:}
+    if printf '%s' "$existing" | grep -qF "\"name\":\"$topic\""; then continue; fi
+    if "$TANSU_BIN" topic create "$topic" --partitions "${TALLY_PARTITIONS:-4}" \
+         ${config:+--config "$config"} --broker "$broker" >/dev/null 2>&1; then
+      log "created topic $topic${config:+ ($config)}"
     else
       log "could not create topic $topic (the services will create it)"
     fi
