@@ -6,6 +6,15 @@
 //! looks the writer schema up by fingerprint and, when it is an older
 //! version, resolves it to the current one (fields added with defaults).
 //!
+//! The fingerprint follows the Avro spec's Parsing Canonical Form, so Java,
+//! Python (fastavro) and other implementations compute the same one from
+//! the schema files (`tests/tests/avro_interop.rs` checks against fastavro).
+//! apache-avro 0.21 does not: for a primitive with a logical type it keeps
+//! `{"type":"long"}` where the spec's form is `"long"` (AVRO-4004), so
+//! [`spec_fingerprint`] mends its canonical form before hashing. Messages
+//! that earlier tally builds wrote with apache-avro's fingerprint still
+//! decode: both fingerprints of every known schema are accepted.
+//!
 //! Invariants: encoding is deterministic (same record, same bytes); decoding
 //! never panics on any input, it returns a [`CodecError`] whose
 //! [`CodecError::reason`] is a stable dead-letter code.
@@ -201,6 +210,10 @@ struct WriterSchema {
     /// Decodes with the schema's names resolved once: `from_avro_datum`
     /// would rebuild that name table for every message.
     reader: GenericSingleObjectReader,
+    /// The header `reader` insists on: apache-avro's own fingerprint, which
+    /// differs from the spec's for schemas with logical types. The body is
+    /// fed to the reader behind this header, whatever header it came with.
+    reader_header: [u8; HEADER_LEN],
     current: bool,
 }
 
@@ -212,17 +225,44 @@ struct CurrentSchema {
 /// Encoder and decoder of every tally record. Build it once (or use
 /// [`Codec::global`]); it holds the parsed schemas.
 pub struct Codec {
-    writers: HashMap<u64, WriterSchema>,
+    /// Writer schemas by fingerprint (spec and legacy) as an index into
+    /// `schemas`.
+    writers: HashMap<u64, usize>,
+    schemas: Vec<WriterSchema>,
     current: HashMap<RecordKind, CurrentSchema>,
 }
 
 static GLOBAL: LazyLock<Codec> = LazyLock::new(Codec::new);
 
-fn fingerprint(schema: &Schema) -> [u8; 8] {
+/// CRC-64-AVRO fingerprint as apache-avro computes it (see the module doc).
+fn legacy_fingerprint(schema: &Schema) -> [u8; 8] {
     let bytes = schema.fingerprint::<Rabin>().bytes;
     let mut out = [0u8; 8];
     out.copy_from_slice(&bytes[..8]);
     out
+}
+
+/// The 8-byte CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form
+/// as the Avro spec defines it, the one single-object headers carry.
+///
+/// apache-avro's canonical form drops `logicalType` but leaves the primitive
+/// wrapped (`{"type":"long"}`); the spec's \[PRIMITIVES\] rule writes it
+/// as `"long"`. Plain text replacement is exact here: in canonical form
+/// such an object can only be a schema, since Avro names and symbols cannot
+/// hold braces or quotes. The mended form, parsed again, has no logical
+/// types left, so apache-avro fingerprints it as the spec does.
+pub fn spec_fingerprint(schema: &Schema) -> [u8; 8] {
+    const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+    let mut form = schema.canonical_form();
+    for primitive in PRIMITIVES {
+        form = form.replace(&format!(r#"{{"type":"{primitive}"}}"#), &format!(r#""{primitive}""#));
+    }
+    match Schema::parse_str(&form) {
+        Ok(plain) => legacy_fingerprint(&plain),
+        // A canonical form always parses; should it not, the library's own
+        // fingerprint is still a stable identity for this process.
+        Err(_) => legacy_fingerprint(schema),
+    }
 }
 
 impl Default for Codec {
@@ -237,19 +277,26 @@ impl Codec {
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let mut writers = HashMap::new();
+        let mut schemas = Vec::new();
         let mut current = HashMap::new();
         for kind in RecordKind::ALL {
             for (version, text) in kind.schema_texts().iter().enumerate() {
                 let schema = Schema::parse_str(text).expect("tally's own Avro schemas parse");
-                let fp = fingerprint(&schema);
+                let fp = spec_fingerprint(&schema);
+                let legacy = legacy_fingerprint(&schema);
                 if version == 0 {
                     current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp });
                 }
+                let mut reader_header = [0u8; HEADER_LEN];
+                reader_header[..2].copy_from_slice(&MAGIC);
+                reader_header[2..].copy_from_slice(&legacy);
                 let reader = GenericSingleObjectReader::new(schema).expect("tally's own Avro schemas resolve");
-                writers.insert(u64::from_le_bytes(fp), WriterSchema { kind, reader, current: version == 0 });
+                writers.insert(u64::from_le_bytes(fp), schemas.len());
+                writers.insert(u64::from_le_bytes(legacy), schemas.len());
+                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0 });
             }
         }
-        Codec { writers, current }
+        Codec { writers, schemas, current }
     }
 
     /// A process-wide codec, built on first use.
@@ -307,7 +354,7 @@ impl Codec {
         fp.copy_from_slice(&bytes[2..HEADER_LEN]);
         let fingerprint = u64::from_le_bytes(fp);
         let writer = self.writers.get(&fingerprint).ok_or(CodecError::UnknownSchema { fingerprint })?;
-        Ok((writer, &bytes[HEADER_LEN..]))
+        Ok((&self.schemas[*writer], &bytes[HEADER_LEN..]))
     }
 
     /// The record kind a message claims to be, from its header alone.
@@ -320,8 +367,9 @@ impl Codec {
     fn decode_with<T: Record>(&self, writer: &WriterSchema, message: &[u8]) -> Result<T, CodecError> {
         let record = writer.kind.name();
         let malformed = |message: String| CodecError::Malformed { record, message };
-        let mut rest = message;
-        let mut value = writer.reader.read_value(&mut rest).map_err(|e| malformed(e.to_string()))?;
+        let mut input = std::io::Read::chain(&writer.reader_header[..], message.get(HEADER_LEN..).unwrap_or_default());
+        let mut value = writer.reader.read_value(&mut input).map_err(|e| malformed(e.to_string()))?;
+        let rest = input.get_ref().1;
         if !rest.is_empty() {
             return Err(malformed(format!("{} trailing bytes after the record", rest.len())));
         }
@@ -390,7 +438,7 @@ fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
 pub fn encode_with_schema(schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
     let err = |e: apache_avro::Error| CodecError::Encode { record: "value", message: e.to_string() };
     let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&fingerprint(schema));
+    out.extend_from_slice(&spec_fingerprint(schema));
     let value = value.resolve(schema).map_err(err)?;
     out.extend_from_slice(&apache_avro::to_avro_datum(schema, value).map_err(err)?);
     Ok(out)

@@ -82,6 +82,48 @@ fn rabin_fingerprint_matches_the_avro_spec() {
     assert_eq!(u64::from_le_bytes(fp[..8].try_into().expect("8 bytes")), 0x63dd_24e7_cc25_8f8a);
 }
 
+/// The spec's canonical form strips `logicalType`, so a schema and the same
+/// schema without its logical types share a fingerprint; apache-avro 0.21
+/// alone gets this wrong (AVRO-4004), and Java or Python peers would not
+/// find tally's schemas by fingerprint.
+#[test]
+fn fingerprints_ignore_logical_types_as_the_spec_says() {
+    let with = Schema::parse_str(
+        r#"{"type":"record","name":"r","namespace":"tally","fields":[
+            {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"},"doc":"d"},
+            {"name":"id","type":{"type":"string","logicalType":"uuid"}}]}"#,
+    )
+    .expect("parse");
+    let without = Schema::parse_str(
+        r#"{"type":"record","name":"tally.r","fields":[{"name":"at","type":"long"},{"name":"id","type":"string"}]}"#,
+    )
+    .expect("parse");
+    assert_eq!(codec::spec_fingerprint(&with), codec::spec_fingerprint(&without));
+    assert_eq!(
+        codec::spec_fingerprint(&without),
+        without.fingerprint::<apache_avro::rabin::Rabin>().bytes[..8],
+        "no logical types: both computations agree"
+    );
+    // Every tally record carries the spec fingerprint of its schema file.
+    for kind in RecordKind::ALL {
+        let schema = Schema::parse_str(kind.schema_texts()[0]).expect("parse");
+        assert_eq!(Codec::global().fingerprint(kind), codec::spec_fingerprint(&schema), "{}", kind.name());
+    }
+}
+
+/// Earlier tally builds wrote apache-avro's own fingerprint; those messages
+/// (ledger topics, snapshots) still decode.
+#[test]
+fn messages_with_the_legacy_fingerprint_still_decode() {
+    let codec = Codec::global();
+    let e = usage();
+    let mut bytes = codec.encode(&e).expect("encode");
+    let legacy = codec.schema(RecordKind::UsageEvent).fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    assert_ne!(&bytes[2..10], &legacy[..8], "usage events have logical types: the two differ");
+    bytes[2..10].copy_from_slice(&legacy[..8]);
+    assert_eq!(codec.decode::<UsageEvent>(&bytes).expect("decode legacy"), e);
+}
+
 #[test]
 fn every_record_round_trips() {
     let codec = Codec::global();
