@@ -5,6 +5,9 @@ TALLY_CACHE="${TALLY_CACHE:-$HOME/.cache/tally}"
 TANSU_VERSION="0.6.0"
 TANSU_ROOT="$TALLY_CACHE/tansu-$TANSU_VERSION"
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
+# Python with fastavro, for the Avro interop test.
+FASTAVRO_VERSION="1.13.1"
+PYTHON_ENV="$TALLY_CACHE/python"
 # Runtime state (data, logs, pids) lives in the clone, in an ignored folder.
 STACK_DIR="${TALLY_STACK_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.stack}"
 KAFKA_PORT="${TALLY_KAFKA_PORT:-9092}"

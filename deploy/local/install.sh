@@ -4,6 +4,8 @@
 #   - Tansu (Kafka-compatible broker), built with `cargo install --locked`
 #     into ~/.cache/tally, with memory (dynostore) and SQLite (libsql) storage.
 #   - ClickHouse server from Debian's package.
+#   - A Python virtualenv with fastavro, the independent Avro peer of the
+#     wire-format interop test (tests/tests/avro_interop.rs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=env.sh
@@ -45,9 +47,23 @@ install_clickhouse() {
   command -v clickhouse-server >/dev/null || { log "clickhouse-server did not install"; exit 1; }
 }
 
+install_python() {
+  if [ -x "$PYTHON_ENV/bin/python" ] && "$PYTHON_ENV/bin/python" -c "import fastavro" 2>/dev/null; then
+    log "python with fastavro already at $PYTHON_ENV"
+    return
+  fi
+  command -v python3 >/dev/null || { log "python3 is missing (the Avro interop test needs it)"; exit 1; }
+  log "creating $PYTHON_ENV with fastavro $FASTAVRO_VERSION"
+  rm -rf "$PYTHON_ENV"
+  python3 -m venv "$PYTHON_ENV" || { log "python3 -m venv failed (Debian: apt-get install python3-venv)"; exit 1; }
+  "$PYTHON_ENV/bin/pip" install --quiet --disable-pip-version-check "fastavro==$FASTAVRO_VERSION"
+  "$PYTHON_ENV/bin/python" -c "import fastavro" || { log "fastavro did not install"; exit 1; }
+}
+
 case "${1:-all}" in
   tansu) install_tansu ;;
   clickhouse) install_clickhouse ;;
-  all) install_clickhouse; install_tansu ;;
-  *) echo "usage: $0 [all|tansu|clickhouse]" >&2; exit 2 ;;
+  python) install_python ;;
+  all) install_clickhouse; install_python; install_tansu ;;
+  *) echo "usage: $0 [all|tansu|clickhouse|python]" >&2; exit 2 ;;
 esac

@@ -13,6 +13,9 @@ log() { printf '[test] %s\n' "$*" >&2; }
 # stack.sh up installs what is missing (cached) before starting.
 "$root/deploy/local/stack.sh" up --no-broker
 trap '"$root/deploy/local/stack.sh" down' EXIT
+. "$root/deploy/local/env.sh"
+# The Avro interop test's independent peer (installed by stack.sh up).
+export TALLY_PYTHON="$PYTHON_ENV/bin/python"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
