@@ -20,6 +20,11 @@ that publishes to tally.
         Each line is a record in the same JSON form; fields the schema does
         not have are dropped. Print one JSON line {"hex", "dropped"}.
 
+    fastavro_peer.py event-id < JSON lines
+        Each line is [job_id, service, engine]; print the usage event id a
+        worker derives for it (UUID v5 in tally's namespace over the three
+        parts joined by NUL), the same as tally_client::event_id.
+
 Exit status 1 with a message on stderr for a message it cannot read.
 """
 
@@ -29,11 +34,14 @@ import io
 import json
 import os
 import sys
+import uuid
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 MAGIC = b"\xc3\x01"
+# tally_client's EVENT_NAMESPACE: never changes, or retries stop deduplicating.
+EVENT_NAMESPACE = uuid.UUID("6f1c2d4e-9a3b-4c5d-8e7f-1a2b3c4d5e6f")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -126,7 +134,16 @@ def encode(schema_file):
         print(json.dumps({"hex": (MAGIC + fp + out.getvalue()).hex(), "dropped": dropped}))
 
 
+def event_ids():
+    for line in sys.stdin:
+        job_id, service, engine = json.loads(line)
+        print(json.dumps(str(uuid.uuid5(EVENT_NAMESPACE, "\0".join([job_id, service, engine])))))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("decode", "encode"):
+    if len(sys.argv) == 2 and sys.argv[1] == "event-id":
+        event_ids()
+    elif len(sys.argv) == 3 and sys.argv[1] in ("decode", "encode"):
+        (decode if sys.argv[1] == "decode" else encode)(sys.argv[2])
+    else:
         sys.exit(__doc__)
-    (decode if sys.argv[1] == "decode" else encode)(sys.argv[2])

@@ -258,3 +258,25 @@ fn tally_reads_what_fastavro_writes_with_previous_schema_versions() -> Result<()
     assert!(checked >= 6, "checked {checked} previous schema versions");
     Ok(())
 }
+
+/// A worker in another language derives the same event ids as the Rust
+/// client, so its retries deduplicate against each other and against Rust
+/// workers' reports of the same job.
+#[test]
+fn python_workers_derive_the_same_event_ids() -> Result<()> {
+    let jobs = [
+        ("job-77", "ai_modify", "nano_banana_2"),
+        ("req/2026-07-01/0001", "ai_image_to_video", "kling"),
+        ("a", "bc", "d"),
+        ("ab", "c", "d"),
+        ("fête-été-🎉", "sms", "standard"),
+    ];
+    let lines: Vec<String> = jobs.iter().map(|(j, s, e)| json!([j, s, e]).to_string()).collect();
+    let answers = peer(&["event-id"], &lines)?;
+    ensure!(answers.len() == jobs.len(), "peer answered {} of {} jobs", answers.len(), jobs.len());
+    for ((job, service, engine), answer) in jobs.iter().zip(&answers) {
+        let rust = tally_client::event_id(job, service, engine);
+        assert_eq!(answer, &json!(rust.to_string()), "event id of ({job}, {service}, {engine})");
+    }
+    Ok(())
+}
