@@ -21,9 +21,11 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use apache_avro::types::Value;
 use serde_json::{json, Value as Json};
-use tally_events::{codec::HEADER_LEN, Codec, LedgerMarker, MarkerKind, SourceOffset};
+use tally_events::{
+    codec::{value_to_json, HEADER_LEN},
+    Codec, LedgerMarker, MarkerKind, SourceOffset,
+};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_metering::{
     snapshot::{chunks, SnapshotPoint},
@@ -94,31 +96,13 @@ fn unhex(text: &str) -> Result<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| Ok(u8::from_str_radix(&text[i..i + 2], 16)?)).collect()
 }
 
-/// A datum as plain JSON, the form the peer prints: bytes as hex,
-/// timestamps as epoch ms, enums as symbols, unions as the value.
-fn to_json(value: &Value) -> Json {
-    match value {
-        Value::Null => Json::Null,
-        Value::Boolean(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Long(i) | Value::TimestampMillis(i) => json!(i),
-        Value::String(s) | Value::Enum(_, s) => json!(s),
-        Value::Bytes(b) | Value::Fixed(_, b) => json!(hex(b)),
-        Value::Union(_, inner) => to_json(inner),
-        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
-        Value::Map(map) => Json::Object(map.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
-        Value::Record(fields) => Json::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
-        other => panic!("tally's schemas use no {other:?}"),
-    }
-}
-
 /// The datum of a tally message, decoded by tally's own Avro library with
-/// the schema its header names.
+/// the schema its header names, as plain JSON (the form the peer prints:
+/// bytes as hex, timestamps as epoch ms, enums as symbols, unions as the
+/// value).
 fn datum(message: &[u8]) -> Result<(String, Json)> {
-    let codec = Codec::global();
-    let kind = codec.kind_of(message)?;
-    let value = apache_avro::from_avro_datum(codec.schema(kind), &mut &message[HEADER_LEN..], None)?;
-    Ok((format!("tally.{}", kind.name()), to_json(&value)))
+    let (kind, value) = Codec::global().decode_value(message)?;
+    Ok((format!("tally.{}", kind.name()), value_to_json(&value)))
 }
 
 /// Every kind of record tally writes, from a simulated workload run through

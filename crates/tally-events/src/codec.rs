@@ -365,6 +365,13 @@ impl Codec {
     /// Decodes a whole message (header included) whose header named
     /// `writer`.
     fn decode_with<T: Record>(&self, writer: &WriterSchema, message: &[u8]) -> Result<T, CodecError> {
+        let value = self.read_value(writer, message)?;
+        from_value(&value).map_err(|message| CodecError::Malformed { record: writer.kind.name(), message })
+    }
+
+    /// The datum of a whole message whose header named `writer`, in the
+    /// record's current schema.
+    fn read_value(&self, writer: &WriterSchema, message: &[u8]) -> Result<Value, CodecError> {
         let record = writer.kind.name();
         let malformed = |message: String| CodecError::Malformed { record, message };
         let mut input = std::io::Read::chain(&writer.reader_header[..], message.get(HEADER_LEN..).unwrap_or_default());
@@ -377,7 +384,15 @@ impl Codec {
             // An older version: fill the fields added since with defaults.
             value = value.resolve(self.schema(writer.kind)).map_err(|e| malformed(e.to_string()))?;
         }
-        from_value(&value).map_err(malformed)
+        Ok(value)
+    }
+
+    /// Decodes any tally record into a generic Avro value of its current
+    /// schema (older versions resolved): for tools that print records
+    /// without knowing their type, with [`value_to_json`].
+    pub fn decode_value(&self, bytes: &[u8]) -> Result<(RecordKind, Value), CodecError> {
+        let (writer, _) = self.header(bytes)?;
+        Ok((writer.kind, self.read_value(writer, bytes)?))
     }
 
     /// Decodes a message that must be a `T`.
@@ -431,6 +446,41 @@ impl Codec {
 
 fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     apache_avro::from_value(value).map_err(|e| e.to_string())
+}
+
+/// An Avro datum as plain JSON, the form other Avro tools print: records
+/// and maps as objects, enums as their symbol, unions as the value, bytes
+/// as lowercase hex, timestamps as epoch milliseconds. Decimals are strings
+/// in tally's schemas, so money stays exact.
+pub fn value_to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(*i),
+        Value::Long(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i)
+        | Value::TimestampNanos(i)
+        | Value::LocalTimestampMillis(i)
+        | Value::LocalTimestampMicros(i)
+        | Value::LocalTimestampNanos(i)
+        | Value::TimeMicros(i) => Json::from(*i),
+        Value::Float(f) => Json::from(*f),
+        Value::Double(f) => Json::from(*f),
+        Value::String(s) | Value::Enum(_, s) => Json::String(s.clone()),
+        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(b.iter().map(|b| format!("{b:02x}")).collect()),
+        Value::Union(_, inner) => value_to_json(inner),
+        Value::Array(items) => Json::Array(items.iter().map(value_to_json).collect()),
+        Value::Map(map) => {
+            // Sorted: a HashMap's order would make the output differ run to run.
+            let sorted: std::collections::BTreeMap<_, _> = map.iter().collect();
+            Json::Object(sorted.into_iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
+        }
+        Value::Record(fields) => Json::Object(fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        other => Json::String(format!("{other:?}")),
+    }
 }
 
 /// Encodes with an explicit writer schema: for tests of schema evolution and
