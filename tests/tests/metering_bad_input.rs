@@ -219,9 +219,44 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         .filter(|e| e.input_id != Uuid::nil() && e.service == "background_removal" && e.status == EntryStatus::Success)
         .count();
     assert_eq!(debits, 17);
+
+    // What an operator sees with `tally inspect`: every dead letter, its
+    // reason and source offset, and the input it held when that decodes.
+    let lines = inspect(&bootstrap, &["--json"])?;
+    let mut seen = BTreeMap::new();
+    for line in &lines {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        assert_eq!(record["record"], "tally.DeadLetter", "{line}");
+        let offset = record["value"]["source"]["offset"].as_i64().expect("source offset");
+        let letter = letters.get(&offset).unwrap_or_else(|| panic!("inspect shows no such dead letter: {line}"));
+        assert_eq!(record["value"]["reason"], letter.reason.as_str(), "{line}");
+        // The held input is shown decoded exactly when it decodes.
+        let decodes = codec.decode_any(letter.payload.as_deref().unwrap_or_default()).is_ok();
+        assert_eq!(record.get("payload_value").is_some(), decodes, "{line}");
+        seen.insert(offset, ());
+    }
+    assert_eq!(seen.len(), letters.len(), "inspect lists every dead letter once");
+    let quantity = inspect(&bootstrap, &["--reason", reasons::INVALID_QUANTITY])?;
+    assert_eq!(quantity.len(), 3, "{quantity:?}");
+    assert!(quantity.iter().all(|l| l.contains("DeadLetter") && l.contains(reasons::INVALID_QUANTITY)), "{quantity:?}");
+    let ghost = inspect(&bootstrap, &["--account", "acct-ghost"])?;
+    assert_eq!(ghost.len(), 1, "{ghost:?}");
+    assert!(ghost[0].contains(reasons::UNKNOWN_ACCOUNT), "{ghost:?}");
+    assert_eq!(inspect(&bootstrap, &["--limit", "2"])?.len(), 2);
+
     let status = metering.terminate(Duration::from_secs(30))?;
     assert!(status.success());
     Ok(())
+}
+
+/// `tally inspect` of the dead-letter topic: its stdout lines.
+fn inspect(bootstrap: &str, extra: &[&str]) -> anyhow::Result<Vec<String>> {
+    let output = std::process::Command::new(tally_testkit::tally_binary()?)
+        .args(["inspect", DEAD_LETTERS, "--brokers", bootstrap])
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(output.status.success(), "tally inspect failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.lines().map(str::to_string).collect())
 }
 
 fn sample_entry() -> Vec<u8> {

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod inspect;
 mod metering;
 mod rates;
 mod simulate;
@@ -31,6 +32,8 @@ enum Command {
     },
     /// Print balances and analytics from the ledger topic.
     Summary(summary::Args),
+    /// Print the records of a tally topic, decoded (dead letters by default).
+    Inspect(inspect::Args),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +53,6 @@ fn main() -> Result<()> {
         Command::Metering(args) => metering::run(args, &runtime),
         Command::Rates { command } => rates::run(command),
         Command::Summary(args) => summary::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
 }
