@@ -66,4 +66,6 @@ done
 stop_metering
 trap - EXIT
 "$tally" summary
-log "done. The stack is still up (deploy/local/stack.sh down stops it)."
+log "done. The stack is still up (deploy/local/stack.sh down stops it). To look closer:"
+log "  $tally inspect --reason too_late          # dead letters, with why and where"
+log "  $tally inspect tally.ledger --account acct-0003 --limit 20"
