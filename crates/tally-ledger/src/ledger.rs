@@ -342,6 +342,15 @@ pub fn alert_id(entry_id: Uuid, kind: AlertKind) -> Uuid {
     Uuid::new_v5(&entry_id, code.as_bytes())
 }
 
+/// A window as operators configure it: whole days, else seconds.
+fn window_text(window: TimeDelta) -> String {
+    match window.num_seconds() {
+        s if s % 86_400 == 0 && s / 86_400 == 1 => "1 day".to_string(),
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s => format!("{s} s"),
+    }
+}
+
 fn instant_text(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -374,9 +383,10 @@ impl Ledger {
                 return Applied::Rejected {
                     reason: reasons::TOO_LATE,
                     detail: format!(
-                        "occurred_at {} is more than {} s before the newest input applied on this partition ({})",
+                        "occurred_at {} is more than {} before the newest input applied on this partition ({}), \
+                         outside the deduplication window",
                         instant_text(occurred_at),
-                        self.config.dedup_window.num_seconds(),
+                        window_text(self.config.dedup_window),
                         instant_text(newest)
                     ),
                 };

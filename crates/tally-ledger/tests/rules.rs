@@ -654,6 +654,19 @@ fn inputs_older_than_the_window_are_too_late() {
 }
 
 #[test]
+fn a_too_late_detail_names_the_window_in_days() {
+    let mut f = Fixture::new(); // the default 7-day window
+    f.funded("acct", PlanTier::Payg, "0", "12.00");
+    let newest =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-03-01T00:00:00Z");
+    f.entry(&newest);
+    let late =
+        f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T00:00:00Z");
+    let detail = f.rejected(&late, reasons::TOO_LATE);
+    assert!(detail.contains("more than 7 days before"), "{detail}");
+}
+
+#[test]
 fn out_of_order_inputs_within_the_window_apply() {
     let mut f = Fixture::new();
     f.funded("acct", PlanTier::Payg, "0", "12.00");
