@@ -212,19 +212,12 @@ fn tally_reads_what_fastavro_writes_with_previous_schema_versions() -> Result<()
             "{name}: the previous schema has the current fingerprint"
         );
 
-        // tally resolves the older writer schema by its fingerprint and
-        // fills the fields it lacks with their defaults.
-        let decoded = codec.decode_any(&bytes).with_context(|| format!("{name} written by fastavro"))?;
-        let reencoded = match decoded {
-            tally_events::Message::Input(input) => codec.encode_input(&input)?,
-            tally_events::Message::Ledger(r) => codec.encode(&r)?,
-            tally_events::Message::Alert(r) => codec.encode(&r)?,
-            tally_events::Message::DeadLetter(r) => codec.encode(&r)?,
-            tally_events::Message::Marker(r) => codec.encode(&r)?,
-            tally_events::Message::Snapshot(r) => codec.encode(r.as_ref())?,
-        };
-        let (_, mut got) = datum(&reencoded)?;
-        let mut expected = original.clone();
+        // tally resolves the older writer schema by its fingerprint, into
+        // its record type and into the current schema's datum, whose fields
+        // the previous version lacks take their defaults.
+        codec.decode_any(&bytes).with_context(|| format!("{name} written by fastavro"))?;
+        let (_, got) = datum(&bytes)?;
+        let mut expected = original;
         for field in &dropped {
             let default = current["fields"]
                 .as_array()
@@ -233,8 +226,6 @@ fn tally_reads_what_fastavro_writes_with_previous_schema_versions() -> Result<()
                 .with_context(|| format!("{name}.{field} has no default"))?;
             expected[field] = default;
         }
-        // Maps carry no order: compare them as objects (serde_json sorts).
-        got = serde_json::from_str(&got.to_string())?;
         assert_eq!(got, expected, "{name} written by fastavro with {}", file.to_string_lossy());
         println!("[interop] {name}: fastavro wrote the previous version, tally read it (defaults for {dropped:?})");
         checked += 1;
