@@ -64,30 +64,35 @@ pub fn run(args: Args) -> Result<()> {
         None => (0..count).collect(),
     };
     let mut out = std::io::stdout().lock();
+    let limit = args.limit.unwrap_or(usize::MAX);
     let mut printed = 0usize;
+    // A failed write (a closed pipe, as with `| head`) ends the read too.
     let mut failure: Option<std::io::Error> = None;
-    let mut stopped = false;
     for partition in partitions {
+        if printed >= limit || failure.is_some() {
+            break;
+        }
         let read =
             read_partition(&args.brokers, &args.topic, partition, 0, Until::End, Duration::from_secs(120), |m| {
                 use rdkafka::Message;
-                if args.limit.is_some_and(|limit| printed >= limit) {
-                    stopped = true;
-                    return Err(Stop);
-                }
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                 let payload = m.payload().unwrap_or_default();
                 if let Some(line) = render(&args, partition, m.offset(), key.as_deref(), payload) {
                     if let Err(e) = writeln!(out, "{line}") {
-                        failure.get_or_insert(e); // a closed pipe (| head): stop quietly below
-                        stopped = true;
+                        failure = Some(e);
                         return Err(Stop);
                     }
                     printed += 1;
+                    // Stop at the limit, not at the next record: it may be
+                    // a whole fetch away.
+                    if printed >= limit {
+                        return Err(Stop);
+                    }
                 }
                 Ok(())
             });
-        if stopped {
+        // Stopped on purpose: the read's error is our own Stop.
+        if printed >= limit || failure.is_some() {
             break;
         }
         read.map_err(|e| anyhow::anyhow!("{e}"))?;
