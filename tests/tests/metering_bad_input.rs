@@ -34,15 +34,38 @@ fn open(account: &str, n: u128) -> Input {
     })
 }
 
+/// An input whose decimal field `field` is the text `value` on the wire,
+/// whatever a `Decimal` could hold: what a worker with another Avro
+/// library can send.
+fn with_decimal_text(input: &Input, field: &str, value: &str) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let codec = Codec::global();
+    let (kind, datum) = codec.decode_value(&codec.encode_input(input).expect("encode")).expect("decode");
+    let Value::Record(mut fields) = datum else { panic!("a record") };
+    for (name, v) in &mut fields {
+        if name == field {
+            *v = Value::String(value.into());
+        }
+    }
+    tally_events::codec::encode_with_schema(codec.schema(kind), Value::Record(fields)).expect("encode")
+}
+
 fn usage(account: &str, job: &str, service: &str, engine: &str, quantity: Decimal, unit: Unit, hours: i64) -> Input {
-    let mut event = UsageEventBuilder::new(account, job, service, engine)
+    let mut event = UsageEventBuilder::new("acct-placeholder", job, service, engine)
         .quantity(Decimal::ONE, unit)
         .occurred_at(at(hours))
         .build()
         .expect("valid event");
-    event.quantity = quantity; // the builder refuses bad quantities; a broken worker does not
+    // The builder refuses bad quantities and account ids; a broken worker
+    // (or one with another client library) does not.
+    event.quantity = quantity;
+    event.account_id = account.into();
     Input::Usage(event)
 }
+
+const ONE_AND_A_BIT: &str = "1.0000000000000000000000000000001";
+const TEN_DOLLARS_AND_A_BIT: &str = "10.0000000000000000000000000000001";
+static HUGE_ACCOUNT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "acct-".repeat(1_000));
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -> anyhow::Result<()> {
@@ -149,6 +172,82 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
             }))?,
             reasons::INVALID_AMOUNT,
         ),
+        // Decimals with more digits than fit: refused, not rounded to 1
+        // image or to $10.00.
+        (
+            good.into(),
+            with_decimal_text(
+                &usage(good, "j12", "background_removal", "standard", Decimal::ONE, Unit::Image, 240),
+                "quantity",
+                ONE_AND_A_BIT,
+            ),
+            reasons::INVALID_QUANTITY,
+        ),
+        (
+            good.into(),
+            with_decimal_text(
+                &Input::Purchase(CreditPurchase {
+                    purchase_id: Uuid::from_u128(6),
+                    account_id: good.into(),
+                    amount_dollars: Decimal::from(10),
+                    occurred_at: at(240),
+                    payment_reference: None,
+                }),
+                "amount_dollars",
+                TEN_DOLLARS_AND_A_BIT,
+            ),
+            reasons::INVALID_AMOUNT,
+        ),
+        // Half an image.
+        (
+            good.into(),
+            codec.encode_input(&usage(
+                good,
+                "j13",
+                "background_removal",
+                "standard",
+                Decimal::new(15, 1),
+                Unit::Image,
+                240,
+            ))?,
+            reasons::INVALID_QUANTITY,
+        ),
+        // An empty account id under an empty key, and one of 5 KB under
+        // its own key.
+        (
+            Vec::new(),
+            codec.encode_input(&usage("", "j14", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
+            reasons::INVALID_ACCOUNT_ID,
+        ),
+        (
+            HUGE_ACCOUNT.as_bytes().to_vec(),
+            codec.encode_input(&usage(
+                HUGE_ACCOUNT.as_str(),
+                "j15",
+                "sms",
+                "standard",
+                Decimal::ONE,
+                Unit::Message,
+                240,
+            ))?,
+            reasons::INVALID_ACCOUNT_ID,
+        ),
+        // A neighbour's event id again, with ten times its quantity.
+        (
+            good.into(),
+            codec.encode_input(&usage(
+                good,
+                "ok-1",
+                "background_removal",
+                "standard",
+                Decimal::TEN,
+                Unit::Image,
+                240,
+            ))?,
+            reasons::CONFLICTING_DUPLICATE,
+        ),
+        // 200 KB of garbage: its dead letter keeps the first 64 KiB.
+        (good.into(), vec![0x42; 200_000], reasons::MALFORMED),
     ];
     for (key, payload, reason) in bad {
         messages.push((key, payload, Some(reason)));
@@ -205,20 +304,32 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 assert!(!letter.detail.is_empty());
                 assert_eq!(letter.source.topic, INPUTS);
                 assert_eq!(letter.source.partition, 0);
-                assert_eq!(letter.key.as_deref(), Some(key.as_slice()));
-                assert_eq!(letter.payload.as_deref().unwrap_or_default(), payload.as_slice(), "original bytes kept");
+                let kept_key = &key[..key.len().min(tally_events::limits::DEAD_LETTER_KEY_BYTES_MAX)];
+                assert!(letter.key.as_deref() == Some(kept_key), "offset {offset}: the key, up to 1 KiB");
+                // The original bytes, up to 64 KiB, and their length.
+                let kept = &payload[..payload.len().min(tally_events::limits::DEAD_LETTER_PAYLOAD_BYTES_MAX)];
+                assert_eq!(letter.payload.as_deref().unwrap_or_default(), kept, "original bytes kept");
+                assert_eq!(letter.original_payload_bytes, payload.len() as i64);
+                assert_eq!(letter.original_key_bytes, key.len() as i64);
+                assert_eq!(letter.truncated(), payload.len() > kept.len() || key.len() > kept_key.len());
+                assert!(letter.detail.len() < 400, "a bounded detail: {} bytes", letter.detail.len());
             }
             None => assert!(!letters.contains_key(&offset), "good input at {offset} was dead-lettered"),
         }
     }
     assert_eq!(letters.len(), bad_count, "one dead letter per bad input");
-    // Every neighbour was applied: 17 successful debits of 1 credit.
+    // Values are quoted as sent, not rounded.
+    let detail_of = |reason: &str, text: &str| letters.values().any(|l| l.reason == reason && l.detail.contains(text));
+    assert!(detail_of(reasons::INVALID_QUANTITY, ONE_AND_A_BIT), "the quantity as sent");
+    assert!(detail_of(reasons::INVALID_AMOUNT, TEN_DOLLARS_AND_A_BIT), "the amount as sent");
+    assert!(detail_of(reasons::CONFLICTING_DUPLICATE, "quantity/unit differ"), "the conflicting field named");
+    // Every neighbour was applied: 24 successful debits of 1 credit.
     let debits = actual
         .entries
         .iter()
         .filter(|e| e.input_id != Uuid::nil() && e.service == "background_removal" && e.status == EntryStatus::Success)
         .count();
-    assert_eq!(debits, 17);
+    assert_eq!(debits, 24);
 
     // What an operator sees with `tally inspect`: every dead letter, its
     // reason and source offset, and the input it held when that decodes.
@@ -230,14 +341,15 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         let offset = record["value"]["source"]["offset"].as_i64().expect("source offset");
         let letter = letters.get(&offset).unwrap_or_else(|| panic!("inspect shows no such dead letter: {line}"));
         assert_eq!(record["value"]["reason"], letter.reason.as_str(), "{line}");
-        // The held input is shown decoded exactly when it decodes.
-        let decodes = codec.decode_any(letter.payload.as_deref().unwrap_or_default()).is_ok();
+        // The held input is shown decoded exactly when its datum decodes
+        // (a quantity that is no exact decimal is shown as sent).
+        let decodes = codec.decode_value(letter.payload.as_deref().unwrap_or_default()).is_ok();
         assert_eq!(record.get("payload_value").is_some(), decodes, "{line}");
         seen.insert(offset, ());
     }
     assert_eq!(seen.len(), letters.len(), "inspect lists every dead letter once");
     let quantity = inspect(&bootstrap, &["--reason", reasons::INVALID_QUANTITY])?;
-    assert_eq!(quantity.len(), 3, "{quantity:?}");
+    assert_eq!(quantity.len(), 5, "{quantity:?}");
     assert!(quantity.iter().all(|l| l.contains("DeadLetter") && l.contains(reasons::INVALID_QUANTITY)), "{quantity:?}");
     let ghost = inspect(&bootstrap, &["--account", "acct-ghost"])?;
     assert_eq!(ghost.len(), 1, "{ghost:?}");
@@ -283,6 +395,7 @@ fn sample_entry() -> Vec<u8> {
         occurred_at: at(0),
         source: tally_events::SourceOffset { topic: "x".into(), partition: 0, offset: 0 },
         booth_id: String::new(),
+        input_digest: None,
     };
     Codec::global().encode(&entry).expect("encode")
 }

@@ -224,8 +224,21 @@ fn text_line(partition: i32, offset: i64, record: &Result<Record, CodecError>) -
             at(&a.occurred_at)
         ),
         Ok(Record::DeadLetter(d)) => format!(
-            "DeadLetter      {}  from {}/{}@{}  {}",
-            d.reason, d.source.topic, d.source.partition, d.source.offset, d.detail
+            "DeadLetter      {}  from {}/{}@{}  {}{}",
+            d.reason,
+            d.source.topic,
+            d.source.partition,
+            d.source.offset,
+            d.detail,
+            if d.truncated() {
+                format!(
+                    "  (holds the first {} of {} bytes)",
+                    d.payload.as_ref().map_or(0, Vec::len),
+                    d.original_payload_bytes
+                )
+            } else {
+                String::new()
+            }
         ),
         Ok(Record::Marker(m)) => format!(
             "LedgerMarker    {:?}  epoch {}  inputs below {}  by {}",

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_events::{JobOutcome, Producer, Unit, UsageEvent};
+use tally_events::{
+    limits::{check_account_id, check_identifier, quote, IdentifierProblem},
+    JobOutcome, Producer, Unit, UsageEvent,
+};
 use uuid::Uuid;
 
 /// Namespace of usage event ids. Changing it changes every id and breaks
@@ -34,9 +37,29 @@ pub enum BuildError {
     /// A field contains a NUL byte (it would make ids ambiguous).
     #[error("usage event field `{0}` contains a NUL byte")]
     Nul(&'static str),
-    /// Quantity not positive or with more than 3 fractional digits.
-    #[error("quantity {0} must be positive with at most 3 fractional digits")]
-    Quantity(Decimal),
+    /// The account id is not one tally accepts (see
+    /// `tally_events::limits::check_account_id`).
+    #[error("account id {id} {problem}")]
+    AccountId {
+        /// The id, quoted and bounded.
+        id: String,
+        /// What is wrong.
+        problem: IdentifierProblem,
+    },
+    /// A photo-booth event, booth or job id that is too long or holds
+    /// control characters.
+    #[error("usage event field `{field}` {problem}")]
+    Identifier {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: IdentifierProblem,
+    },
+    /// Quantity not positive, above a million, or with more fractional
+    /// digits than its unit allows (whole images and messages, video
+    /// seconds to the millisecond).
+    #[error("quantity {0} {1:?} must be positive, at most 1000000, whole for images and messages and to the millisecond for video seconds")]
+    Quantity(Decimal, Unit),
     /// No quantity set.
     #[error("usage event has no quantity: call .quantity(..)")]
     NoQuantity,
@@ -129,9 +152,23 @@ impl UsageEventBuilder {
                 return Err(BuildError::Nul(name));
             }
         }
+        check_account_id(&self.account_id)
+            .map_err(|problem| BuildError::AccountId { id: quote(&self.account_id), problem })?;
+        for (field, value) in
+            [("photo_event_id", &self.photo_event_id), ("booth_id", &self.booth_id), ("job_id", &self.job_id)]
+        {
+            check_identifier(value).map_err(|problem| BuildError::Identifier { field, problem })?;
+        }
         let (quantity, unit) = self.quantity.ok_or(BuildError::NoQuantity)?;
-        if quantity <= Decimal::ZERO || quantity.normalize().scale() > 3 {
-            return Err(BuildError::Quantity(quantity));
+        // The ledger's rule (tally_ledger::pricing), checked where the
+        // worker can still fix it.
+        let scale_max = match unit {
+            Unit::Image | Unit::Message => 0,
+            Unit::VideoSecond => 3,
+        };
+        if quantity <= Decimal::ZERO || quantity.normalize().scale() > scale_max || quantity > Decimal::from(1_000_000)
+        {
+            return Err(BuildError::Quantity(quantity, unit));
         }
         let occurred_at = self.occurred_at.ok_or(BuildError::NoTime)?;
         Ok(UsageEvent {
@@ -182,14 +219,28 @@ mod tests {
     #[test]
     fn bad_fields_are_refused() {
         assert_eq!(UsageEventBuilder::new("", "j", "s", "e").build().unwrap_err(), BuildError::Empty("account_id"));
+        assert!(matches!(
+            UsageEventBuilder::new("acct\n", "j", "s", "e").build().unwrap_err(),
+            BuildError::AccountId { problem: IdentifierProblem::ControlCharacter('\n'), .. }
+        ));
+        assert!(matches!(
+            UsageEventBuilder::new(&"a".repeat(129), "j", "s", "e").build().unwrap_err(),
+            BuildError::AccountId { problem: IdentifierProblem::TooLong { .. }, .. }
+        ));
+        assert!(matches!(
+            builder().booth(&"b".repeat(200)).build().unwrap_err(),
+            BuildError::Identifier { field: "booth_id", .. }
+        ));
         assert_eq!(
-            builder().quantity(Decimal::new(1, 4), Unit::Message).build().unwrap_err(),
-            BuildError::Quantity(Decimal::new(1, 4))
+            builder().quantity(Decimal::new(15, 1), Unit::Message).build().unwrap_err(),
+            BuildError::Quantity(Decimal::new(15, 1), Unit::Message)
         );
         assert_eq!(
             builder().quantity(Decimal::ZERO, Unit::Message).build().unwrap_err(),
-            BuildError::Quantity(Decimal::ZERO)
+            BuildError::Quantity(Decimal::ZERO, Unit::Message)
         );
-        assert!(builder().quantity(Decimal::new(15000, 4), Unit::Message).build().is_ok(), "1.5000 has 1 digit");
+        assert!(builder().quantity(Decimal::new(10000, 4), Unit::Message).build().is_ok(), "1.0000 is whole");
+        assert!(builder().quantity(Decimal::new(7125, 3), Unit::VideoSecond).build().is_ok(), "7.125 s");
+        assert!(builder().quantity(Decimal::new(71255, 4), Unit::VideoSecond).build().is_err(), "7.1255 s");
     }
 }

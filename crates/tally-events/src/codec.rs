@@ -86,35 +86,41 @@ impl RecordKind {
     }
 
     /// Schema texts, current version first, then older versions still
-    /// decoded. A record added after the first release has one version.
+    /// decoded, newest first (`schemas/avro/previous/<record>.v<N>.avsc`).
+    /// A record added after the first release and never changed has one.
     pub fn schema_texts(self) -> &'static [&'static str] {
         match self {
             RecordKind::UsageEvent => &[
                 include_str!("../../../schemas/avro/usage_event.avsc"),
-                include_str!("../../../schemas/avro/previous/usage_event.avsc"),
+                include_str!("../../../schemas/avro/previous/usage_event.v1.avsc"),
             ],
             RecordKind::CreditPurchase => &[
                 include_str!("../../../schemas/avro/credit_purchase.avsc"),
-                include_str!("../../../schemas/avro/previous/credit_purchase.avsc"),
+                include_str!("../../../schemas/avro/previous/credit_purchase.v1.avsc"),
             ],
             RecordKind::AccountChange => &[
                 include_str!("../../../schemas/avro/account_change.avsc"),
-                include_str!("../../../schemas/avro/previous/account_change.avsc"),
+                include_str!("../../../schemas/avro/previous/account_change.v1.avsc"),
             ],
             RecordKind::LedgerEntry => &[
                 include_str!("../../../schemas/avro/ledger_entry.avsc"),
-                include_str!("../../../schemas/avro/previous/ledger_entry.avsc"),
+                include_str!("../../../schemas/avro/previous/ledger_entry.v2.avsc"),
+                include_str!("../../../schemas/avro/previous/ledger_entry.v1.avsc"),
             ],
             RecordKind::Alert => &[
                 include_str!("../../../schemas/avro/alert.avsc"),
-                include_str!("../../../schemas/avro/previous/alert.avsc"),
+                include_str!("../../../schemas/avro/previous/alert.v1.avsc"),
             ],
             RecordKind::DeadLetter => &[
                 include_str!("../../../schemas/avro/dead_letter.avsc"),
-                include_str!("../../../schemas/avro/previous/dead_letter.avsc"),
+                include_str!("../../../schemas/avro/previous/dead_letter.v2.avsc"),
+                include_str!("../../../schemas/avro/previous/dead_letter.v1.avsc"),
             ],
             RecordKind::LedgerMarker => &[include_str!("../../../schemas/avro/ledger_marker.avsc")],
-            RecordKind::PartitionSnapshot => &[include_str!("../../../schemas/avro/partition_snapshot.avsc")],
+            RecordKind::PartitionSnapshot => &[
+                include_str!("../../../schemas/avro/partition_snapshot.avsc"),
+                include_str!("../../../schemas/avro/previous/partition_snapshot.v1.avsc"),
+            ],
         }
     }
 }
@@ -167,6 +173,19 @@ pub enum CodecError {
         /// What went wrong.
         message: String,
     },
+    /// A decimal field of an input that is not exact decimal text: refused
+    /// with the field's own reason, quoting the value as sent.
+    #[error("{record} field {field}: {problem}")]
+    InvalidDecimal {
+        /// Record being decoded.
+        record: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The field's dead-letter reason code.
+        reason: &'static str,
+        /// What is wrong, quoting the text.
+        problem: crate::decimal::DecimalError,
+    },
     /// A record that does not fit its own schema (a bug in the caller's data).
     #[error("cannot encode {record}: {message}")]
     Encode {
@@ -183,6 +202,7 @@ impl CodecError {
         match self {
             CodecError::UnknownSchema { .. } => reasons::UNKNOWN_SCHEMA,
             CodecError::WrongRecord { .. } => reasons::NOT_AN_INPUT,
+            CodecError::InvalidDecimal { reason, .. } => reason,
             _ => reasons::MALFORMED,
         }
     }
@@ -366,6 +386,7 @@ impl Codec {
     /// `writer`.
     fn decode_with<T: Record>(&self, writer: &WriterSchema, message: &[u8]) -> Result<T, CodecError> {
         let value = self.read_value(writer, message)?;
+        check_input_decimals(writer.kind, &value)?;
         from_value(&value).map_err(|message| CodecError::Malformed { record: writer.kind.name(), message })
     }
 
@@ -441,6 +462,28 @@ impl Codec {
             Input::Purchase(p) => self.encode(p),
             Input::Account(c) => self.encode(c),
         }
+    }
+}
+
+/// The decimal field of each input record and the reason refusing it
+/// carries. Checked on the decoded datum, before it becomes a record, so
+/// that a quantity or an amount that is not exact decimal text is refused
+/// for what it is (`invalid_quantity`, quoting it) instead of as a
+/// malformed message. Other records' decimals are read as exactly, by the
+/// records' serde, and fail as malformed.
+fn check_input_decimals(kind: RecordKind, value: &Value) -> Result<(), CodecError> {
+    let (field, reason) = match kind {
+        RecordKind::UsageEvent => ("quantity", reasons::INVALID_QUANTITY),
+        RecordKind::CreditPurchase => ("amount_dollars", reasons::INVALID_AMOUNT),
+        RecordKind::AccountChange => ("low_balance_threshold", reasons::INVALID_THRESHOLD),
+        _ => return Ok(()),
+    };
+    let Value::Record(fields) = value else { return Ok(()) };
+    match fields.iter().find(|(name, _)| name == field) {
+        Some((_, Value::String(text))) => crate::decimal::parse_exact(text)
+            .map(|_| ())
+            .map_err(|problem| CodecError::InvalidDecimal { record: kind.name(), field, reason, problem }),
+        _ => Ok(()),
     }
 }
 

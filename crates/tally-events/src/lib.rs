@@ -11,6 +11,9 @@
 //!   decode these messages without a registry; the codec resolves every
 //!   writer schema it knows (current and previous versions) by fingerprint.
 //! - [`names`]: topic names and stable reason codes, in one place.
+//! - [`decimal`]: exact decimal text, the only way decimals are read.
+//! - [`limits`]: what an identifier may be, and how much outside text is
+//!   ever copied into a record or a log line.
 //!
 //! Invariant: money and credits are [`rust_decimal::Decimal`], carried on the
 //! wire as decimal text so no precision is ever lost.
@@ -32,7 +35,9 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod decimal;
 pub mod fence;
+pub mod limits;
 pub mod names;
 pub mod records;
 

@@ -49,12 +49,26 @@ pub mod reasons {
     pub const ACCOUNT_DELETED: &str = "account_deleted";
     /// An OPEN for an account that already exists.
     pub const ACCOUNT_EXISTS: &str = "account_exists";
-    /// Quantity not positive or with more than 3 fractional digits.
+    /// Quantity not exact decimal text, not positive, above the maximum, or
+    /// with more fractional digits than its unit allows (whole images and
+    /// messages; video seconds to the millisecond).
     pub const INVALID_QUANTITY: &str = "invalid_quantity";
-    /// Purchase amount not positive or with more than 2 fractional digits.
+    /// Purchase amount not exact decimal text, not positive, above the
+    /// maximum, or not whole cents.
     pub const INVALID_AMOUNT: &str = "invalid_amount";
-    /// Threshold negative or otherwise unusable.
+    /// Threshold not exact decimal text, negative, above the maximum, or
+    /// finer than a ten-thousandth of a credit.
     pub const INVALID_THRESHOLD: &str = "invalid_threshold";
+    /// An account id that is empty, too long or holds control characters
+    /// (see `tally_events::limits`).
+    pub const INVALID_ACCOUNT_ID: &str = "invalid_account_id";
+    /// A photo-booth event, booth or job id that is too long or holds
+    /// control characters.
+    pub const INVALID_IDENTIFIER: &str = "invalid_identifier";
+    /// An input id that was already applied with other content (another
+    /// quantity, service, amount...): refused, the first content stands.
+    /// An identical repeat is a silent duplicate instead.
+    pub const CONFLICTING_DUPLICATE: &str = "conflicting_duplicate";
     /// An input whose occurred_at is later than its message's append
     /// timestamp plus the allowed skew: accepting it would make it the
     /// partition's newest time and every later input too late.

@@ -112,7 +112,7 @@ pub struct UsageEvent {
     /// Engine code, e.g. `nano_banana_2`.
     pub engine: String,
     /// Units used.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub quantity: Decimal,
     /// Unit of the quantity.
     pub unit: Unit,
@@ -137,7 +137,7 @@ pub struct CreditPurchase {
     /// Account credited.
     pub account_id: String,
     /// Dollars paid.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub amount_dollars: Decimal,
     /// When the payment settled.
     #[serde(with = "chrono::serde::ts_milliseconds")]
@@ -172,7 +172,7 @@ pub struct AccountChange {
     /// Tier from this change on.
     pub tier: PlanTier,
     /// Low-balance threshold in credits.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub low_balance_threshold: Decimal,
     /// When the change took effect.
     #[serde(with = "chrono::serde::ts_milliseconds")]
@@ -232,6 +232,13 @@ pub struct SourceOffset {
     pub offset: i64,
 }
 
+/// A fingerprint of an input's content: what a repeat of its id must
+/// match to be a duplicate rather than a conflicting reuse of the id.
+/// Computed by the ledger rules (`tally_ledger::digest`); 16 bytes, never
+/// all zero (all zero marks "not recorded" in packed snapshot arrays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InputDigest(pub [u8; 16]);
+
 /// One immutable ledger entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -260,23 +267,23 @@ pub struct LedgerEntry {
     /// Photo-booth event (CONSUME).
     pub photo_event_id: String,
     /// Units used (CONSUME).
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub quantity: Decimal,
     /// Credits moved, never negative.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub credits: Decimal,
     /// Dollar value, to the cent.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub dollars: Decimal,
     /// Tier at the entry.
     pub tier: PlanTier,
     /// Rate table version id.
     pub rate_version: String,
     /// Balance after the entry.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub balance_after: Decimal,
     /// Threshold after the entry.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub low_balance_threshold: Decimal,
     /// Paused after the entry.
     pub paused: bool,
@@ -288,6 +295,11 @@ pub struct LedgerEntry {
     /// Booth (CONSUME) (v2).
     #[serde(default)]
     pub booth_id: String,
+    /// Fingerprint of the input's content, so that a restored state tells
+    /// a duplicate from a conflicting reuse of the id (v3; `None` in
+    /// entries written before).
+    #[serde(default, with = "digest_bytes")]
+    pub input_digest: Option<InputDigest>,
 }
 
 impl LedgerEntry {
@@ -373,6 +385,10 @@ pub struct PartitionSnapshot {
     /// Packed dedup ids: 16 UUID bytes then 8 bytes big-endian ms, each.
     #[serde(with = "apache_avro::serde_avro_bytes")]
     pub dedup_ids: Vec<u8>,
+    /// The content digest of each dedup id, 16 bytes each in the same
+    /// order (all zero: not recorded); empty in v1 snapshots.
+    #[serde(default, with = "apache_avro::serde_avro_bytes")]
+    pub dedup_digests: Vec<u8>,
 }
 
 /// One account in a [`PartitionSnapshot`].
@@ -381,14 +397,14 @@ pub struct SnapshotAccount {
     /// Account id.
     pub account_id: String,
     /// Credits held.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub balance: Decimal,
     /// Sequence of the latest entry.
     pub last_sequence: i64,
     /// Plan tier.
     pub tier: PlanTier,
     /// Low-balance threshold.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub low_balance_threshold: Decimal,
     /// Paused.
     pub paused: bool,
@@ -421,10 +437,10 @@ pub struct Alert {
     /// Sequence of the entry that raised it.
     pub sequence: i64,
     /// Balance after that entry.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub balance: Decimal,
     /// Threshold.
-    #[serde(with = "text")]
+    #[serde(with = "decimal_text")]
     pub threshold: Decimal,
     /// occurred_at of the input.
     #[serde(with = "chrono::serde::ts_milliseconds")]
@@ -443,15 +459,61 @@ pub struct DeadLetter {
     pub detail: String,
     /// Where the input was read.
     pub source: SourceOffset,
-    /// Original key.
+    /// Original key: at most its first
+    /// [`crate::limits::DEAD_LETTER_KEY_BYTES_MAX`] bytes.
     #[serde(with = "opt_bytes")]
     pub key: Option<Vec<u8>>,
-    /// Original bytes.
+    /// Original bytes: at most the first
+    /// [`crate::limits::DEAD_LETTER_PAYLOAD_BYTES_MAX`].
     #[serde(with = "opt_bytes")]
     pub payload: Option<Vec<u8>>,
     /// Input id, when the message decoded (v2).
     #[serde(default)]
     pub input_id: String,
+    /// Length of the key as sent, -1 without one (v3; -1 before).
+    #[serde(default = "unknown_length")]
+    pub original_key_bytes: i64,
+    /// Length of the value as sent, -1 without one (v3; -1 before).
+    #[serde(default = "unknown_length")]
+    pub original_payload_bytes: i64,
+}
+
+fn unknown_length() -> i64 {
+    -1
+}
+
+impl DeadLetter {
+    /// A dead letter of the input read at `source` with `key` and
+    /// `payload`, keeping at most the limits' bytes of each and their
+    /// original lengths.
+    pub fn of_input(
+        reason: &str,
+        detail: String,
+        source: SourceOffset,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        input_id: String,
+    ) -> DeadLetter {
+        let kept = |bytes: Option<&[u8]>, max: usize| bytes.map(|b| b[..b.len().min(max)].to_vec());
+        let length = |bytes: Option<&[u8]>| bytes.map_or(-1, |b| b.len() as i64);
+        DeadLetter {
+            reason: reason.to_string(),
+            detail,
+            source,
+            key: kept(key, crate::limits::DEAD_LETTER_KEY_BYTES_MAX),
+            payload: kept(payload, crate::limits::DEAD_LETTER_PAYLOAD_BYTES_MAX),
+            input_id,
+            original_key_bytes: length(key),
+            original_payload_bytes: length(payload),
+        }
+    }
+
+    /// Whether the key or payload held is shorter than what was sent.
+    pub fn truncated(&self) -> bool {
+        let held = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(-1, |b| b.len() as i64);
+        (self.original_key_bytes >= 0 && held(&self.key) < self.original_key_bytes)
+            || (self.original_payload_bytes >= 0 && held(&self.payload) < self.original_payload_bytes)
+    }
 }
 
 /// An input of the metering service: the three records of the input topic.
@@ -513,6 +575,50 @@ mod text {
     }
 }
 
+/// Serde for decimals carried as text: read exactly (see
+/// [`crate::decimal`]), never rounded.
+mod decimal_text {
+    use rust_decimal::Decimal;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        crate::decimal::parse_exact(&text).map_err(D::Error::custom)
+    }
+}
+
+/// Serde for an optional [`InputDigest`] as Avro `bytes`: empty when
+/// absent, 16 bytes when present.
+mod digest_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use super::InputDigest;
+
+    pub fn serialize<S: Serializer>(value: &Option<InputDigest>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(digest) => s.serialize_bytes(&digest.0),
+            None => s.serialize_bytes(&[]),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InputDigest>, D::Error> {
+        let bytes = super::opt_bytes::ByteBuf::deserialize(d)?.0;
+        match bytes.len() {
+            0 => Ok(None),
+            16 => {
+                let mut digest = [0u8; 16];
+                digest.copy_from_slice(&bytes);
+                Ok(Some(InputDigest(digest)))
+            }
+            n => Err(D::Error::custom(format!("an input digest is 16 bytes, not {n}"))),
+        }
+    }
+}
+
 /// Serde for optional bytes: Avro `["null","bytes"]` must see bytes, not a
 /// sequence of integers.
 mod opt_bytes {
@@ -539,7 +645,7 @@ mod opt_bytes {
         Bytes(bytes)
     }
 
-    struct ByteBuf(Vec<u8>);
+    pub(super) struct ByteBuf(pub(super) Vec<u8>);
     impl<'de> Deserialize<'de> for ByteBuf {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;

@@ -42,7 +42,9 @@ fn dead_letter() -> DeadLetter {
         source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
         key: Some(b"acct".to_vec()),
         payload: Some(vec![0, 1, 2, 255]),
-        input_id: String::new(),
+        input_id: Uuid::from_u128(5).to_string(),
+        original_key_bytes: 4,
+        original_payload_bytes: 40_000,
     }
 }
 
@@ -70,6 +72,7 @@ fn entry() -> LedgerEntry {
         occurred_at: at(1_767_225_600_000),
         source: SourceOffset { topic: "tally.inputs".into(), partition: 2, offset: 991 },
         booth_id: "booth-1".into(),
+        input_digest: Some(InputDigest([7; 16])),
     }
 }
 
@@ -195,86 +198,119 @@ fn encoding_is_deterministic() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "map keys in sorted order: {positions:?}");
 }
 
-/// A message written with the previous version of each schema (which lacks
-/// the field v2 added) still decodes, the new field taking its default.
+/// A message written with any older version of each schema (which lacks
+/// the fields added since) still decodes, the newer fields taking their
+/// defaults.
 #[test]
 fn previous_schema_versions_still_decode() {
     let codec = Codec::global();
+    let mut checked = 0;
     for kind in RecordKind::ALL {
-        if kind.schema_texts().len() < 2 {
-            continue; // added after the first release: no previous version
+        let record = sample(kind);
+        let Value::Record(full) = record_value(&record) else { panic!("record") };
+        for (version, text) in kind.schema_texts().iter().enumerate().skip(1) {
+            let previous = Schema::parse_str(text).expect("previous parses");
+            let current = codec.schema(kind);
+            assert_ne!(
+                codec::spec_fingerprint(&previous),
+                codec::spec_fingerprint(current),
+                "{} version -{version} and current must differ",
+                kind.name()
+            );
+            let Schema::Record(shape) = &previous else { panic!("a record schema") };
+            let known: Vec<&str> = shape.fields.iter().map(|f| f.name.as_str()).collect();
+            let missing: Vec<String> =
+                full.iter().map(|(name, _)| name.clone()).filter(|name| !known.contains(&name.as_str())).collect();
+            assert!(!missing.is_empty(), "{} version -{version} lacks no field", kind.name());
+            let fields: Vec<(String, Value)> =
+                full.iter().filter(|(name, _)| known.contains(&name.as_str())).cloned().collect();
+            let old_bytes = encode_with_schema(&previous, Value::Record(fields)).expect("old encode");
+            let decoded = codec.decode_any(&old_bytes).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+            assert_eq!(decoded, with_defaults(record.clone(), &missing), "{} version -{version}", kind.name());
+            checked += 1;
         }
-        let previous = Schema::parse_str(kind.schema_texts()[1]).expect("previous parses");
-        let current = codec.schema(kind);
-        assert_ne!(
-            previous.fingerprint::<apache_avro::rabin::Rabin>().bytes,
-            current.fingerprint::<apache_avro::rabin::Rabin>().bytes,
-            "{} previous and current must differ",
-            kind.name()
-        );
-        // Encode a current record, drop the v2 field, write it with v1.
-        let full = match kind {
-            RecordKind::UsageEvent => apache_avro::to_value(usage()),
-            RecordKind::LedgerEntry => apache_avro::to_value(entry()),
-            RecordKind::CreditPurchase => apache_avro::to_value(CreditPurchase {
-                purchase_id: Uuid::from_u128(9),
-                account_id: "a".into(),
-                amount_dollars: Decimal::TEN,
-                occurred_at: at(10),
-                payment_reference: None,
-            }),
-            RecordKind::AccountChange => apache_avro::to_value(AccountChange {
-                change_id: Uuid::from_u128(9),
-                account_id: "a".into(),
-                kind: AccountChangeKind::Open,
-                tier: PlanTier::Payg,
-                low_balance_threshold: Decimal::TEN,
-                occurred_at: at(10),
-                reason: None,
-            }),
-            RecordKind::Alert => apache_avro::to_value(Alert {
-                alert_id: Uuid::from_u128(9),
-                account_id: "a".into(),
-                kind: AlertKind::Paused,
-                sequence: 1,
-                balance: Decimal::ZERO,
-                threshold: Decimal::TEN,
-                occurred_at: at(10),
-                message: String::new(),
-            }),
-            RecordKind::LedgerMarker | RecordKind::PartitionSnapshot => unreachable!("one version"),
-            RecordKind::DeadLetter => apache_avro::to_value(DeadLetter {
-                reason: "too_late".into(),
-                detail: "d".into(),
-                source: SourceOffset { topic: "t".into(), partition: 1, offset: 2 },
-                key: None,
-                payload: None,
-                input_id: String::new(),
-            }),
-        }
-        .expect("to_value");
-        let Value::Record(mut fields) = full else { panic!("record") };
-        fields.pop();
-        let old_bytes = encode_with_schema(&previous, Value::Record(fields)).expect("v1 encode");
-        let decoded = codec.decode_any(&old_bytes).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
-        match (kind, decoded) {
-            (RecordKind::UsageEvent, Message::Input(Input::Usage(e))) => {
-                assert_eq!(e, UsageEvent { attributes: BTreeMap::new(), ..usage() })
-            }
-            (RecordKind::LedgerEntry, Message::Ledger(l)) => {
-                assert_eq!(l, LedgerEntry { booth_id: String::new(), ..entry() })
-            }
-            (RecordKind::CreditPurchase, Message::Input(Input::Purchase(p))) => {
-                assert_eq!((p.amount_dollars, p.payment_reference), (Decimal::TEN, None))
-            }
-            (RecordKind::AccountChange, Message::Input(Input::Account(c))) => assert_eq!(c.reason, None),
-            (RecordKind::Alert, Message::Alert(a)) => assert_eq!(a.message, ""),
-            (RecordKind::DeadLetter, Message::DeadLetter(d)) => assert_eq!(d.input_id, ""),
-            (kind, other) => panic!("{} decoded as {other:?}", kind.name()),
-        }
+    }
+    assert!(checked >= 9, "{checked} older versions checked");
+}
+
+/// One record of each kind, every field set to a non-default value.
+fn sample(kind: RecordKind) -> Message {
+    match kind {
+        RecordKind::UsageEvent => Message::Input(Input::Usage(usage())),
+        RecordKind::LedgerEntry => Message::Ledger(entry()),
+        RecordKind::CreditPurchase => Message::Input(Input::Purchase(CreditPurchase {
+            purchase_id: Uuid::from_u128(9),
+            account_id: "a".into(),
+            amount_dollars: Decimal::TEN,
+            occurred_at: at(10),
+            payment_reference: Some("pi_1".into()),
+        })),
+        RecordKind::AccountChange => Message::Input(Input::Account(AccountChange {
+            change_id: Uuid::from_u128(9),
+            account_id: "a".into(),
+            kind: AccountChangeKind::Open,
+            tier: PlanTier::Payg,
+            low_balance_threshold: Decimal::TEN,
+            occurred_at: at(10),
+            reason: Some("new".into()),
+        })),
+        RecordKind::Alert => Message::Alert(Alert {
+            alert_id: Uuid::from_u128(9),
+            account_id: "a".into(),
+            kind: AlertKind::Paused,
+            sequence: 1,
+            balance: Decimal::ZERO,
+            threshold: Decimal::TEN,
+            occurred_at: at(10),
+            message: "paused".into(),
+        }),
+        RecordKind::DeadLetter => Message::DeadLetter(dead_letter()),
+        RecordKind::LedgerMarker => Message::Marker(LedgerMarker {
+            kind: MarkerKind::Progress,
+            claim_id: Uuid::from_u128(2),
+            epoch: 3,
+            instance: "h:1".into(),
+            input_topic: "tally.inputs".into(),
+            input_partition: 1,
+            next_input_offset: 77,
+        }),
+        RecordKind::PartitionSnapshot => Message::Snapshot(Box::new(snapshot())),
     }
 }
 
+fn record_value(message: &Message) -> Value {
+    match message {
+        Message::Input(Input::Usage(r)) => apache_avro::to_value(r),
+        Message::Input(Input::Purchase(r)) => apache_avro::to_value(r),
+        Message::Input(Input::Account(r)) => apache_avro::to_value(r),
+        Message::Ledger(r) => apache_avro::to_value(r),
+        Message::Alert(r) => apache_avro::to_value(r),
+        Message::DeadLetter(r) => apache_avro::to_value(r),
+        Message::Marker(r) => apache_avro::to_value(r),
+        Message::Snapshot(r) => apache_avro::to_value(r.as_ref()),
+    }
+    .expect("to_value")
+}
+
+/// `message` with the named fields at their schema defaults.
+fn with_defaults(mut message: Message, fields: &[String]) -> Message {
+    for field in fields {
+        match (&mut message, field.as_str()) {
+            (Message::Input(Input::Usage(e)), "attributes") => e.attributes.clear(),
+            (Message::Input(Input::Purchase(p)), "payment_reference") => p.payment_reference = None,
+            (Message::Input(Input::Account(c)), "reason") => c.reason = None,
+            (Message::Ledger(l), "booth_id") => l.booth_id.clear(),
+            (Message::Ledger(l), "input_digest") => l.input_digest = None,
+            (Message::Alert(a), "message") => a.message.clear(),
+            (Message::DeadLetter(d), "input_id") => d.input_id.clear(),
+            (Message::DeadLetter(d), "original_key_bytes") => d.original_key_bytes = -1,
+            (Message::DeadLetter(d), "original_payload_bytes") => d.original_payload_bytes = -1,
+            (Message::Snapshot(s), "dedup_digests") => s.dedup_digests.clear(),
+            (message, field) => panic!("no default known for {field} of {message:?}"),
+        }
+    }
+    message
+}
 #[test]
 fn malformed_bytes_give_typed_errors() {
     let codec = Codec::global();
@@ -288,17 +324,73 @@ fn malformed_bytes_give_typed_errors() {
     assert_eq!(codec.decode_input(truncated).unwrap_err().reason(), reasons::MALFORMED);
     let ledger = codec.encode(&entry()).expect("encode");
     assert_eq!(codec.decode_input(&ledger).unwrap_err().reason(), reasons::NOT_AN_INPUT);
-    // A well-formed body whose decimal text is not a number.
-    let bad = UsageEvent { ..usage() };
-    let Value::Record(mut fields) = apache_avro::to_value(bad).expect("to_value") else { panic!() };
+}
+
+/// A record whose field `field` holds the text `text`.
+fn with_text<T: serde::Serialize>(record: T, kind: RecordKind, field: &str, text: &str) -> Vec<u8> {
+    let Value::Record(mut fields) = apache_avro::to_value(record).expect("to_value") else { panic!() };
     for (name, v) in fields.iter_mut() {
-        if name == "quantity" {
-            *v = Value::String("seven".into());
+        if name == field {
+            *v = Value::String(text.into());
         }
     }
-    let bytes = encode_with_schema(codec.schema(RecordKind::UsageEvent), Value::Record(fields)).expect("encode");
-    let err = codec.decode_input(&bytes).unwrap_err();
-    assert_eq!(err.reason(), reasons::MALFORMED, "{err}");
+    encode_with_schema(Codec::global().schema(kind), Value::Record(fields)).expect("encode")
+}
+
+/// A decimal input field that is not exact decimal text is refused with
+/// the field's reason, quoting the text as sent; never rounded.
+#[test]
+fn input_decimals_are_read_exactly_or_refused_with_their_reason() {
+    let codec = Codec::global();
+    let purchase = CreditPurchase {
+        purchase_id: Uuid::from_u128(9),
+        account_id: "a".into(),
+        amount_dollars: Decimal::TEN,
+        occurred_at: at(10),
+        payment_reference: None,
+    };
+    let change = AccountChange {
+        change_id: Uuid::from_u128(9),
+        account_id: "a".into(),
+        kind: AccountChangeKind::Open,
+        tier: PlanTier::Payg,
+        low_balance_threshold: Decimal::TEN,
+        occurred_at: at(10),
+        reason: None,
+    };
+    let cases = [
+        (with_text(usage(), RecordKind::UsageEvent, "quantity", "seven"), reasons::INVALID_QUANTITY, "\"seven\""),
+        (
+            with_text(usage(), RecordKind::UsageEvent, "quantity", "1.0000000000000000000000000000001"),
+            reasons::INVALID_QUANTITY,
+            "\"1.0000000000000000000000000000001\"",
+        ),
+        (with_text(usage(), RecordKind::UsageEvent, "quantity", "1_000"), reasons::INVALID_QUANTITY, "\"1_000\""),
+        (
+            with_text(purchase, RecordKind::CreditPurchase, "amount_dollars", "10.0000000000000000000000000000001"),
+            reasons::INVALID_AMOUNT,
+            "amount_dollars",
+        ),
+        (
+            with_text(change, RecordKind::AccountChange, "low_balance_threshold", "1e3"),
+            reasons::INVALID_THRESHOLD,
+            "\"1e3\"",
+        ),
+    ];
+    for (bytes, reason, quoted) in cases {
+        let err = codec.decode_input(&bytes).unwrap_err();
+        assert_eq!(err.reason(), reason, "{err}");
+        assert!(err.to_string().contains(quoted), "{err}");
+    }
+    // A quantity with 28 fractional digits is exact: it decodes as sent
+    // (the ledger rules then refuse it for its unit).
+    let exact = with_text(usage(), RecordKind::UsageEvent, "quantity", "1.0000000000000000000000000001");
+    let Input::Usage(event) = codec.decode_input(&exact).expect("decodes") else { panic!() };
+    assert_eq!(event.quantity.to_string(), "1.0000000000000000000000000001");
+    // Decimals of other records are read as exactly; one that does not fit
+    // makes the record malformed.
+    let entry_bytes = with_text(entry(), RecordKind::LedgerEntry, "credits", "0.00000000000000000000000000001");
+    assert_eq!(codec.decode_any(&entry_bytes).unwrap_err().reason(), reasons::MALFORMED);
 }
 
 proptest! {
@@ -407,9 +499,7 @@ fn direct_encoding_matches_the_generic_value_path() {
     }
 }
 
-#[test]
-fn partition_snapshots_round_trip() {
-    let codec = Codec::global();
+fn snapshot() -> PartitionSnapshot {
     let account = SnapshotAccount {
         account_id: "acct-1".into(),
         balance: "12.3456".parse().expect("decimal"),
@@ -421,7 +511,7 @@ fn partition_snapshots_round_trip() {
     };
     let mut ids = Uuid::from_u128(77).as_bytes().to_vec();
     ids.extend_from_slice(&1_767_225_600_123i64.to_be_bytes());
-    let full = PartitionSnapshot {
+    PartitionSnapshot {
         snapshot_id: Uuid::from_u128(1),
         chunk: 0,
         chunks: 2,
@@ -435,12 +525,20 @@ fn partition_snapshots_round_trip() {
         last_source_offset: Some(4_999),
         accounts: vec![account.clone(), SnapshotAccount { account_id: "acct-2".into(), ..account }],
         dedup_ids: ids,
-    };
+        dedup_digests: vec![9; 16],
+    }
+}
+
+#[test]
+fn partition_snapshots_round_trip() {
+    let codec = Codec::global();
+    let full = snapshot();
     let empty = PartitionSnapshot {
         newest_occurred_at: None,
         last_source_offset: None,
         accounts: Vec::new(),
         dedup_ids: Vec::new(),
+        dedup_digests: Vec::new(),
         ..full.clone()
     };
     for snapshot in [full, empty] {

@@ -21,6 +21,11 @@
 //! not inserted at all. So the live set is always exactly {ids applied with
 //! `bucket_end(occurred_at) > cutoff(newest)`}, whatever the order.
 //!
+//! Each id keeps the content digest of its input ([`crate::digest`]), so
+//! that a repeat of the id is told apart from a reuse of it with other
+//! content; the digest travels with the id into snapshots and comes back
+//! from ledger entries on restore.
+//!
 //! Never probabilistic (no Bloom filter): a false positive would drop a paid
 //! usage or a purchase. The table compares full ids; its short tags only
 //! decide which full ids are worth reading.
@@ -89,6 +94,16 @@ pub(crate) struct Probe {
     version: u64,
 }
 
+/// What [`Dedup::find`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Found {
+    /// The id is live: its input was applied, with this content digest
+    /// (all zero: not recorded).
+    Live([u8; 16]),
+    /// Not live: where to insert it.
+    Absent(Probe),
+}
+
 impl Dedup {
     pub(crate) fn new(window: TimeDelta) -> Self {
         Dedup {
@@ -112,28 +127,29 @@ impl Dedup {
         millis >= self.live_from_millis
     }
 
-    /// `None` if `id` is live (a duplicate); else where to insert it.
-    pub(crate) fn find(&self, id: &Uuid) -> Option<Probe> {
+    /// Whether `id` is live (a repeat) and with which digest; else where
+    /// to insert it.
+    pub(crate) fn find(&self, id: &Uuid) -> Found {
         let hash = hash(id);
         let index = self.table.find(id, hash);
         if let Some(held) = self.table.held(index) {
             if self.is_live(held.millis) {
-                return None;
+                return Found::Live(held.digest);
             }
         }
-        Some(Probe { index, hash, version: self.table.version })
+        Found::Absent(Probe { index, hash, version: self.table.version })
     }
 
     #[cfg(test)]
     pub(crate) fn contains(&self, id: &Uuid) -> bool {
-        self.find(id).is_none()
+        matches!(self.find(id), Found::Live(_))
     }
 
     /// Remembers `id`, unless its bucket is already expired (it would be
     /// dropped at once; see the module docs). Call [`Dedup::prune`] with the
     /// current cutoff first. `probe`, from [`Dedup::find`] for the same id
     /// since the last change to the set, saves searching again.
-    pub(crate) fn insert(&mut self, id: Uuid, occurred_at: DateTime<Utc>, probe: Option<Probe>) {
+    pub(crate) fn insert(&mut self, id: Uuid, occurred_at: DateTime<Utc>, digest: [u8; 16], probe: Option<Probe>) {
         let millis = occurred_at.timestamp_millis();
         if !self.is_live(millis) {
             return;
@@ -146,10 +162,10 @@ impl Dedup {
             }
         };
         match self.table.held(index) {
-            Some(held) if self.is_live(held.millis) => return, // already live: keep the first time seen
-            Some(_) => self.table.replace(index, millis),
+            Some(held) if self.is_live(held.millis) => return, // already live: keep the first one seen
+            Some(_) => self.table.replace(index, millis, digest),
             None => {
-                self.table.put(index, hash, Held { id, millis });
+                self.table.put(index, hash, Held { id, millis, digest });
                 if self.table.occupied() * 1024 > self.table.slots() * SWEEP_LOAD {
                     self.table.rebuild(self.live_from_millis);
                 }
@@ -203,24 +219,26 @@ impl Dedup {
         self.live
     }
 
-    /// Every live id, sorted by (occurred_at, id).
-    pub(crate) fn sorted(&self) -> Vec<(DateTime<Utc>, Uuid)> {
-        let mut all: Vec<(DateTime<Utc>, Uuid)> = self
+    /// Every live id with its digest, sorted by (occurred_at, id).
+    pub(crate) fn sorted(&self) -> Vec<(DateTime<Utc>, Uuid, [u8; 16])> {
+        let mut all: Vec<(DateTime<Utc>, Uuid, [u8; 16])> = self
             .table
             .iter()
             .filter(|held| self.is_live(held.millis))
-            .filter_map(|held| DateTime::from_timestamp_millis(held.millis).map(|at| (at, held.id)))
+            .filter_map(|held| DateTime::from_timestamp_millis(held.millis).map(|at| (at, held.id, held.digest)))
             .collect();
         all.sort_unstable();
         all
     }
 }
 
-/// One id held, with its `occurred_at` in ms.
+/// One id held, with its `occurred_at` in ms and its input's content
+/// digest (all zero: not recorded).
 #[derive(Debug, Clone, Copy)]
 struct Held {
     id: Uuid,
     millis: i64,
+    digest: [u8; 16],
 }
 
 /// An open-addressing set of ids with linear probing. The slots are 8
@@ -307,10 +325,12 @@ impl IdTable {
         (slot != 0).then(|| &self.held[slot as u32 as usize])
     }
 
-    /// Gives the id in slot `index` a new time.
-    fn replace(&mut self, index: usize, millis: i64) {
+    /// Gives the (expired) id in slot `index` a new time and digest.
+    fn replace(&mut self, index: usize, millis: i64, digest: [u8; 16]) {
         let slot = self.slots[index];
-        self.held[slot as u32 as usize].millis = millis;
+        let held = &mut self.held[slot as u32 as usize];
+        held.millis = millis;
+        held.digest = digest;
         self.version += 1;
     }
 
@@ -376,6 +396,15 @@ mod tests {
 
     use super::*;
 
+    const NO_DIGEST: [u8; 16] = [0; 16];
+
+    fn absent(found: Found) -> Option<Probe> {
+        match found {
+            Found::Absent(probe) => Some(probe),
+            Found::Live(_) => None,
+        }
+    }
+
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(seconds, 0).expect("in range")
     }
@@ -388,14 +417,14 @@ mod tests {
     #[test]
     fn prunes_by_time_not_by_insertion_order() {
         let mut dedup = dedup();
-        dedup.insert(Uuid::from_u128(1), at(30), None);
-        dedup.insert(Uuid::from_u128(2), at(10), None);
-        dedup.insert(Uuid::from_u128(3), at(20), None);
+        dedup.insert(Uuid::from_u128(1), at(30), NO_DIGEST, None);
+        dedup.insert(Uuid::from_u128(2), at(10), NO_DIGEST, None);
+        dedup.insert(Uuid::from_u128(3), at(20), NO_DIGEST, None);
         dedup.prune(at(20));
         assert!(!dedup.contains(&Uuid::from_u128(2)));
         assert!(dedup.contains(&Uuid::from_u128(1)) && dedup.contains(&Uuid::from_u128(3)));
         assert_eq!(dedup.len(), 2);
-        let order: Vec<u128> = dedup.sorted().iter().map(|(_, id)| id.as_u128()).collect();
+        let order: Vec<u128> = dedup.sorted().iter().map(|(_, id, _)| id.as_u128()).collect();
         assert_eq!(order, vec![3, 1]);
     }
 
@@ -403,7 +432,7 @@ mod tests {
     fn keeps_a_bucket_until_it_ends() {
         let mut dedup = dedup();
         let half_second = at(10) + TimeDelta::milliseconds(500);
-        dedup.insert(Uuid::from_u128(1), half_second, None);
+        dedup.insert(Uuid::from_u128(1), half_second, NO_DIGEST, None);
         // The cutoff is inside the bucket [10 s, 11 s): the id is kept.
         dedup.prune(at(10) + TimeDelta::milliseconds(900));
         assert!(dedup.contains(&Uuid::from_u128(1)));
@@ -415,10 +444,10 @@ mod tests {
     fn does_not_insert_an_id_already_past_the_cutoff() {
         let mut dedup = dedup();
         dedup.prune(at(20));
-        dedup.insert(Uuid::from_u128(1), at(5), None);
+        dedup.insert(Uuid::from_u128(1), at(5), NO_DIGEST, None);
         assert_eq!(dedup.len(), 0);
         assert!(!dedup.contains(&Uuid::from_u128(1)));
-        dedup.insert(Uuid::from_u128(2), at(20), None);
+        dedup.insert(Uuid::from_u128(2), at(20), NO_DIGEST, None);
         assert_eq!(dedup.len(), 1);
     }
 
@@ -426,7 +455,7 @@ mod tests {
     fn sweeps_expired_ids_without_changing_content() {
         let mut dedup = dedup();
         for second in 0..20_000 {
-            dedup.insert(Uuid::from_u128(second as u128), at(second), None);
+            dedup.insert(Uuid::from_u128(second as u128), at(second), NO_DIGEST, None);
             dedup.prune(at(second - 1024));
         }
         // Live: the 1024 s window plus the bucket holding the cutoff.
@@ -442,8 +471,8 @@ mod tests {
     #[test]
     fn inserting_twice_keeps_one() {
         let mut dedup = dedup();
-        dedup.insert(Uuid::from_u128(1), at(30), None);
-        dedup.insert(Uuid::from_u128(1), at(31), None);
+        dedup.insert(Uuid::from_u128(1), at(30), NO_DIGEST, None);
+        dedup.insert(Uuid::from_u128(1), at(31), NO_DIGEST, None);
         assert_eq!(dedup.len(), 1);
         assert_eq!(dedup.sorted().len(), 1);
         assert_eq!(dedup.sorted()[0].0, at(30));
@@ -452,12 +481,12 @@ mod tests {
     #[test]
     fn an_expired_id_comes_back_in_its_own_slot() {
         let mut dedup = dedup();
-        dedup.insert(Uuid::from_u128(1), at(10), None);
+        dedup.insert(Uuid::from_u128(1), at(10), NO_DIGEST, None);
         dedup.prune(at(11));
         assert_eq!(dedup.len(), 0);
-        dedup.insert(Uuid::from_u128(1), at(12), None);
+        dedup.insert(Uuid::from_u128(1), at(12), NO_DIGEST, None);
         assert_eq!((dedup.len(), dedup.table.occupied()), (1, 1));
-        assert_eq!(dedup.sorted(), vec![(at(12), Uuid::from_u128(1))]);
+        assert_eq!(dedup.sorted(), vec![(at(12), Uuid::from_u128(1), NO_DIGEST)]);
     }
 
     #[test]
@@ -466,9 +495,9 @@ mod tests {
         let probe = dedup.find(&Uuid::from_u128(1_000_000));
         // Enough inserts to grow the table several times.
         for n in 0..1000 {
-            dedup.insert(Uuid::from_u128(n), at(100), None);
+            dedup.insert(Uuid::from_u128(n), at(100), NO_DIGEST, None);
         }
-        dedup.insert(Uuid::from_u128(1_000_000), at(100), probe);
+        dedup.insert(Uuid::from_u128(1_000_000), at(100), NO_DIGEST, absent(probe));
         assert_eq!(dedup.len(), 1001);
         for n in (0..1000).chain([1_000_000]) {
             assert!(dedup.contains(&Uuid::from_u128(n)), "{n}");
@@ -487,11 +516,14 @@ mod tests {
             })
             .expect("a birthday collision on 36 bits within ~2^18 ids");
         let mut dedup = dedup();
-        dedup.insert(Uuid::from_u128(first), at(10), None);
+        dedup.insert(Uuid::from_u128(first), at(10), NO_DIGEST, None);
         assert!(dedup.contains(&Uuid::from_u128(first)));
         assert!(!dedup.contains(&Uuid::from_u128(second)));
-        dedup.insert(Uuid::from_u128(second), at(11), None);
-        assert_eq!(dedup.sorted(), vec![(at(10), Uuid::from_u128(first)), (at(11), Uuid::from_u128(second))]);
+        dedup.insert(Uuid::from_u128(second), at(11), NO_DIGEST, None);
+        assert_eq!(
+            dedup.sorted(),
+            vec![(at(10), Uuid::from_u128(first), NO_DIGEST), (at(11), Uuid::from_u128(second), NO_DIGEST)]
+        );
     }
 
     /// The table against a plain map: ids that repeat within the window
@@ -504,7 +536,7 @@ mod tests {
         let (mut newest, mut live_from) = (0, i64::MIN);
         let same = |dedup: &Dedup, model: &BTreeMap<u128, i64>| {
             let held: Vec<(i64, u128)> =
-                dedup.sorted().iter().map(|(at, id)| (at.timestamp_millis(), id.as_u128())).collect();
+                dedup.sorted().iter().map(|(at, id, _)| (at.timestamp_millis(), id.as_u128())).collect();
             let mut expected: Vec<(i64, u128)> = model.iter().map(|(&id, &millis)| (millis, id)).collect();
             expected.sort_unstable();
             assert_eq!(held, expected);
@@ -524,13 +556,13 @@ mod tests {
                 live_from = dedup.live_from_millis;
                 model.retain(|_, held| *held >= live_from);
             }
-            let probe = dedup.find(&Uuid::from_u128(id));
+            let probe = absent(dedup.find(&Uuid::from_u128(id)));
             assert_eq!(probe.is_none(), model.contains_key(&id), "step {step}");
             if probe.is_some() && millis >= live_from {
                 model.insert(id, millis);
             }
             let occurred_at = DateTime::from_timestamp_millis(millis).expect("in range");
-            dedup.insert(Uuid::from_u128(id), occurred_at, probe);
+            dedup.insert(Uuid::from_u128(id), occurred_at, NO_DIGEST, probe);
             assert_eq!(dedup.len(), model.len(), "step {step}");
             if step % 5_000 == 0 {
                 same(&dedup, &model);

@@ -10,10 +10,16 @@
 //!
 //! Check order for every input (changing it changes which reason a replay
 //! writes, so it is part of the contract):
-//! 1. too late: `occurred_at < newest applied - dedup window` → rejected
+//! 1. identifiers: the account id, and the photo-booth event, booth and
+//!    job ids of a usage event, are bounded text (`tally_events::limits`)
+//!    → else rejected (`invalid_account_id`, `invalid_identifier`);
+//! 2. too late: `occurred_at < newest applied - dedup window` → rejected
 //!    (`too_late`), because dedup could no longer be exact;
-//! 2. duplicate: the id was applied → [`Applied::Duplicate`], nothing changes;
-//! 3. the rules of the input's kind (see the methods of [`Ledger`]).
+//! 3. repeat: the id was applied → [`Applied::Duplicate`] if the input's
+//!    content digest ([`crate::digest`]) is the one applied, nothing
+//!    changes; else rejected (`conflicting_duplicate`, naming the fields
+//!    that differ), and the first content stands;
+//! 4. the rules of the input's kind (see the methods of [`Ledger`]).
 //!
 //! Only an [`Applied::Entry`] changes state. Every entry is checked against
 //! the invariants ([`crate::invariants`]) before it is returned, in release
@@ -58,17 +64,19 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_events::{
+    limits::{self, quote},
     names::reasons,
     records::{
-        AccountChange, AccountChangeKind, Alert, AlertKind, CreditPurchase, EntryStatus, EntryType, Input, JobOutcome,
-        LedgerEntry, PlanTier, SourceOffset, UsageEvent,
+        AccountChange, AccountChangeKind, Alert, AlertKind, CreditPurchase, EntryStatus, EntryType, Input, InputDigest,
+        JobOutcome, LedgerEntry, PlanTier, SourceOffset, UsageEvent,
     },
 };
 use uuid::Uuid;
 
 use crate::{
     accounts::Accounts,
-    dedup::{Dedup, Probe},
+    dedup::{Dedup, Found, Probe},
+    digest::{differing_fields, digest},
     invariants::{self, Previous, Violation},
     pricing,
     rates::RateTable,
@@ -163,6 +171,18 @@ pub struct DedupId {
     pub input_id: Uuid,
     /// Its `occurred_at`.
     pub occurred_at: DateTime<Utc>,
+    /// Its input's content digest; `None` when the entry it was restored
+    /// from did not record one (written before ledger entry v3).
+    pub digest: Option<InputDigest>,
+}
+
+/// A digest as the dedup table holds it: all zero for "not recorded".
+fn held_digest(digest: Option<InputDigest>) -> [u8; 16] {
+    digest.map_or([0; 16], |d| d.0)
+}
+
+fn recorded_digest(held: [u8; 16]) -> Option<InputDigest> {
+    (held != [0; 16]).then_some(InputDigest(held))
 }
 
 /// Counts, for metrics.
@@ -286,7 +306,7 @@ struct Decision<'a> {
 const NO_DOLLARS: Decimal = Decimal::from_parts(0, 0, 0, false, 2);
 
 impl Draft<'_> {
-    fn build(self, after: &AccountState, source: &SourceOffset, epoch: i64) -> LedgerEntry {
+    fn build(self, after: &AccountState, source: &SourceOffset, epoch: i64, digest: InputDigest) -> LedgerEntry {
         let (service, engine, photo_event_id, booth_id, quantity) = match self.usage {
             Some((event, quantity)) => (
                 event.service.clone(),
@@ -320,6 +340,7 @@ impl Draft<'_> {
             occurred_at: self.occurred_at,
             source: source.clone(),
             booth_id,
+            input_digest: Some(digest),
         }
     }
 }
@@ -377,6 +398,9 @@ impl Ledger {
     /// If the entry it would return breaks an invariant: that is a bug in
     /// these rules, and writing the entry would corrupt the ledger.
     pub fn apply(&mut self, input: &Input, source: &SourceOffset, epoch: i64) -> Applied {
+        if let Err(Rejection { reason, detail }) = check_identifiers(input) {
+            return Applied::Rejected { reason, detail };
+        }
         let occurred_at = input.occurred_at();
         if let (Some(cutoff), Some(newest)) = (self.cutoff, self.newest_occurred_at) {
             if occurred_at < cutoff {
@@ -398,9 +422,28 @@ impl Ledger {
         // state, and the same slot takes the state after the entry. Right
         // before the dedup probe, so that both cache misses overlap.
         let slot = accounts.get_mut(input.account_id());
-        let Some(probe) = dedup.find(&input_id) else {
-            *duplicates_seen += 1;
-            return Applied::Duplicate;
+        let found = dedup.find(&input_id);
+        let content = digest(input);
+        let probe = match found {
+            Found::Absent(probe) => probe,
+            Found::Live(held) => match recorded_digest(held) {
+                Some(applied) if applied != content => {
+                    return Applied::Rejected {
+                        reason: reasons::CONFLICTING_DUPLICATE,
+                        detail: format!(
+                            "input id {input_id} was already applied with other content ({} differ); \
+                             the first stands: send a new id for a new input",
+                            differing_fields(&applied, &content).join(", ")
+                        ),
+                    };
+                }
+                // The same content, or an id restored from an entry that
+                // recorded none (written before digests): a duplicate.
+                _ => {
+                    *duplicates_seen += 1;
+                    return Applied::Duplicate;
+                }
+            },
         };
         let Decision { draft, previous, after, alerts } = match decide(rates, slot.as_deref(), input) {
             Ok(decision) => decision,
@@ -408,7 +451,7 @@ impl Ledger {
         };
         // Built in place: an entry is ~400 bytes, and each move of it was a
         // visible share of the cost of an input.
-        let mut applied = Applied::Entry { entry: draft.build(&after, source, epoch), alerts: Vec::new() };
+        let mut applied = Applied::Entry { entry: draft.build(&after, source, epoch, content), alerts: Vec::new() };
         if let Applied::Entry { entry, alerts: raised } = &mut applied {
             if let Err(violation) = invariants::check_entry(&previous, entry) {
                 panic!("ledger rules broke an invariant on input {input_id}: {violation}");
@@ -421,7 +464,7 @@ impl Ledger {
                 }
             }
         }
-        self.remember(input_id, occurred_at, source.offset, Some(probe));
+        self.remember(input_id, occurred_at, content.0, source.offset, Some(probe));
         applied
     }
 
@@ -470,7 +513,7 @@ impl Ledger {
             deleted: entry.entry_type == EntryType::Forfeit,
         };
         self.accounts.insert(&entry.account_id, after);
-        self.remember(entry.input_id, entry.occurred_at, entry.source.offset, None);
+        self.remember(entry.input_id, entry.occurred_at, held_digest(entry.input_digest), entry.source.offset, None);
         Ok(())
     }
 
@@ -502,7 +545,11 @@ impl Ledger {
                 .dedup
                 .sorted()
                 .into_iter()
-                .map(|(occurred_at, input_id)| DedupId { input_id, occurred_at })
+                .map(|(occurred_at, input_id, digest)| DedupId {
+                    input_id,
+                    occurred_at,
+                    digest: recorded_digest(digest),
+                })
                 .collect(),
             newest_occurred_at: self.newest_occurred_at,
             last_source_offset: self.last_source_offset,
@@ -523,7 +570,7 @@ impl Ledger {
             ledger.dedup.prune(cutoff);
         }
         for id in snapshot.dedup {
-            ledger.dedup.insert(id.input_id, id.occurred_at, None);
+            ledger.dedup.insert(id.input_id, id.occurred_at, held_digest(id.digest), None);
         }
         ledger
     }
@@ -543,9 +590,17 @@ impl Ledger {
         self.newest_occurred_at?.checked_sub_signed(self.config.dedup_window)
     }
 
-    /// Records an applied or restored entry's input: dedup, newest time,
-    /// source offset, then prunes. `probe`: where [`Dedup::find`] left the id.
-    fn remember(&mut self, input_id: Uuid, occurred_at: DateTime<Utc>, offset: i64, probe: Option<Probe>) {
+    /// Records an applied or restored entry's input: dedup (with its
+    /// content digest, all zero if unknown), newest time, source offset,
+    /// then prunes. `probe`: where [`Dedup::find`] left the id.
+    fn remember(
+        &mut self,
+        input_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        digest: [u8; 16],
+        offset: i64,
+        probe: Option<Probe>,
+    ) {
         self.last_source_offset = Some(self.last_source_offset.map_or(offset, |last| last.max(offset)));
         if self.newest_occurred_at.is_none_or(|newest| occurred_at > newest) {
             self.newest_occurred_at = Some(occurred_at);
@@ -556,8 +611,26 @@ impl Ledger {
                 self.dedup.prune(cutoff);
             }
         }
-        self.dedup.insert(input_id, occurred_at, probe);
+        self.dedup.insert(input_id, occurred_at, digest, probe);
     }
+}
+
+/// Rule 1: the identifiers an input carries into entries are bounded text.
+fn check_identifiers(input: &Input) -> Result<(), Rejection> {
+    let account_id = input.account_id();
+    if let Err(problem) = limits::check_account_id(account_id) {
+        return Err(reject(reasons::INVALID_ACCOUNT_ID, format!("account id {} {problem}", quote(account_id))));
+    }
+    if let Input::Usage(event) = input {
+        let fields =
+            [("photo_event_id", &event.photo_event_id), ("booth_id", &event.booth_id), ("job_id", &event.job_id)];
+        for (field, value) in fields {
+            if let Err(problem) = limits::check_identifier(value) {
+                return Err(reject(reasons::INVALID_IDENTIFIER, format!("{field} {} {problem}", quote(value))));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The per-kind rules. Free functions over the rate table and a copy of the
@@ -599,14 +672,19 @@ fn consume<'a>(
 ) -> Result<Decision<'a>, Rejection> {
     let state = existing(current, &event.account_id)?;
     let quantity = event.quantity.normalize();
-    if quantity <= Decimal::ZERO || quantity.scale() > pricing::QUANTITY_SCALE_MAX || quantity > pricing::QUANTITY_MAX {
+    let scale_max = pricing::quantity_scale_max(event.unit);
+    if quantity <= Decimal::ZERO || quantity.scale() > scale_max || quantity > pricing::QUANTITY_MAX {
+        let digits = match scale_max {
+            0 => "be whole".to_string(),
+            n => format!("have at most {n} fractional digits"),
+        };
         return Err(reject(
             reasons::INVALID_QUANTITY,
             format!(
-                "quantity {} must be > 0, at most {} and have at most {} fractional digits",
+                "quantity {} of unit {} must be > 0, at most {} and {digits}",
                 event.quantity,
-                pricing::QUANTITY_MAX,
-                pricing::QUANTITY_SCALE_MAX
+                event.unit.code(),
+                pricing::QUANTITY_MAX
             ),
         ));
     }
@@ -844,13 +922,22 @@ fn change_decision<'a>(
 }
 
 fn valid_threshold(change: &AccountChange) -> Result<Decimal, Rejection> {
-    if change.low_balance_threshold < Decimal::ZERO {
+    let threshold = change.low_balance_threshold.normalize();
+    if threshold < Decimal::ZERO
+        || threshold > pricing::THRESHOLD_CREDITS_MAX
+        || threshold.scale() > pricing::THRESHOLD_SCALE_MAX
+    {
         return Err(reject(
             reasons::INVALID_THRESHOLD,
-            format!("low_balance_threshold {} must be >= 0", change.low_balance_threshold),
+            format!(
+                "low_balance_threshold {} must be >= 0, at most {} credits and have at most {} fractional digits",
+                change.low_balance_threshold,
+                pricing::THRESHOLD_CREDITS_MAX,
+                pricing::THRESHOLD_SCALE_MAX
+            ),
         ));
     }
-    Ok(change.low_balance_threshold.normalize())
+    Ok(threshold)
 }
 
 fn alert(entry: &LedgerEntry, kind: AlertKind) -> Alert {

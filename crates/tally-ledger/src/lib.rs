@@ -12,6 +12,8 @@
 //!   validation and the price list of `tally rates show`;
 //! - [`pricing`]: exact credit and dollar arithmetic, and its one rounding
 //!   per kind;
+//! - [`digest`]: an input's content digest, which tells a duplicate from a
+//!   conflicting reuse of its id;
 //! - [`ledger`]: the rules of one input partition ([`Ledger::apply`]) and
 //!   the rebuild of its state from the ledger topic ([`Ledger::restore`]);
 //! - [`invariants`]: one predicate per ledger invariant, shared by `apply`
@@ -26,6 +28,7 @@
 
 mod accounts;
 mod dedup;
+pub mod digest;
 mod entry_id;
 pub mod invariants;
 pub mod ledger;

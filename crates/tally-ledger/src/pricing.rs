@@ -10,8 +10,10 @@
 //!   zero) to 4 fractional digits, so a purchase never grants a fraction of a
 //!   credit more than was paid for.
 //!
-//! Inputs are bounded ([`QUANTITY_MAX`], [`AMOUNT_DOLLARS_MAX`],
-//! [`BALANCE_CREDITS_MAX`]) so that no sum or product ever needs more than
+//! Inputs are bounded ([`QUANTITY_MAX`] with [`quantity_scale_max`] digits,
+//! [`AMOUNT_DOLLARS_MAX`] in whole cents, [`BALANCE_CREDITS_MAX`],
+//! [`THRESHOLD_CREDITS_MAX`]) and read exactly (`tally_events::decimal`:
+//! a text with more digits than fit is refused, not rounded), so that no sum or product ever needs more than
 //! the 28 significant digits of [`Decimal`]: past that, `Decimal` would round
 //! silently and the ledger would stop being exact.
 //!
@@ -28,9 +30,20 @@
 //! ```
 
 use rust_decimal::{Decimal, RoundingStrategy};
+use tally_events::records::Unit;
 
-/// Usage quantities have at most this many fractional digits (after
-/// normalizing: `7.500` is fine).
+/// Fractional digits a usage quantity of `unit` may have (after
+/// normalizing: `7.500` seconds and `1.0` image are fine): images and
+/// messages are counted whole, video seconds to the millisecond. No
+/// quantity has more than [`QUANTITY_SCALE_MAX`].
+pub const fn quantity_scale_max(unit: Unit) -> u32 {
+    match unit {
+        Unit::Image | Unit::Message => 0,
+        Unit::VideoSecond => 3,
+    }
+}
+
+/// The most fractional digits any usage quantity has.
 pub const QUANTITY_SCALE_MAX: u32 = 3;
 
 /// Purchase amounts are whole cents.
@@ -53,6 +66,13 @@ pub const AMOUNT_DOLLARS_MAX: Decimal = Decimal::from_parts(100_000_000, 0, 0, f
 /// Largest balance an account may hold, in credits (10^15). With at most 6
 /// fractional digits that is 21 significant digits: every sum stays exact.
 pub const BALANCE_CREDITS_MAX: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0);
+
+/// Largest low-balance threshold, in credits: the largest balance.
+pub const THRESHOLD_CREDITS_MAX: Decimal = BALANCE_CREDITS_MAX;
+
+/// A low-balance threshold has at most this many fractional digits (a
+/// ten-thousandth of a credit, the finest a purchase grants).
+pub const THRESHOLD_SCALE_MAX: u32 = 4;
 
 /// Credits of `quantity` units at `credits_per_unit`, exact and normalized;
 /// `None` if the product does not fit (quantities are bounded well below).

@@ -1,12 +1,13 @@
 //! Property tests: random input sequences over a few accounts (opens,
 //! purchases, usage that succeeds or fails on known and unknown services,
-//! updates, deletes, exact duplicates, replays of earlier inputs, times out
-//! of order and too late) run on the ledger and on a tiny independent model,
+//! updates, deletes, exact duplicates, replays of earlier inputs, earlier
+//! ids reused with other content, invalid account ids, times out of order
+//! and too late) run on the ledger and on a tiny independent model,
 //! compared at every step; then the invariants, idempotence, restore and
-//! snapshot-resume properties are checked on the result.
+//! resume properties are checked on the result.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
 };
 
@@ -26,6 +27,8 @@ use uuid::Uuid;
 
 const DEFAULT_TABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/rates.toml");
 const ACCOUNTS: [&str; 3] = ["acct-a", "acct-b", "acct-c"];
+/// One byte over the limit.
+const LONG_ACCOUNT_ID: &str = "acct-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
 /// Known services (as in the default table) and two the table never prices.
 const SERVICES: [(&str, &str, Unit); 13] = [
@@ -85,6 +88,30 @@ enum Action {
     Replay {
         back: usize,
     },
+    /// Send an earlier input's id again with other content.
+    Conflict {
+        back: usize,
+        change: Change,
+    },
+    /// A usage event whose account id is not a valid one.
+    BadAccountId {
+        id: &'static str,
+    },
+}
+
+/// How a conflicting repeat differs from the input whose id it reuses.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// One more unit (usage), one more cent (purchase), one more credit of
+    /// threshold (account change).
+    More,
+    /// Another service (usage), another account (purchase), another tier
+    /// (account change).
+    Other,
+    /// Only metadata and the time reported: producer and attributes
+    /// (usage), payment reference (purchase), reason (account change):
+    /// still a duplicate.
+    Metadata,
 }
 
 #[derive(Debug, Clone)]
@@ -103,10 +130,11 @@ fn tier() -> impl Strategy<Value = PlanTier> {
 
 fn action() -> impl Strategy<Value = Action> {
     let account = 0..ACCOUNTS.len();
-    // Quantities: mostly valid (up to 3 fractional digits), sometimes not.
+    // Quantities: mostly valid (whole, or up to 3 fractional digits for
+    // video seconds), sometimes not.
     let quantity = prop_oneof![
-        8 => (1i64..=20_000).prop_map(|milli| Decimal::new(milli, 3)),
-        6 => (1i64..=12).prop_map(Decimal::from),
+        4 => (1i64..=20_000).prop_map(|milli| Decimal::new(milli, 3)),
+        10 => (1i64..=12).prop_map(Decimal::from),
         1 => (-2i64..=0).prop_map(Decimal::from),
         1 => (1i64..=9_999).prop_map(|q| Decimal::new(q * 10 + 1, 4)),
     ];
@@ -119,6 +147,10 @@ fn action() -> impl Strategy<Value = Action> {
         1 => account.prop_map(|account| Action::Delete { account }),
         6 => Just(Action::Duplicate),
         6 => (0usize..40).prop_map(|back| Action::Replay { back }),
+        4 => (0usize..40, prop_oneof![Just(Change::More), Just(Change::Other), Just(Change::Metadata)])
+            .prop_map(|(back, change)| Action::Conflict { back, change }),
+        1 => prop_oneof![Just(""), Just("acct\nb"), Just("acct\u{0}"), Just(LONG_ACCOUNT_ID)]
+            .prop_map(|id| Action::BadAccountId { id }),
     ]
 }
 
@@ -239,10 +271,57 @@ fn inputs(steps: &[Step]) -> Vec<Input> {
                 Some(earlier) => made[earlier].clone(),
                 None => continue,
             },
+            Action::Conflict { back, change } => match made.len().checked_sub(back + 1) {
+                Some(earlier) => changed(&made[earlier], *change),
+                None => continue,
+            },
+            Action::BadAccountId { id: account_id } => Input::Usage(UsageEvent {
+                event_id: id,
+                account_id: (*account_id).into(),
+                photo_event_id: format!("event-{index}"),
+                booth_id: "booth-1".into(),
+                job_id: format!("job-{index}"),
+                service: "background_removal".into(),
+                engine: "standard".into(),
+                quantity: Decimal::ONE,
+                unit: Unit::Image,
+                outcome: JobOutcome::Succeeded,
+                occurred_at: now,
+                producer: Producer { worker: "w".into(), version: "1".into() },
+                attributes: Default::default(),
+            }),
         };
         made.push(input);
     }
     made
+}
+
+/// `input` with its id kept and its content (or only metadata) changed.
+fn changed(input: &Input, change: Change) -> Input {
+    let mut input = input.clone();
+    match (&mut input, change) {
+        (Input::Usage(e), Change::More) => e.quantity += Decimal::ONE,
+        (Input::Usage(e), Change::Other) => {
+            e.service = if e.service == "face_switch" { "ai_draw_me".into() } else { "face_switch".into() };
+            e.engine = "standard".into();
+        }
+        (Input::Usage(e), Change::Metadata) => {
+            e.producer.worker = "another-worker".into();
+            e.attributes.insert("retry".into(), "2".into());
+            e.occurred_at += TimeDelta::seconds(30);
+        }
+        (Input::Purchase(p), Change::More) => p.amount_dollars += Decimal::new(1, 2),
+        (Input::Purchase(p), Change::Other) => {
+            p.account_id = if p.account_id == ACCOUNTS[0] { ACCOUNTS[1] } else { ACCOUNTS[0] }.into()
+        }
+        (Input::Purchase(p), Change::Metadata) => p.payment_reference = Some("pay-retry".into()),
+        (Input::Account(c), Change::More) => c.low_balance_threshold += Decimal::ONE,
+        (Input::Account(c), Change::Other) => {
+            c.tier = if c.tier == PlanTier::Pro { PlanTier::Basic } else { PlanTier::Pro };
+        }
+        (Input::Account(c), Change::Metadata) => c.reason = Some("retried".into()),
+    }
+    input
 }
 
 fn source(offset: usize) -> SourceOffset {
@@ -298,24 +377,56 @@ enum Expected {
 #[derive(Default)]
 struct Model {
     accounts: BTreeMap<String, ModelAccount>,
-    seen: HashSet<Uuid>,
+    /// Every applied id, with its content written out.
+    seen: HashMap<Uuid, String>,
     newest: Option<DateTime<Utc>>,
+}
+
+/// What a repeat must equal to be a duplicate: every field but metadata
+/// and the time it was reported, decimals by value.
+fn content(input: &Input) -> String {
+    match input {
+        Input::Usage(e) => format!(
+            "usage {} {} {} {} {:?} {:?} {} {} {}",
+            e.account_id,
+            e.service,
+            e.engine,
+            e.quantity.normalize(),
+            e.unit,
+            e.outcome,
+            e.photo_event_id,
+            e.booth_id,
+            e.job_id
+        ),
+        Input::Purchase(p) => format!("purchase {} {}", p.account_id, p.amount_dollars.normalize()),
+        Input::Account(c) => {
+            format!("account {} {:?} {:?} {}", c.account_id, c.kind, c.tier, c.low_balance_threshold.normalize())
+        }
+    }
 }
 
 impl Model {
     fn apply(&mut self, rates: &RateTable, input: &Input) -> Expected {
+        let account = input.account_id();
+        if account.is_empty() || account.len() > 128 || account.chars().any(char::is_control) {
+            return Expected::Rejected(reasons::INVALID_ACCOUNT_ID);
+        }
         let at = input.occurred_at();
         if let Some(newest) = self.newest {
             if at < newest - config().dedup_window {
                 return Expected::Rejected(reasons::TOO_LATE);
             }
         }
-        if self.seen.contains(&input.id()) {
-            return Expected::Duplicate;
+        if let Some(applied) = self.seen.get(&input.id()) {
+            return if *applied == content(input) {
+                Expected::Duplicate
+            } else {
+                Expected::Rejected(reasons::CONFLICTING_DUPLICATE)
+            };
         }
         let expected = self.rules(rates, input);
         if matches!(expected, Expected::Entry { .. }) {
-            self.seen.insert(input.id());
+            self.seen.insert(input.id(), content(input));
             self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
         }
         expected
@@ -354,7 +465,9 @@ impl Model {
         match input {
             Input::Usage(event) => {
                 let q = event.quantity;
-                if q <= Decimal::ZERO || q * Decimal::from(1000) != (q * Decimal::from(1000)).trunc() {
+                // Whole images and messages; video seconds to the ms.
+                let step = if event.unit == Unit::VideoSecond { Decimal::from(1000) } else { Decimal::ONE };
+                if q <= Decimal::ZERO || q * step != (q * step).trunc() {
                     return Expected::Rejected(reasons::INVALID_QUANTITY);
                 }
                 let Some(version) = rates.version_at(event.occurred_at) else {
@@ -488,8 +601,14 @@ proptest! {
         let mut ledger = Ledger::new(Arc::clone(&rates), config());
         let mut all = Vec::new();
         for (offset, input) in inputs.iter().enumerate() {
+            let before = ledger.snapshot();
             let applied = ledger.apply(input, &source(offset), 1);
             prop_assert_eq!(observed(&applied), model.apply(&rates, input), "step {} input {:?}", offset, input);
+            if !matches!(applied, Applied::Entry { .. }) {
+                // A duplicate, a conflicting repeat or any other refusal
+                // changes no balance, and no state at all.
+                prop_assert_eq!(&ledger.snapshot(), &before, "step {} changed the state", offset);
+            }
             if let Applied::Entry { entry, .. } = applied {
                 prop_assert_eq!(entry.entry_id, tally_ledger::ledger::entry_id(input.id()));
                 all.push(entry);
@@ -548,6 +667,28 @@ proptest! {
             prop_assert!(rebuilt.restore(entry).is_ok());
         }
         prop_assert_eq!(rebuilt.snapshot(), ledger.snapshot());
+    }
+
+    /// A replay after a crash: the state restored from the entries the
+    /// first `cut` inputs wrote, then the inputs from there on again, give
+    /// byte-identical entries and the same refusals (conflicting repeats
+    /// included) as the run that never stopped.
+    #[test]
+    fn restore_then_replay_writes_the_same_bytes(steps in steps(), cut in 0usize..120) {
+        let inputs = inputs(&steps);
+        let cut = cut.min(inputs.len());
+        let (uninterrupted, _) = run(&inputs);
+        let mut restored = Ledger::new(rates(), config());
+        for entry in entries(&uninterrupted[..cut]) {
+            prop_assert!(restored.restore(&entry).is_ok());
+        }
+        let replayed: Vec<Applied> =
+            inputs.iter().enumerate().skip(cut).map(|(o, i)| restored.apply(i, &source(o), 1)).collect();
+        prop_assert_eq!(&replayed[..], &uninterrupted[cut..]);
+        let encode = |entries: Vec<LedgerEntry>| -> Vec<Vec<u8>> {
+            entries.iter().map(|e| Codec::global().encode(e).expect("entry encodes")).collect()
+        };
+        prop_assert_eq!(encode(entries(&replayed)), encode(entries(&uninterrupted[cut..])));
     }
 
     /// Snapshot (through JSON) at any point, resume, continue: the entries
@@ -623,6 +764,8 @@ fn generated_runs_reach_every_rule() {
         format!("rejected {}", reasons::INVALID_THRESHOLD),
         format!("rejected {}", reasons::UNKNOWN_SERVICE),
         format!("rejected {}", reasons::UNIT_MISMATCH),
+        format!("rejected {}", reasons::CONFLICTING_DUPLICATE),
+        format!("rejected {}", reasons::INVALID_ACCOUNT_ID),
     ];
     println!("{seen:#?}");
     for key in expected {

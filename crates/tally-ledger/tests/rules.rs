@@ -631,6 +631,122 @@ fn duplicates_change_nothing() {
 }
 
 #[test]
+fn a_reused_id_with_other_content_is_refused_and_named() {
+    let mut f = Fixture::new();
+    f.funded("acct", PlanTier::Payg, "0", "12.00");
+    let usage = f.usage("acct", "ai_image_to_video", "kling", "5", Unit::VideoSecond);
+    f.entry(&usage);
+    let before = f.ledger.snapshot();
+    let Input::Usage(original) = &usage else { unreachable!() };
+    // Another quantity and another engine under the same event id.
+    let mut other = original.clone();
+    other.quantity = d("50");
+    other.engine = "sora".into();
+    let detail = f.rejected(&Input::Usage(other), reasons::CONFLICTING_DUPLICATE);
+    assert!(detail.contains("engine, quantity/unit differ"), "{detail}");
+    assert!(detail.contains(&original.event_id.to_string()), "{detail}");
+    // Only metadata differs, or the same value written differently: a duplicate.
+    let mut retry = original.clone();
+    retry.producer.worker = "worker-9".into();
+    retry.quantity = d("5.000");
+    assert_eq!(f.apply(&Input::Usage(retry)), Applied::Duplicate);
+    // A purchase id reused with another amount.
+    let Input::Purchase(mut purchase) = f.purchase("acct", "10.00", "2026-02-01T10:05:00Z") else { unreachable!() };
+    f.entry(&Input::Purchase(purchase.clone()));
+    let after_purchase = f.ledger.snapshot();
+    purchase.amount_dollars = d("1000.00");
+    let detail = f.rejected(&Input::Purchase(purchase), reasons::CONFLICTING_DUPLICATE);
+    assert!(detail.contains("amount_dollars differ"), "{detail}");
+    assert_eq!(f.ledger.snapshot(), after_purchase, "the first purchase stands, the balance is unchanged");
+    assert_ne!(before, after_purchase);
+}
+
+#[test]
+fn a_restored_state_still_tells_duplicates_from_conflicts() {
+    let mut f = Fixture::new();
+    f.funded("acct", PlanTier::Payg, "0", "12.00");
+    let usage = f.usage("acct", "sms", "standard", "2", Unit::Message);
+    f.entry(&usage);
+    let mut restored = Ledger::new(rates(), LedgerConfig::default());
+    for entry in &f.entries {
+        restored.restore(entry).expect("restores");
+    }
+    let source = SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: 99 };
+    assert_eq!(restored.apply(&usage, &source, 8), Applied::Duplicate);
+    let Input::Usage(mut other) = usage.clone() else { unreachable!() };
+    other.quantity = d("3");
+    let conflict = restored.apply(&Input::Usage(other.clone()), &source, 8);
+    assert!(matches!(conflict, Applied::Rejected { reason, .. } if reason == reasons::CONFLICTING_DUPLICATE));
+    // Entries written before digests (ledger entry v2) record none: a
+    // repeat of their id is taken for a duplicate, as before.
+    let mut legacy = Ledger::new(rates(), LedgerConfig::default());
+    for entry in &f.entries {
+        legacy.restore(&LedgerEntry { input_digest: None, ..entry.clone() }).expect("restores");
+    }
+    assert_eq!(legacy.apply(&Input::Usage(other), &source, 8), Applied::Duplicate);
+}
+
+#[test]
+fn quantities_have_the_digits_their_unit_allows() {
+    let mut f = Fixture::new();
+    f.funded("acct", PlanTier::Payg, "0", "120.00");
+    // Whole images and messages; video seconds to the millisecond.
+    for (service, engine, quantity, unit) in [
+        ("background_removal", "standard", "1.5", Unit::Image),
+        ("sms", "standard", "2.25", Unit::Message),
+        ("ai_image_to_video", "kling", "7.0005", Unit::VideoSecond),
+    ] {
+        let usage = f.usage("acct", service, engine, quantity, unit);
+        let detail = f.rejected(&usage, reasons::INVALID_QUANTITY);
+        assert!(detail.contains(quantity) && detail.contains(unit.code()), "{detail}");
+    }
+    for (service, engine, quantity, unit) in [
+        ("background_removal", "standard", "2", Unit::Image),
+        ("background_removal", "standard", "1.0", Unit::Image),
+        ("sms", "standard", "3", Unit::Message),
+        ("ai_image_to_video", "kling", "7.125", Unit::VideoSecond),
+    ] {
+        let usage = f.usage("acct", service, engine, quantity, unit);
+        f.entry(&usage);
+    }
+}
+
+#[test]
+fn account_ids_and_identifiers_are_bounded_text() {
+    let mut f = Fixture::new();
+    let long = "a".repeat(5_000);
+    for bad in ["", "acct\n1", "acct\u{7f}", long.as_str()] {
+        let open = f.open(bad, PlanTier::Payg, "0");
+        let detail = f.rejected(&open, reasons::INVALID_ACCOUNT_ID);
+        assert!(detail.len() < 250, "the detail quotes a bounded part: {} bytes", detail.len());
+        let purchase = f.purchase(bad, "10.00", "2026-02-01T10:00:00Z");
+        f.rejected(&purchase, reasons::INVALID_ACCOUNT_ID);
+    }
+    f.funded("acct", PlanTier::Payg, "0", "12.00");
+    let Input::Usage(mut usage) = f.usage("acct", "sms", "standard", "1", Unit::Message) else { unreachable!() };
+    usage.photo_event_id = long.clone();
+    let detail = f.rejected(&Input::Usage(usage.clone()), reasons::INVALID_IDENTIFIER);
+    assert!(detail.starts_with("photo_event_id") && detail.contains("5000 bytes"), "{detail}");
+    usage.photo_event_id = String::new();
+    usage.booth_id = "booth\r7".into();
+    let detail = f.rejected(&Input::Usage(usage.clone()), reasons::INVALID_IDENTIFIER);
+    assert!(detail.starts_with("booth_id"), "{detail}");
+    usage.booth_id = String::new();
+    f.entry(&Input::Usage(usage));
+}
+
+#[test]
+fn thresholds_are_bounded() {
+    let mut f = Fixture::new();
+    for threshold in ["-1", "0.00001", "1000000000000001"] {
+        let open = f.open("acct", PlanTier::Payg, threshold);
+        f.rejected(&open, reasons::INVALID_THRESHOLD);
+    }
+    let open = f.open("acct", PlanTier::Payg, "12.3456");
+    f.entry(&open);
+}
+
+#[test]
 fn inputs_older_than_the_window_are_too_late() {
     let mut f = Fixture::with_config(LedgerConfig { dedup_window: TimeDelta::hours(1) });
     let open = f.change("acct", AccountChangeKind::Open, PlanTier::Payg, "0", "2026-02-01T10:00:00Z");

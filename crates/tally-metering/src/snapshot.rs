@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use tally_events::{PartitionSnapshot, SnapshotAccount};
+use tally_events::{InputDigest, PartitionSnapshot, SnapshotAccount};
 use tally_ledger::{AccountState, DedupId, LedgerSnapshot};
 use uuid::Uuid;
 
@@ -35,6 +35,8 @@ pub const ACCOUNTS_PER_CHUNK: usize = 4_096;
 pub const IDS_PER_CHUNK: usize = 16_384;
 /// Bytes per packed dedup id: 16 UUID bytes, 8 bytes of big-endian ms.
 const ID_LEN: usize = 24;
+/// Bytes per packed content digest (all zero: not recorded).
+const DIGEST_LEN: usize = 16;
 
 /// Where a snapshot stands in the ledger partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,24 +70,26 @@ pub fn chunks(state: &LedgerSnapshot, point: &SnapshotPoint, snapshot_id: Uuid) 
             deleted: a.deleted,
         })
         .collect();
-    let mut bodies: Vec<(Vec<SnapshotAccount>, Vec<u8>)> =
-        accounts.chunks(ACCOUNTS_PER_CHUNK).map(|c| (c.to_vec(), Vec::new())).collect();
+    let mut bodies: Vec<(Vec<SnapshotAccount>, Vec<u8>, Vec<u8>)> =
+        accounts.chunks(ACCOUNTS_PER_CHUNK).map(|c| (c.to_vec(), Vec::new(), Vec::new())).collect();
     for ids in state.dedup.chunks(IDS_PER_CHUNK) {
         let mut packed = Vec::with_capacity(ids.len() * ID_LEN);
+        let mut digests = Vec::with_capacity(ids.len() * DIGEST_LEN);
         for id in ids {
             packed.extend_from_slice(id.input_id.as_bytes());
             packed.extend_from_slice(&id.occurred_at.timestamp_millis().to_be_bytes());
+            digests.extend_from_slice(&id.digest.map_or([0; DIGEST_LEN], |d| d.0));
         }
-        bodies.push((Vec::new(), packed));
+        bodies.push((Vec::new(), packed, digests));
     }
     if bodies.is_empty() {
-        bodies.push((Vec::new(), Vec::new()));
+        bodies.push((Vec::new(), Vec::new(), Vec::new()));
     }
     let count = bodies.len() as i32;
     bodies
         .into_iter()
         .enumerate()
-        .map(|(i, (accounts, dedup_ids))| PartitionSnapshot {
+        .map(|(i, (accounts, dedup_ids, dedup_digests))| PartitionSnapshot {
             snapshot_id,
             chunk: i as i32,
             chunks: count,
@@ -99,6 +103,7 @@ pub fn chunks(state: &LedgerSnapshot, point: &SnapshotPoint, snapshot_id: Uuid) 
             last_source_offset: state.last_source_offset,
             accounts,
             dedup_ids,
+            dedup_digests,
         })
         .collect()
 }
@@ -120,6 +125,18 @@ pub enum SnapshotError {
         chunk: i32,
         /// Length.
         len: usize,
+    },
+    /// Packed digests that do not match the ids one for one.
+    #[error("snapshot {snapshot_id} chunk {chunk}: {len} bytes of digests for {ids} dedup ids")]
+    BadDigests {
+        /// Snapshot.
+        snapshot_id: Uuid,
+        /// Chunk.
+        chunk: i32,
+        /// Length.
+        len: usize,
+        /// Ids in the chunk.
+        ids: usize,
     },
     /// A timestamp out of chrono's range.
     #[error("snapshot {snapshot_id}: occurred_at {ms} ms is out of range")]
@@ -224,7 +241,18 @@ impl Assembler {
                     len: chunk.dedup_ids.len(),
                 });
             }
-            for packed in chunk.dedup_ids.chunks_exact(ID_LEN) {
+            let ids = chunk.dedup_ids.len() / ID_LEN;
+            // A v1 snapshot has no digests: its ids have none recorded,
+            // as if restored from entries written before digests.
+            if !chunk.dedup_digests.is_empty() && chunk.dedup_digests.len() != ids * DIGEST_LEN {
+                return Err(SnapshotError::BadDigests {
+                    snapshot_id: chunk.snapshot_id,
+                    chunk: chunk.chunk,
+                    len: chunk.dedup_digests.len(),
+                    ids,
+                });
+            }
+            for (n, packed) in chunk.dedup_ids.chunks_exact(ID_LEN).enumerate() {
                 let mut id = [0u8; 16];
                 id.copy_from_slice(&packed[..16]);
                 let mut ms = [0u8; 8];
@@ -232,7 +260,12 @@ impl Assembler {
                 let ms = i64::from_be_bytes(ms);
                 let occurred_at: DateTime<Utc> = DateTime::from_timestamp_millis(ms)
                     .ok_or(SnapshotError::BadTime { snapshot_id: chunk.snapshot_id, ms })?;
-                state.dedup.push(DedupId { input_id: Uuid::from_bytes(id), occurred_at });
+                let digest = chunk.dedup_digests.get(n * DIGEST_LEN..(n + 1) * DIGEST_LEN).and_then(|bytes| {
+                    let mut digest = [0u8; DIGEST_LEN];
+                    digest.copy_from_slice(bytes);
+                    (digest != [0; DIGEST_LEN]).then_some(InputDigest(digest))
+                });
+                state.dedup.push(DedupId { input_id: Uuid::from_bytes(id), occurred_at, digest });
             }
         }
         Ok(Some((point, state)))
@@ -274,6 +307,8 @@ mod tests {
                 .map(|i| DedupId {
                     input_id: Uuid::from_u128(i as u128 * 7919),
                     occurred_at: DateTime::from_timestamp_millis(1_767_225_600_000 + i as i64).expect("time"),
+                    // Some ids without a digest (restored from old entries).
+                    digest: (i % 5 != 0).then(|| InputDigest([(i % 251) as u8 + 1; 16])),
                 })
                 .collect(),
             newest_occurred_at: DateTime::from_timestamp_millis(1_767_225_600_000 + ids as i64),
@@ -303,6 +338,23 @@ mod tests {
             assert_eq!(back_point, point(50));
             assert_eq!(back, state);
         }
+    }
+
+    #[test]
+    fn a_v1_snapshot_without_digests_restores_ids_without_them() {
+        let state = state(2, 40);
+        let mut chunks = chunks(&state, &point(50), Uuid::from_u128(1));
+        for chunk in &mut chunks {
+            chunk.dedup_digests.clear();
+        }
+        let (_, back) = assemble(chunks, 50).expect("complete");
+        assert_eq!(back.dedup.len(), 40);
+        assert!(back.dedup.iter().all(|id| id.digest.is_none()));
+        let mut torn = super::chunks(&state, &point(50), Uuid::from_u128(1));
+        torn.last_mut().expect("a chunk").dedup_digests.pop();
+        let mut assembler = Assembler::new("in", 2, 50);
+        torn.into_iter().for_each(|chunk| assembler.visit(chunk));
+        assert!(matches!(assembler.finish(), Err(SnapshotError::BadDigests { .. })));
     }
 
     #[test]

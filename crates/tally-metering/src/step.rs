@@ -4,7 +4,11 @@
 //! the core computes offline from the same inputs" is computed by exactly
 //! the code that runs in production, minus the I/O.
 
-use tally_events::{names::reasons, Alert, Codec, DeadLetter, Input, LedgerEntry, SourceOffset};
+use tally_events::{
+    limits::{quote, quote_bytes},
+    names::reasons,
+    Alert, Codec, DeadLetter, Input, LedgerEntry, SourceOffset,
+};
 use tally_ledger::{Applied, Ledger};
 
 /// The outcome of one input message.
@@ -53,13 +57,8 @@ pub fn step(
     source: &SourceOffset,
     epoch: i64,
 ) -> Step {
-    let dead = |reason: &str, detail: String, input_id: String| DeadLetter {
-        reason: reason.to_string(),
-        detail,
-        source: source.clone(),
-        key: key.map(<[u8]>::to_vec),
-        payload: payload.map(<[u8]>::to_vec),
-        input_id,
+    let dead = |reason: &str, detail: String, input_id: String| {
+        DeadLetter::of_input(reason, detail, source.clone(), key, payload, input_id)
     };
     let input = match Codec::global().decode_input(payload.unwrap_or_default()) {
         Ok(input) => input,
@@ -78,7 +77,11 @@ pub fn step(
     // The key decides the partition, so it decides which writer and which
     // order an account's inputs get: a wrong key would split an account.
     if key != Some(input.account_id().as_bytes()) {
-        let detail = format!("message key must be the account id {:?}", input.account_id());
+        let detail = format!(
+            "message key {} must be the account id {}",
+            key.map_or_else(|| "(none)".to_string(), quote_bytes),
+            quote(input.account_id())
+        );
         return Step::DeadLetter { letter: dead(reasons::BAD_KEY, detail, input.id().to_string()), input_type };
     }
     if let Some(appended) = appended_ms.and_then(chrono::DateTime::from_timestamp_millis) {
