@@ -1,5 +1,11 @@
-//! Rebalance test: instances join and leave one consumer group mid-run; the
-//! ledger must still equal the expected one.
+//! Rebalance test: with `assignment = "group"` (the mode for production
+//! brokers), instances join and leave one consumer group mid-run while
+//! inputs arrive; the ledger must still equal the expected one.
+//!
+//! Default group settings (10 s session timeout). The instances are
+//! supervised as in production: one that exits (superseded, or a partition
+//! it saw stall because the broker's coordinator kept a killed member) is
+//! started again.
 
 mod support;
 
@@ -9,6 +15,8 @@ use support::*;
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, Broker};
 
+const GROUP: [(&str, &str); 1] = [("TALLY_METERING__ASSIGNMENT", "group")];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_added_and_removed_mid_run_change_nothing() -> anyhow::Result<()> {
     let broker = Broker::memory()?;
@@ -17,32 +25,36 @@ async fn instances_added_and_removed_mid_run_change_nothing() -> anyhow::Result<
     let config =
         SimConfig { seed: 11, accounts: 120, usage_events: 30_000, duplicate_fraction: 0.05, ..SimConfig::default() };
     let messages: Vec<_> = Simulator::new(config).collect();
-    // Publish in two halves so both instances have work while they churn.
-    let half = messages.len() / 2;
-    publish(&bootstrap, &messages[..half]).await?;
+    let published = messages.len();
+    // Inputs keep arriving while the group churns (about 20 s).
+    let publishing = {
+        let bootstrap = bootstrap.clone();
+        tokio::spawn(async move { publish_paced(&bootstrap, &messages, Some(1_500)).await })
+    };
     let started = Instant::now();
-    let mut a = MeteringProcess::spawn(&bootstrap, "rebalance-a", &[])?;
+    let mut a = MeteringProcess::spawn(&bootstrap, "rebalance-a", &GROUP)?;
     std::thread::sleep(Duration::from_millis(1_500));
-    let mut b = MeteringProcess::spawn(&bootstrap, "rebalance-b", &[])?;
+    let mut b = MeteringProcess::spawn(&bootstrap, "rebalance-b", &GROUP)?;
     eprintln!("[rebalance] b joined at {:?}", started.elapsed());
-    publish(&bootstrap, &messages[half..]).await?;
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(Duration::from_millis(3_000));
     let status = a.terminate(Duration::from_secs(60))?;
     assert!(status.success(), "a leaves cleanly: {status}\n{}", a.log_tail());
     eprintln!("[rebalance] a left at {:?}", started.elapsed());
     std::thread::sleep(Duration::from_millis(1_000));
-    let a = MeteringProcess::spawn(&bootstrap, "rebalance-a2", &[])?;
+    let mut a = MeteringProcess::spawn(&bootstrap, "rebalance-a2", &GROUP)?;
     eprintln!("[rebalance] a joined again at {:?}", started.elapsed());
     std::thread::sleep(Duration::from_millis(1_500));
     b.kill();
     eprintln!("[rebalance] b killed at {:?}", started.elapsed());
-    let _c = MeteringProcess::spawn(&bootstrap, "rebalance-c", &[])?;
+    let mut c = MeteringProcess::spawn(&bootstrap, "rebalance-c", &GROUP)?;
     eprintln!("[rebalance] c joined at {:?}", started.elapsed());
 
-    let expected = expected(&bootstrap, messages.len())?;
-    let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(240))?;
+    publishing.await??;
+    let expected = expected(&bootstrap, published)?;
+    let actual = wait_for_ledger_supervising(&bootstrap, &expected, Duration::from_secs(300), &mut [&mut a, &mut c])?;
     let report = compare(&expected, &actual);
     report.print("rebalance");
+    eprintln!("[rebalance] supervisor restarts: a {} c {}", a.restarts, c.restarts);
     assert!(report.passed(), "ledger differs after rebalances\n{}", a.log_tail());
     assert!(report.claims >= 8, "partitions changed hands: {} claims", report.claims);
     Ok(())

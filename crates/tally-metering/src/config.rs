@@ -1,7 +1,12 @@
 //! The metering service's config: a raw file form, validated into a typed
 //! form. Defaults work on the local stack; see `pipelines/metering.toml`.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use tally_events::names::topics;
@@ -57,6 +62,68 @@ pub struct RawConfig {
     /// instance, in ms; also the rebalance timeout (how long a rebalance
     /// waits for members to rejoin). Bounds one partition's restore.
     pub max_poll_interval_ms: Option<u64>,
+    /// How instances share the input partitions: "fixed" or "group".
+    pub assignment: Option<String>,
+    /// Fixed assignment: this instance's index, from 0.
+    pub instance_index: Option<u32>,
+    /// Fixed assignment: how many instances there are.
+    pub instance_count: Option<u32>,
+    /// Group assignment: static membership id (KIP-345), if any.
+    pub group_instance_id: Option<String>,
+    /// How often every input partition is checked for waiting inputs, in s.
+    pub watch_interval_s: Option<u64>,
+    /// How long inputs may wait with no progress before their partition
+    /// counts as stalled, in s.
+    pub stall_timeout_s: Option<u64>,
+    /// What a stall makes the instance do: "exit" or "report".
+    pub on_stall: Option<String>,
+}
+
+/// How the instances of the service share the input partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// Instance `index` of `count` owns the partitions p with
+    /// `p % count == index`. No group coordinator takes part: a restarted
+    /// instance owns its partitions again at once, whatever the broker's
+    /// group coordinator remembers. Two instances with the same index are
+    /// safe (the claim fence makes every overlap safe) but fight: each
+    /// claim supersedes the other.
+    Fixed {
+        /// This instance, from 0.
+        index: u32,
+        /// Instances in all.
+        count: NonZeroU32,
+    },
+    /// The Kafka consumer group spreads the partitions over the running
+    /// instances; with `instance_id`, as a static member (KIP-345), whose
+    /// restart within the session timeout keeps its partitions.
+    Group {
+        /// `group.instance.id`.
+        instance_id: Option<String>,
+    },
+}
+
+impl Assignment {
+    /// Whether this instance owns `partition` by a fixed layout (`None`
+    /// for a group, where the coordinator decides).
+    pub fn fixed_owner(&self, partition: i32) -> Option<u32> {
+        match self {
+            Assignment::Fixed { count, .. } => Some(partition.unsigned_abs() % count.get()),
+            Assignment::Group { .. } => None,
+        }
+    }
+}
+
+/// What an instance does about a stalled input partition it can help with:
+/// one it owns, or, in a consumer group, any (a restart rejoins the group,
+/// which then assigns every partition again). A stalled partition of
+/// another instance of a fixed layout is reported, never acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStall {
+    /// Fail `/health`, log, and exit non-zero so a supervisor restarts it.
+    Exit,
+    /// Fail `/health` and log; keep running.
+    Report,
 }
 
 /// The validated config.
@@ -102,6 +169,14 @@ pub struct MeteringConfig {
     pub join_timeout: Duration,
     /// Consumer `max.poll.interval.ms` (and rebalance timeout).
     pub max_poll_interval: Duration,
+    /// How instances share the input partitions.
+    pub assignment: Assignment,
+    /// How often every input partition is checked.
+    pub watch_interval: Duration,
+    /// How long inputs may wait with no progress before a stall.
+    pub stall_timeout: Duration,
+    /// What a stall makes the instance do.
+    pub on_stall: OnStall,
     /// Where the config came from, for messages.
     pub origin: String,
 }
@@ -183,6 +258,45 @@ impl MeteringConfig {
             n if n < 100 => return Err(bad("snapshot_every_entries", "must be 0 (never) or at least 100")),
             n => Some(n),
         };
+        let assignment = match raw.assignment.as_deref().unwrap_or("fixed") {
+            "fixed" => {
+                if raw.group_instance_id.is_some() {
+                    return Err(bad("group_instance_id", "is for assignment = \"group\" only"));
+                }
+                let count = NonZeroU32::new(raw.instance_count.unwrap_or(1))
+                    .filter(|n| n.get() <= 1_024)
+                    .ok_or_else(|| bad("instance_count", "must be between 1 and 1024"))?;
+                let index = raw.instance_index.unwrap_or(0);
+                if index >= count.get() {
+                    return Err(bad("instance_index", "must be below instance_count"));
+                }
+                Assignment::Fixed { index, count }
+            }
+            "group" => {
+                if raw.instance_index.is_some() || raw.instance_count.is_some() {
+                    return Err(bad(
+                        "instance_index",
+                        "instance_index and instance_count are for assignment = \"fixed\"",
+                    ));
+                }
+                let instance_id = raw.group_instance_id.filter(|id| !id.trim().is_empty());
+                Assignment::Group { instance_id }
+            }
+            _ => return Err(bad("assignment", "must be \"fixed\" or \"group\"")),
+        };
+        let watch_interval_s = raw.watch_interval_s.unwrap_or(5);
+        if !(1..=300).contains(&watch_interval_s) {
+            return Err(bad("watch_interval_s", "must be between 1 and 300"));
+        }
+        let stall_timeout_s = raw.stall_timeout_s.unwrap_or(30);
+        if !(2 * watch_interval_s..=86_400).contains(&stall_timeout_s) {
+            return Err(bad("stall_timeout_s", "must be at least twice watch_interval_s and at most 86400"));
+        }
+        let on_stall = match raw.on_stall.as_deref().unwrap_or("exit") {
+            "exit" => OnStall::Exit,
+            "report" => OnStall::Report,
+            _ => return Err(bad("on_stall", "must be \"exit\" or \"report\"")),
+        };
         Ok(MeteringConfig {
             brokers: non_empty("brokers", raw.brokers, "127.0.0.1:9092")?,
             group_id: non_empty("group_id", raw.group_id, "tally-metering")?,
@@ -204,6 +318,10 @@ impl MeteringConfig {
             session_timeout: Duration::from_millis(session_timeout_ms),
             join_timeout: Duration::from_secs(join_timeout_s),
             max_poll_interval: Duration::from_millis(max_poll_interval_ms),
+            assignment,
+            watch_interval: Duration::from_secs(watch_interval_s),
+            stall_timeout: Duration::from_secs(stall_timeout_s),
+            on_stall,
             origin,
         })
     }

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod service;
 pub mod snapshot;
 pub mod step;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The metering service's Prometheus metrics. Names are constants here and
 //! nowhere else.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric of the service.
 #[derive(Clone)]
@@ -28,6 +28,16 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Partitions owned.
     pub partitions_owned: IntGauge,
+    /// Input partitions, owned or not, with inputs waiting and no progress
+    /// for the stall timeout: partitions no live instance consumes.
+    pub partitions_stalled: IntGauge,
+    /// Per input partition: how long inputs have waited with no progress.
+    pub partition_waiting_seconds: IntGaugeVec,
+    /// Per owned input partition: inputs not yet read (the high watermark
+    /// of the last fetch minus the next input offset).
+    pub partition_lag: IntGaugeVec,
+    /// Per owned input partition: the next input offset to handle.
+    pub partition_input_offset: IntGaugeVec,
     /// Snapshots written.
     pub snapshots: IntCounter,
     /// Seconds to cut, encode and write one snapshot.
@@ -53,6 +63,11 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
@@ -89,6 +104,25 @@ impl Metrics {
                 prometheus::exponential_buckets(0.01, 2.0, 14)?,
             )?,
             partitions_owned: gauge("partitions_owned", "Input partitions this instance owns")?,
+            partitions_stalled: gauge(
+                "partitions_stalled",
+                "Input partitions (owned by any instance) with inputs waiting and no progress for stall_timeout_s",
+            )?,
+            partition_waiting_seconds: gauge_vec(
+                "partition_waiting_seconds",
+                "Seconds inputs have waited in an input partition with no progress (0: progressing or idle)",
+                &["partition"],
+            )?,
+            partition_input_offset: gauge_vec(
+                "partition_input_offset",
+                "Next input offset to handle in an owned input partition (updated each second)",
+                &["partition"],
+            )?,
+            partition_lag: gauge_vec(
+                "partition_lag",
+                "Inputs not yet read in an owned input partition (last fetched high watermark - next input offset)",
+                &["partition"],
+            )?,
             snapshots,
             snapshot_seconds: histogram(
                 "snapshot_seconds",

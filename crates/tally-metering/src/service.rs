@@ -25,7 +25,10 @@
 use std::{
     collections::BTreeMap,
     ops::Range,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -46,11 +49,12 @@ use tokio::{runtime::Handle, sync::watch};
 use uuid::Uuid;
 
 use crate::{
-    config::MeteringConfig,
+    config::{Assignment, MeteringConfig, OnStall},
     metrics::Metrics,
     restore::Restorer,
     snapshot::{self, SnapshotPoint},
     step::{step, Step},
+    watch::{Watch, WatchState},
 };
 
 /// Why the service stopped.
@@ -117,6 +121,13 @@ pub enum MeteringError {
         /// How long it waited.
         waited: Duration,
     },
+    /// An input partition has inputs waiting and no progress, and a
+    /// restart of this instance can mend it (see `watch`).
+    #[error("{detail}; exiting so a restart takes the partitions again (on_stall = \"exit\")")]
+    Stalled {
+        /// What stalled, and who owns it.
+        detail: String,
+    },
     /// A topic is missing or shaped wrong.
     #[error("topic {topic}: {message}")]
     Topic {
@@ -149,6 +160,8 @@ struct Shared {
     metrics: Metrics,
     runtime: Handle,
     instance: String,
+    /// Owned partitions and restores in progress, for the partition watch.
+    watch: WatchState,
 }
 
 /// Consumer context: forwards statistics, and rebuilds each assigned
@@ -161,6 +174,9 @@ pub struct MeteringContext {
     watermarks: LagContext,
     changes: Arc<Mutex<Vec<Change>>>,
     shared: Arc<Shared>,
+    /// An offset commit failed since the last retry: committed offsets
+    /// are the progress other instances watch, so the loop commits again.
+    commit_failed: Arc<AtomicBool>,
 }
 
 impl MeteringContext {
@@ -212,6 +228,13 @@ impl ConsumerContext for MeteringContext {
                 self.push(Change::Revoked(partitions));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "offset commit failed (retried)");
+            self.commit_failed.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -272,6 +295,8 @@ pub struct Metering {
     /// Reused from batch to batch.
     sends: Sends,
     snapshots: SnapshotWriter,
+    /// What the partition watch knows of this instance's partitions.
+    watch: WatchState,
 }
 
 /// One batch's sends. Records go out while the batch is being applied, so
@@ -565,6 +590,7 @@ impl Metering {
             .create()
             .map_err(MeteringError::kafka("create producer"))?;
         let instance = format!("{}:{}", hostname(), std::process::id());
+        let watch = WatchState::default();
         let shared = Arc::new(Shared {
             config: config.clone(),
             rates,
@@ -572,19 +598,29 @@ impl Metering {
             metrics: metrics.clone(),
             runtime: runtime.clone(),
             instance: instance.clone(),
+            watch: watch.clone(),
         });
-        let context = MeteringContext { watermarks: LagContext::default(), changes: Arc::default(), shared };
-        let consumer: BaseConsumer<MeteringContext> = consumer_config(&config.brokers, &config.group_id)
+        let context = MeteringContext {
+            watermarks: LagContext::default(),
+            changes: Arc::default(),
+            shared,
+            commit_failed: Arc::default(),
+        };
+        let mut consumer_settings = consumer_config(&config.brokers, &config.group_id);
+        consumer_settings
             .set("statistics.interval.ms", "1000")
             .set("max.poll.interval.ms", config.max_poll_interval.as_millis().to_string())
             .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string())
-            .create_with_context(context.clone())
-            .map_err(MeteringError::kafka("create consumer"))?;
+            .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string());
+        if let Assignment::Group { instance_id: Some(id) } = &config.assignment {
+            consumer_settings.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<MeteringContext> =
+            consumer_settings.create_with_context(context.clone()).map_err(MeteringError::kafka("create consumer"))?;
         let sends = Sends::new(producer.clone());
         let snapshots =
             SnapshotWriter::start(producer.clone(), runtime.clone(), metrics.clone(), config.snapshot_topic.clone());
-        let service = Metering {
+        let mut service = Metering {
             config,
             consumer,
             context,
@@ -596,10 +632,41 @@ impl Metering {
             awaiting_assignment: Some(Instant::now()),
             sends,
             snapshots,
+            watch,
         };
-        service.prepare_topics()?;
-        service.consumer.subscribe(&[&service.config.input_topic]).map_err(MeteringError::kafka("subscribe"))?;
+        let partitions = service.prepare_topics()?;
+        match service.config.assignment.clone() {
+            Assignment::Group { .. } => {
+                service
+                    .consumer
+                    .subscribe(&[&service.config.input_topic])
+                    .map_err(MeteringError::kafka("subscribe"))?;
+            }
+            Assignment::Fixed { index, count } => service.take_fixed_partitions(partitions, index, count.get())?,
+        }
         Ok(service)
+    }
+
+    /// Fixed assignment: restores and claims every partition this instance
+    /// owns by the layout, then reads them from where the ledger says. No
+    /// group coordinator takes part, so nothing the broker remembers of an
+    /// earlier member can keep them from this instance.
+    fn take_fixed_partitions(&mut self, partitions: usize, index: u32, count: u32) -> Result<(), MeteringError> {
+        let mine: Vec<i32> = (0..partitions as i32).filter(|p| p.unsigned_abs() % count == index).collect();
+        tracing::info!(instance_index = index, instance_count = count, partitions = ?mine, "fixed assignment");
+        let mut list = TopicPartitionList::new();
+        for &partition in &mine {
+            let state = restore(&self.context.shared, &self.consumer, partition)?;
+            list.add_partition_offset(&self.config.input_topic, partition, Offset::Offset(state.next_offset))
+                .map_err(MeteringError::kafka(format!("assign partition {partition}")))?;
+            self.states.insert(partition, state);
+        }
+        self.consumer.assign(&list).map_err(MeteringError::kafka("assign the fixed partitions"))?;
+        self.awaiting_assignment = None;
+        self.metrics.partitions_owned.set(self.states.len() as i64);
+        // The resume points are the progress other instances watch.
+        self.commit(CommitMode::Async);
+        Ok(())
     }
 
     fn partitions_of(&self, topic: &str) -> Result<Option<usize>, MeteringError> {
@@ -610,7 +677,8 @@ impl Metering {
         Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()))
     }
 
-    fn prepare_topics(&self) -> Result<(), MeteringError> {
+    /// Checks (and creates) the topics; returns the input's partition count.
+    fn prepare_topics(&self) -> Result<usize, MeteringError> {
         let input = &self.config.input_topic;
         // Workers may create the input topic after the service starts:
         // wait for it rather than fail, saying so.
@@ -658,7 +726,7 @@ impl Metering {
                 None => return Err(MeteringError::Topic { topic: topic.clone(), message: "does not exist".into() }),
             }
         }
-        Ok(())
+        Ok(partitions)
     }
 
     /// Runs until `shutdown` flips, then finishes the batch in hand,
@@ -668,6 +736,8 @@ impl Metering {
         shutdown: watch::Receiver<bool>,
         ready: tally_service::http::Health,
     ) -> Result<(), MeteringError> {
+        let mut partition_watch = Watch::start(&self.config, self.metrics.clone(), self.watch.clone())
+            .map_err(|message| MeteringError::Topic { topic: self.config.input_topic.clone(), message })?;
         ready.set_ready(true);
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.config.batch_size_max.get());
         let mut last_lag = Instant::now();
@@ -706,15 +776,47 @@ impl Metering {
             if last_lag.elapsed() > Duration::from_secs(1) {
                 last_lag = Instant::now();
                 self.check_assignment_wait()?;
-                self.metrics.consumer_lag.set(self.context.watermarks.lag(&self.config.input_topic));
+                self.tick_partitions(&ready)?;
             }
         }
         tracing::info!("shutting down: flushing and committing");
         ready.set_ready(false);
+        partition_watch.finish();
         self.snapshots.finish();
         self.producer.flush(Duration::from_secs(30)).map_err(MeteringError::kafka("flush on shutdown"))?;
         self.commit(CommitMode::Sync);
         Ok(())
+    }
+
+    /// Once a second: per-partition lag, offsets for the partition watch, a
+    /// retry of a failed offset commit, and what the watch found stalled.
+    fn tick_partitions(&self, health: &tally_service::http::Health) -> Result<(), MeteringError> {
+        let topic = &self.config.input_topic;
+        self.metrics.consumer_lag.set(self.context.watermarks.lag(topic));
+        for (partition, state) in &self.states {
+            let label = partition.to_string();
+            self.metrics.partition_input_offset.with_label_values(&[&label]).set(state.next_offset);
+            if let Some(high) = self.context.watermarks.high_watermark(topic, *partition) {
+                let lag = (high - state.next_offset).max(0);
+                self.metrics.partition_lag.with_label_values(&[&label]).set(lag);
+            }
+        }
+        self.watch.set_owned(self.states.iter().map(|(p, s)| (*p, s.next_offset)));
+        if self.context.commit_failed.swap(false, Ordering::Relaxed) {
+            self.commit(CommitMode::Async);
+        }
+        let actionable: Vec<String> =
+            self.watch.stalled().iter().filter(|s| s.actionable()).map(ToString::to_string).collect();
+        if actionable.is_empty() {
+            health.set_problem(None);
+            return Ok(());
+        }
+        let detail = actionable.join("; ");
+        health.set_problem(Some(detail.clone()));
+        match self.config.on_stall {
+            OnStall::Exit => Err(MeteringError::Stalled { detail }),
+            OnStall::Report => Ok(()),
+        }
     }
 
     /// A member whose join never completes (a coordinator that lost it, a
@@ -739,6 +841,8 @@ impl Metering {
                 Change::Revoked(partitions) => {
                     for p in &partitions {
                         self.states.remove(p);
+                        let _ = self.metrics.partition_lag.remove_label_values(&[&p.to_string()]);
+                        let _ = self.metrics.partition_input_offset.remove_label_values(&[&p.to_string()]);
                     }
                     batch.retain(|m| !partitions.contains(&m.partition()));
                     tracing::info!(?partitions, "partitions revoked");
@@ -942,6 +1046,17 @@ impl Metering {
 /// Rebuilds one partition's state from the ledger and claims it (see
 /// `restore` module docs for the sequence).
 fn restore(
+    shared: &Shared,
+    consumer: &BaseConsumer<MeteringContext>,
+    partition: i32,
+) -> Result<PartitionState, MeteringError> {
+    shared.watch.restoring(partition, true);
+    let restored = restore_partition(shared, consumer, partition);
+    shared.watch.restoring(partition, false);
+    restored
+}
+
+fn restore_partition(
     shared: &Shared,
     consumer: &BaseConsumer<MeteringContext>,
     partition: i32,

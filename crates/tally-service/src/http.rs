@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -17,18 +17,42 @@ use tokio::{
     net::TcpListener,
 };
 
-/// Readiness flag served on `/health` (200 when ready, 503 before).
+/// What `/health` answers: 200 `ready` once the service is ready and
+/// nothing is wrong; 503 with the reason while it starts, stops, or while
+/// a problem is reported (a partition with inputs waiting and no progress,
+/// say), so that a probe or a supervisor sees it.
 #[derive(Clone, Default)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health {
+    ready: Arc<AtomicBool>,
+    problem: Arc<Mutex<Option<String>>>,
+}
 
 impl Health {
     /// Marks the service ready or not.
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.ready.store(ready, Ordering::SeqCst);
     }
     /// Whether it is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+    }
+    /// Reports a problem (`Some`) or its end (`None`).
+    pub fn set_problem(&self, problem: Option<String>) {
+        if let Ok(mut held) = self.problem.lock() {
+            *held = problem;
+        }
+    }
+    /// The problem reported, if any.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().ok().and_then(|p| p.clone())
+    }
+    /// The status line and body `/health` answers with.
+    fn answer(&self) -> (&'static str, String) {
+        match (self.is_ready(), self.problem()) {
+            (_, Some(problem)) => ("503 Service Unavailable", format!("unhealthy: {problem}\n")),
+            (true, None) => ("200 OK", "ready\n".to_string()),
+            (false, None) => ("503 Service Unavailable", "not ready (starting or stopping)\n".to_string()),
+        }
     }
 }
 
@@ -54,8 +78,10 @@ pub async fn serve(address: SocketAddr, registry: Registry, health: Health) -> s
                         let _ = encoder.encode(&registry.gather(), &mut body);
                         ("200 OK", encoder.format_type().to_string(), body)
                     }
-                    "/health" if health.is_ready() => ("200 OK", "text/plain".into(), b"ready\n".to_vec()),
-                    "/health" => ("503 Service Unavailable", "text/plain".into(), b"starting\n".to_vec()),
+                    "/health" => {
+                        let (status, body) = health.answer();
+                        (status, "text/plain".into(), body.into_bytes())
+                    }
                     _ => ("404 Not Found", "text/plain".into(), b"try /metrics or /health\n".to_vec()),
                 };
                 let head = format!(

@@ -46,28 +46,53 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     config
 }
 
-/// Keeps the per-partition consumer lag that librdkafka's statistics
-/// report: good for a lag metric, not for deciding where a partition ends
+/// Keeps the per-partition consumer lag and high watermark that
+/// librdkafka's statistics report for the partitions a consumer fetches.
+/// The high watermark comes with every fetch response, so it is right for
+/// a partition being fetched on every broker; for one not fetched it is
+/// stale. Good for lag metrics, not for deciding where a partition ends
 /// (see the module docs).
 #[derive(Default, Clone)]
 pub struct LagContext {
-    lags: Arc<Mutex<HashMap<String, HashMap<i32, i64>>>>,
+    partitions: Arc<Mutex<HashMap<String, HashMap<i32, PartitionStats>>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionStats {
+    consumer_lag: i64,
+    high_watermark: i64,
 }
 
 impl LagContext {
     /// Sum of the consumer lag of every partition of `topic` (unknown = 0).
     pub fn lag(&self, topic: &str) -> i64 {
-        self.lags.lock().map_or(0, |lags| lags.get(topic).map_or(0, |p| p.values().map(|l| (*l).max(0)).sum()))
+        self.partitions
+            .lock()
+            .map_or(0, |all| all.get(topic).map_or(0, |p| p.values().map(|s| s.consumer_lag.max(0)).sum()))
+    }
+
+    /// The high watermark of `topic`/`partition` as the last statistics
+    /// report gave it (`None`: not known yet).
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .lock()
+            .ok()
+            .and_then(|all| all.get(topic).and_then(|p| p.get(&partition)).map(|s| s.high_watermark))
+            .filter(|hw| *hw >= 0)
     }
 
     /// Records a statistics report (call from a context's `stats`).
     pub fn record(&self, statistics: &Statistics) {
-        if let Ok(mut lags) = self.lags.lock() {
+        if let Ok(mut all) = self.partitions.lock() {
             for (name, topic) in &statistics.topics {
-                let partitions = lags.entry(name.clone()).or_default();
+                let partitions = all.entry(name.clone()).or_default();
                 for (id, partition) in &topic.partitions {
                     if *id >= 0 {
-                        partitions.insert(*id, partition.consumer_lag);
+                        let stats = PartitionStats {
+                            consumer_lag: partition.consumer_lag,
+                            high_watermark: partition.hi_offset,
+                        };
+                        partitions.insert(*id, stats);
                     }
                 }
             }

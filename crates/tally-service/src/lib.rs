@@ -7,6 +7,8 @@
 //!   reading a partition to its end by the high watermark of fetches.
 //! - [`http`]: `/metrics` (Prometheus text) and `/health` on loopback.
 //! - [`shutdown`]: SIGTERM / SIGINT as a watch channel.
+//! - [`watch`]: every partition of an input topic watched for inputs that
+//!   wait with no progress (a partition no live instance owns).
 //!
 //! It holds no business rule: pricing and ledger rules live in
 //! `tally-ledger`.
@@ -15,3 +17,4 @@ pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod shutdown;
+pub mod watch;

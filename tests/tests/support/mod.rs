@@ -33,7 +33,6 @@ pub fn rates() -> Arc<RateTable> {
     Arc::new(RateTable::load(rates_path()).expect("the default rate table loads"))
 }
 
-/// A `tally metering` child process.
 /// How many restores in these metering logs started from a snapshot (not
 /// from ledger offset 0).
 #[allow(dead_code)] // not every test binary checks it
@@ -57,41 +56,64 @@ pub fn seed() -> u64 {
     })
 }
 
+/// A `tally metering` child process, run with the shipped defaults: the
+/// only settings a test gives are where things are (broker, rate table,
+/// metrics port) and what its scenario is about, passed in `env`.
 pub struct MeteringProcess {
     child: Option<Child>,
     pub metrics_port: u16,
     pub log: PathBuf,
+    bootstrap: String,
+    name: String,
+    env: Vec<(String, String)>,
+    /// Times it was started again by [`MeteringProcess::respawn`].
+    pub restarts: usize,
 }
 
 impl MeteringProcess {
     pub fn spawn(bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let metrics_port = free_port()?;
-        let log = std::env::temp_dir().join(format!("tally-metering-{name}-{metrics_port}.log"));
-        let file = std::fs::File::create(&log)?;
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut process = MeteringProcess {
+            child: None,
+            metrics_port: 0,
+            log: PathBuf::new(),
+            bootstrap: bootstrap.to_string(),
+            name: name.to_string(),
+            env,
+            restarts: 0,
+        };
+        process.start()?;
+        Ok(process)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.metrics_port = free_port()?;
+        self.log = std::env::temp_dir().join(format!("tally-metering-{}-{}.log", self.name, self.metrics_port));
+        let file = std::fs::File::create(&self.log)?;
         let mut command = Command::new(tally_binary()?);
         command
             .args(["metering"])
-            .env("TALLY_METERING__BROKERS", bootstrap)
+            .env("TALLY_METERING__BROKERS", &self.bootstrap)
             .env("TALLY_METERING__RATES_FILE", rates_path())
-            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{metrics_port}"))
-            .env("TALLY_METERING__SESSION_TIMEOUT_MS", "6000")
-            .env("TALLY_METERING__DELIVERY_TIMEOUT_S", "60")
-            .env("TALLY_METERING__JOIN_TIMEOUT_S", "30")
-            // Snapshots often, so restores in every fault test start from
-            // one and read the ledger after it.
-            .env("TALLY_METERING__SNAPSHOT_EVERY_ENTRIES", "1000")
-            .env("TALLY_METERING__SNAPSHOT_INTERVAL_S", "2")
+            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{}", self.metrics_port))
             .env("RUST_LOG", std::env::var("TALLY_TEST_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()))
             // Error messages, not backtraces, in the log tails tests print.
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        for (key, value) in env {
+        for (key, value) in &self.env {
             command.env(key, value);
         }
-        let child = command.spawn().context("start tally metering")?;
-        Ok(MeteringProcess { child: Some(child), metrics_port, log })
+        self.child = Some(command.spawn().context("start tally metering")?);
+        Ok(())
+    }
+
+    /// Starts it again, with the same settings (a supervisor's restart).
+    pub fn respawn(&mut self) -> Result<()> {
+        self.kill();
+        self.restarts += 1;
+        self.start()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -142,21 +164,63 @@ impl MeteringProcess {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Waits up to `timeout` for it to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// GET /metrics.
-    pub fn metrics(&self) -> Result<String> {
+    /// GET a path of its HTTP server: (status code, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
-        Ok(body)
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status line")?;
+        let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_string());
+        Ok((status, body))
     }
+
+    /// GET /metrics.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(self.get("/metrics")?.1)
+    }
+
+    /// Every sample of metric `name`: (label text, value).
+    pub fn metric(&self, name: &str) -> Result<Vec<(String, f64)>> {
+        Ok(samples(&self.metrics()?, name))
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition.
+pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, labels)) => (metric, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Drop for MeteringProcess {
@@ -167,13 +231,26 @@ impl Drop for MeteringProcess {
 
 /// Publishes simulator messages (raw: bad ones too), in order.
 pub async fn publish(bootstrap: &str, messages: &[SimMessage]) -> Result<()> {
+    publish_paced(bootstrap, messages, None).await
+}
+
+/// Publishes in order, at most `per_second` messages a second if given:
+/// inputs that keep arriving while a fault test kills and restarts.
+pub async fn publish_paced(bootstrap: &str, messages: &[SimMessage], per_second: Option<u32>) -> Result<()> {
     let publisher = Publisher::new(&PublisherConfig {
         bootstrap_servers: bootstrap.into(),
         topic: INPUTS.into(),
         ..PublisherConfig::default()
     })?;
     let mut in_flight = InFlight::new(5_000);
-    for message in messages {
+    let started = Instant::now();
+    for (n, message) in messages.iter().enumerate() {
+        if let Some(rate) = per_second {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
         in_flight.push(publisher.enqueue_raw(&message.key, &message.payload).await?).await?;
     }
     in_flight.finish().await?;
@@ -411,43 +488,45 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
 /// Polls until the broker holds at least the expected entries and dead
 /// letters, or the timeout passes. Returns the last reading.
 pub fn wait_for_ledger(bootstrap: &str, expected: &Expected, timeout: Duration) -> Result<Actual> {
-    wait_for_ledger_supervising(bootstrap, expected, timeout, None)
+    wait_for_ledger_supervising(bootstrap, expected, timeout, &mut [])
 }
 
-/// Like [`wait_for_ledger`], restarting `process` whenever it exits, as a
-/// supervisor (systemd, Kubernetes) would: the service exits by design when
-/// it finds itself superseded or cannot deliver.
+/// Like [`wait_for_ledger`], restarting each of `processes` whenever it
+/// exits, as a supervisor (systemd, Kubernetes) would: the service exits by
+/// design when it finds itself superseded, cannot deliver or sees a
+/// partition stall. And, as a liveness probe would, it restarts them all
+/// when no ledger output appears for 45 s while inputs are outstanding.
 pub fn wait_for_ledger_supervising(
     bootstrap: &str,
     expected: &Expected,
     timeout: Duration,
-    mut process: Option<&mut MeteringProcess>,
+    processes: &mut [&mut MeteringProcess],
 ) -> Result<Actual> {
     let deadline = Instant::now() + timeout;
-    // Liveness, as a production supervisor probes it: no new ledger output
-    // for this long while inputs are outstanding means a stuck instance.
     let stall_limit = Duration::from_secs(45);
     let mut progress = (0usize, Instant::now());
     loop {
-        if let Some(process) = process.as_deref_mut() {
+        for process in processes.iter_mut() {
             if let Some(status) = process.exited() {
                 eprintln!(
-                    "[supervisor] metering exited ({status}), restarting it; its last words:\n{}",
+                    "[supervisor] {} exited ({status}), restarting it; its last words:\n{}",
+                    process.name,
                     process.log_tail()
                 );
-                *process =
-                    MeteringProcess::spawn(bootstrap, "restarted", &[("TALLY_METERING__RESTORE_TIMEOUT_S", "30")])?;
-                progress.1 = Instant::now();
-            } else if progress.1.elapsed() > stall_limit {
-                eprintln!(
-                    "[supervisor] no ledger progress for {stall_limit:?}: kill -9 and restart; last words:\n{}",
-                    process.log_tail()
-                );
-                process.kill();
-                *process =
-                    MeteringProcess::spawn(bootstrap, "restarted", &[("TALLY_METERING__RESTORE_TIMEOUT_S", "30")])?;
+                process.respawn()?;
                 progress.1 = Instant::now();
             }
+        }
+        if !processes.is_empty() && progress.1.elapsed() > stall_limit {
+            for process in processes.iter_mut() {
+                eprintln!(
+                    "[supervisor] no ledger progress for {stall_limit:?}: kill -9 and restart {}; last words:\n{}",
+                    process.name,
+                    process.log_tail()
+                );
+                process.respawn()?;
+            }
+            progress.1 = Instant::now();
         }
         let actual = actual(bootstrap, true)?;
         let distinct: BTreeSet<(&str, i64)> =
@@ -471,4 +550,28 @@ pub fn wait_for_ledger_supervising(
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// Waits until every input partition in `0..partitions` has progressed
+/// past where `process` first reported it (its next input offset, from
+/// `/metrics`), or `bound` passes: how long a started instance takes to
+/// consume every partition again while inputs keep arriving. `None` if it
+/// did not within the bound.
+pub fn time_to_progress_everywhere(process: &MeteringProcess, partitions: i32, bound: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut first: BTreeMap<String, f64> = BTreeMap::new();
+    let mut moved: BTreeSet<String> = BTreeSet::new();
+    while started.elapsed() < bound {
+        for (labels, offset) in process.metric("tally_metering_partition_input_offset").unwrap_or_default() {
+            let seen = *first.entry(labels.clone()).or_insert(offset);
+            if offset > seen {
+                moved.insert(labels);
+            }
+        }
+        if moved.len() as i32 >= partitions {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
