@@ -24,7 +24,6 @@ use std::{hint::black_box, time::Duration, time::Instant};
 
 use chrono::TimeDelta;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use rust_decimal::Decimal;
 use tally_benches::UsageWorkload;
 use tally_events::records::Input;
 use tally_ledger::pricing;
@@ -123,7 +122,8 @@ fn ledger_core(c: &mut Criterion, filter: Option<&str>) {
             for event in &events {
                 let version = rates.version_at(event.occurred_at).unwrap_or_else(|| panic!("in force"));
                 let rate = version.service(&event.service, &event.engine).unwrap_or_else(|| panic!("priced"));
-                let credits = pricing::usage_credits(rate.credits_per_unit(), event.quantity).unwrap_or(Decimal::ZERO);
+                let credits = pricing::usage_credits(rate.credits_per_unit(), event.quantity)
+                    .unwrap_or(tally_events::Credits::ZERO);
                 black_box(pricing::dollars_of_credits(
                     credits,
                     version.dollars_per_credit(tally_events::PlanTier::Payg),

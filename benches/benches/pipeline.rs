@@ -164,7 +164,7 @@ impl Metering {
 
     fn metrics(&self) -> Option<String> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).ok()?;
         Some(body)

@@ -33,7 +33,7 @@ fn main() {
         input_topic: "tally.inputs".into(),
         input_partition: 0,
         ledger_next_offset: 1,
-        claim_epoch: 0,
+        claim_epoch: tally_events::Epoch(0),
         claim_id: Uuid::nil(),
         resume_input_offset: 1,
     };

@@ -122,7 +122,7 @@ pub fn funded_ledger(accounts: usize, start: DateTime<Utc>) -> (Ledger, i64) {
             account_id: account_id.clone(),
             kind: AccountChangeKind::Open,
             tier: PlanTier::ALL[index % 3],
-            low_balance_threshold: Decimal::from(100),
+            low_balance_threshold: tally_events::Credits::new(Decimal::from(100)),
             occurred_at: start,
             reason: None,
         });
@@ -130,12 +130,12 @@ pub fn funded_ledger(accounts: usize, start: DateTime<Utc>) -> (Ledger, i64) {
         let purchase = Input::Purchase(CreditPurchase {
             purchase_id: Uuid::from_u128(id),
             account_id,
-            amount_dollars: Decimal::from(10_000_000),
+            amount_dollars: tally_events::Dollars::new(Decimal::from(10_000_000)),
             occurred_at: start,
             payment_reference: None,
         });
         for input in [open, purchase] {
-            let applied = ledger.apply(&input, &source, 1);
+            let applied = ledger.apply(&input, &source, tally_events::Epoch(1));
             assert!(matches!(applied, Applied::Entry { .. }), "setup input refused: {applied:?}");
             source.offset += 1;
         }
@@ -228,7 +228,7 @@ impl UsageWorkload {
             event.occurred_at = self.clock;
             write_account_id(&mut event.account_id, self.random.below(self.accounts));
         }
-        self.ledger.apply(input, &self.source, 1)
+        self.ledger.apply(input, &self.source, tally_events::Epoch(1))
     }
 
     /// The pool's events, for benches of pricing alone.

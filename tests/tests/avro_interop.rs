@@ -120,7 +120,7 @@ fn workload() -> Vec<Vec<u8>> {
             out.push(message.payload.clone());
         }
         let source = SourceOffset { topic: "tally.inputs".into(), partition: 0, offset: offset as i64 };
-        match step(&mut ledger, Some(&message.key), Some(&message.payload), None, &source, 0) {
+        match step(&mut ledger, Some(&message.key), Some(&message.payload), None, &source, tally_events::Epoch(0)) {
             Step::Entry { entry, alerts, .. } => {
                 out.push(codec.encode(&entry).expect("entry encodes"));
                 out.extend(alerts.iter().map(|a| codec.encode(a).expect("alert encodes")));
@@ -134,7 +134,7 @@ fn workload() -> Vec<Vec<u8>> {
         let marker = LedgerMarker {
             kind,
             claim_id,
-            epoch: 0,
+            epoch: tally_events::Epoch(0),
             instance: "interop-test".into(),
             input_topic: "tally.inputs".into(),
             input_partition: 0,
@@ -146,7 +146,7 @@ fn workload() -> Vec<Vec<u8>> {
         input_topic: "tally.inputs".into(),
         input_partition: 0,
         ledger_next_offset: 3_000,
-        claim_epoch: 0,
+        claim_epoch: tally_events::Epoch(0),
         claim_id,
         resume_input_offset: 3_100,
     };

@@ -19,9 +19,9 @@ use tally_testkit::{create_topics, Broker};
 
 /// Whether each account's last expected entry leaves it paused.
 fn final_paused(expected: &Expected) -> BTreeMap<String, bool> {
-    let mut last: BTreeMap<String, (i64, bool)> = BTreeMap::new();
+    let mut last: BTreeMap<String, (tally_events::Sequence, bool)> = BTreeMap::new();
     for ((account, sequence), entry) in &expected.entries {
-        let slot = last.entry(account.clone()).or_insert((0, false));
+        let slot = last.entry(account.to_string()).or_insert((tally_events::Sequence(0), false));
         if *sequence > slot.0 {
             *slot = (*sequence, entry.paused);
         }

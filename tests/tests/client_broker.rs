@@ -26,14 +26,14 @@ async fn published_inputs_come_back_identical_and_keyed_by_account() -> anyhow::
         account_id: "acct-a".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Basic,
-        low_balance_threshold: Decimal::from(50),
+        low_balance_threshold: tally_events::Credits::new(Decimal::from(50)),
         occurred_at: at(0),
         reason: None,
     });
     let purchase = Input::Purchase(CreditPurchase {
         purchase_id: Uuid::from_u128(2),
         account_id: "acct-a".into(),
-        amount_dollars: Decimal::new(2500, 2),
+        amount_dollars: tally_events::Dollars::new(Decimal::new(2500, 2)),
         occurred_at: at(1),
         payment_reference: None,
     });

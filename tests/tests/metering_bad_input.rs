@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use support::*;
 use tally_client::{Publisher, PublisherConfig, UsageEventBuilder};
 use tally_events::{
-    names::reasons, AccountChange, AccountChangeKind, Codec, CreditPurchase, EntryStatus, Input, LedgerEntry,
-    Message as Record, PlanTier, Unit,
+    AccountChange, AccountChangeKind, Codec, CreditPurchase, Credits, Dollars, EntryStatus, Input, LedgerEntry,
+    Message as Record, PlanTier, Reason, Unit,
 };
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, read_topic, Broker};
@@ -28,7 +28,7 @@ fn open(account: &str, n: u128) -> Input {
         account_id: account.into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Pro,
-        low_balance_threshold: Decimal::from(10),
+        low_balance_threshold: Credits::new(Decimal::from(10)),
         occurred_at: at(0),
         reason: None,
     })
@@ -74,8 +74,8 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
     create_topics(&bootstrap, &[(INPUTS, 1)]).await?;
     let codec = Codec::global();
     let good = "acct-good";
-    let mut messages: Vec<(Vec<u8>, Vec<u8>, Option<&str>)> = Vec::new(); // key, payload, expected reason
-    let push_input = |messages: &mut Vec<_>, input: &Input, key: &str, reason: Option<&'static str>| {
+    let mut messages: Vec<(Vec<u8>, Vec<u8>, Option<Reason>)> = Vec::new(); // key, payload, expected reason
+    let push_input = |messages: &mut Vec<_>, input: &Input, key: &str, reason: Option<Reason>| {
         messages.push((key.as_bytes().to_vec(), codec.encode_input(input).expect("encode"), reason));
     };
     push_input(&mut messages, &open(good, 1), good, None);
@@ -83,32 +83,32 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
     let purchase = Input::Purchase(CreditPurchase {
         purchase_id: Uuid::from_u128(3),
         account_id: good.into(),
-        amount_dollars: Decimal::from(40),
+        amount_dollars: Dollars::new(Decimal::from(40)),
         occurred_at: at(1),
         payment_reference: None,
     });
     push_input(&mut messages, &purchase, good, None);
     let mut n = 0;
-    let mut neighbour = |messages: &mut Vec<(Vec<u8>, Vec<u8>, Option<&str>)>| {
+    let mut neighbour = |messages: &mut Vec<(Vec<u8>, Vec<u8>, Option<Reason>)>| {
         n += 1;
         let input = usage(good, &format!("ok-{n}"), "background_removal", "standard", Decimal::ONE, Unit::Image, 240);
         messages.push((good.as_bytes().to_vec(), codec.encode_input(&input).expect("encode"), None));
     };
     neighbour(&mut messages);
     // Newest occurred_at so far is at(240): ten days later than at(0).
-    let bad: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
-        (good.into(), b"not avro at all".to_vec(), reasons::MALFORMED),
-        (good.into(), Vec::new(), reasons::MALFORMED),
-        (good.into(), [&[0xC3, 0x01][..], &[7; 8], b"body"].concat(), reasons::UNKNOWN_SCHEMA),
+    let bad: Vec<(Vec<u8>, Vec<u8>, Reason)> = vec![
+        (good.into(), b"not avro at all".to_vec(), Reason::Malformed),
+        (good.into(), Vec::new(), Reason::Malformed),
+        (good.into(), [&[0xC3, 0x01][..], &[7; 8], b"body"].concat(), Reason::UnknownSchema),
         (
             good.into(),
             codec.encode_input(&usage(good, "j1", "ai_hologram", "standard", Decimal::ONE, Unit::Image, 240))?,
-            reasons::UNKNOWN_SERVICE,
+            Reason::UnknownService,
         ),
         (
             good.into(),
             codec.encode_input(&usage(good, "j2", "ai_modify", "dall_e_9", Decimal::ONE, Unit::Image, 240))?,
-            reasons::UNKNOWN_SERVICE,
+            Reason::UnknownService,
         ),
         (
             good.into(),
@@ -121,56 +121,56 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 Unit::VideoSecond,
                 240,
             ))?,
-            reasons::UNIT_MISMATCH,
+            Reason::UnitMismatch,
         ),
         (
             "acct-ghost".into(),
             codec.encode_input(&usage("acct-ghost", "j4", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
-            reasons::UNKNOWN_ACCOUNT,
+            Reason::UnknownAccount,
         ),
         (
             good.into(),
             codec.encode_input(&usage(good, "j5", "sms", "standard", Decimal::ZERO, Unit::Message, 240))?,
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
         ),
         (
             good.into(),
             codec.encode_input(&usage(good, "j6", "sms", "standard", -Decimal::ONE, Unit::Message, 240))?,
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
         ),
         (
             good.into(),
             codec.encode_input(&usage(good, "j7", "sms", "standard", Decimal::new(1, 4), Unit::Message, 240))?,
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
         ),
         (
             good.into(),
             codec.encode_input(&usage(good, "j8", "sms", "standard", Decimal::ONE, Unit::Message, 0))?,
-            reasons::TOO_LATE,
+            Reason::TooLate,
         ),
         // Eighty years ahead of its append time: refused, and the inputs
         // after it are not made "too late" by it.
         (
             good.into(),
             codec.encode_input(&usage(good, "j11", "sms", "standard", Decimal::ONE, Unit::Message, 24 * 365 * 80))?,
-            reasons::FROM_FUTURE,
+            Reason::FromFuture,
         ),
         (
             "someone-else".into(),
             codec.encode_input(&usage(good, "j9", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
-            reasons::BAD_KEY,
+            Reason::BadKey,
         ),
-        (good.into(), codec.encode(&Codec::global().decode::<LedgerEntry>(&sample_entry())?)?, reasons::NOT_AN_INPUT),
+        (good.into(), codec.encode(&Codec::global().decode::<LedgerEntry>(&sample_entry())?)?, Reason::NotAnInput),
         (
             good.into(),
             codec.encode_input(&Input::Purchase(CreditPurchase {
                 purchase_id: Uuid::from_u128(4),
                 account_id: good.into(),
-                amount_dollars: Decimal::from(-5),
+                amount_dollars: Dollars::new(Decimal::from(-5)),
                 occurred_at: at(240),
                 payment_reference: None,
             }))?,
-            reasons::INVALID_AMOUNT,
+            Reason::InvalidAmount,
         ),
         // Decimals with more digits than fit: refused, not rounded to 1
         // image or to $10.00.
@@ -181,7 +181,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 "quantity",
                 ONE_AND_A_BIT,
             ),
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
         ),
         (
             good.into(),
@@ -189,14 +189,14 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 &Input::Purchase(CreditPurchase {
                     purchase_id: Uuid::from_u128(6),
                     account_id: good.into(),
-                    amount_dollars: Decimal::from(10),
+                    amount_dollars: Dollars::new(Decimal::from(10)),
                     occurred_at: at(240),
                     payment_reference: None,
                 }),
                 "amount_dollars",
                 TEN_DOLLARS_AND_A_BIT,
             ),
-            reasons::INVALID_AMOUNT,
+            Reason::InvalidAmount,
         ),
         // Half an image.
         (
@@ -210,14 +210,14 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 Unit::Image,
                 240,
             ))?,
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
         ),
         // An empty account id under an empty key, and one of 5 KB under
         // its own key.
         (
             Vec::new(),
             codec.encode_input(&usage("", "j14", "sms", "standard", Decimal::ONE, Unit::Message, 240))?,
-            reasons::INVALID_ACCOUNT_ID,
+            Reason::InvalidAccountId,
         ),
         (
             HUGE_ACCOUNT.as_bytes().to_vec(),
@@ -230,7 +230,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 Unit::Message,
                 240,
             ))?,
-            reasons::INVALID_ACCOUNT_ID,
+            Reason::InvalidAccountId,
         ),
         // A neighbour's event id again, with ten times its quantity.
         (
@@ -244,10 +244,10 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 Unit::Image,
                 240,
             ))?,
-            reasons::CONFLICTING_DUPLICATE,
+            Reason::ConflictingDuplicate,
         ),
         // 200 KB of garbage: its dead letter keeps the first 64 KiB.
-        (good.into(), vec![0x42; 200_000], reasons::MALFORMED),
+        (good.into(), vec![0x42; 200_000], Reason::Malformed),
     ];
     for (key, payload, reason) in bad {
         messages.push((key, payload, Some(reason)));
@@ -258,13 +258,13 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         account_id: "acct-del".into(),
         kind: AccountChangeKind::Delete,
         tier: PlanTier::Pro,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         occurred_at: at(240),
         reason: Some("closing".into()),
     });
     push_input(&mut messages, &delete, "acct-del", None);
     let after_delete = usage("acct-del", "j10", "sms", "standard", Decimal::ONE, Unit::Message, 240);
-    push_input(&mut messages, &after_delete, "acct-del", Some(reasons::ACCOUNT_DELETED));
+    push_input(&mut messages, &after_delete, "acct-del", Some(Reason::AccountDeleted));
     neighbour(&mut messages);
 
     let publisher = Publisher::new(&PublisherConfig {
@@ -300,7 +300,7 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
                 bad_count += 1;
                 let letter =
                     letters.get(&offset).unwrap_or_else(|| panic!("no dead letter for offset {offset} ({reason})"));
-                assert_eq!(&letter.reason, reason, "offset {offset}: {}", letter.detail);
+                assert_eq!(letter.reason, reason.code(), "offset {offset}: {}", letter.detail);
                 assert!(!letter.detail.is_empty());
                 assert_eq!(letter.source.topic, INPUTS);
                 assert_eq!(letter.source.partition, 0);
@@ -319,10 +319,11 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
     }
     assert_eq!(letters.len(), bad_count, "one dead letter per bad input");
     // Values are quoted as sent, not rounded.
-    let detail_of = |reason: &str, text: &str| letters.values().any(|l| l.reason == reason && l.detail.contains(text));
-    assert!(detail_of(reasons::INVALID_QUANTITY, ONE_AND_A_BIT), "the quantity as sent");
-    assert!(detail_of(reasons::INVALID_AMOUNT, TEN_DOLLARS_AND_A_BIT), "the amount as sent");
-    assert!(detail_of(reasons::CONFLICTING_DUPLICATE, "quantity/unit differ"), "the conflicting field named");
+    let detail_of =
+        |reason: Reason, text: &str| letters.values().any(|l| l.reason == reason.code() && l.detail.contains(text));
+    assert!(detail_of(Reason::InvalidQuantity, ONE_AND_A_BIT), "the quantity as sent");
+    assert!(detail_of(Reason::InvalidAmount, TEN_DOLLARS_AND_A_BIT), "the amount as sent");
+    assert!(detail_of(Reason::ConflictingDuplicate, "quantity/unit differ"), "the conflicting field named");
     // Every neighbour was applied: 24 successful debits of 1 credit.
     let debits = actual
         .entries
@@ -348,12 +349,15 @@ async fn every_kind_of_bad_input_is_dead_lettered_and_its_neighbours_applied() -
         seen.insert(offset, ());
     }
     assert_eq!(seen.len(), letters.len(), "inspect lists every dead letter once");
-    let quantity = inspect(&bootstrap, &["--reason", reasons::INVALID_QUANTITY])?;
+    let quantity = inspect(&bootstrap, &["--reason", Reason::InvalidQuantity.code()])?;
     assert_eq!(quantity.len(), 5, "{quantity:?}");
-    assert!(quantity.iter().all(|l| l.contains("DeadLetter") && l.contains(reasons::INVALID_QUANTITY)), "{quantity:?}");
+    assert!(
+        quantity.iter().all(|l| l.contains("DeadLetter") && l.contains(Reason::InvalidQuantity.code())),
+        "{quantity:?}"
+    );
     let ghost = inspect(&bootstrap, &["--account", "acct-ghost"])?;
     assert_eq!(ghost.len(), 1, "{ghost:?}");
-    assert!(ghost[0].contains(reasons::UNKNOWN_ACCOUNT), "{ghost:?}");
+    assert!(ghost[0].contains(Reason::UnknownAccount.code()), "{ghost:?}");
     assert_eq!(inspect(&bootstrap, &["--limit", "2"])?.len(), 2);
 
     let status = metering.terminate(Duration::from_secs(30))?;
@@ -374,9 +378,9 @@ fn inspect(bootstrap: &str, extra: &[&str]) -> anyhow::Result<Vec<String>> {
 fn sample_entry() -> Vec<u8> {
     let entry = LedgerEntry {
         entry_id: Uuid::from_u128(9),
-        account_id: "acct-good".into(),
-        sequence: 1,
-        epoch: 1,
+        account_id: tally_events::AccountId::new_unchecked("acct-good"),
+        sequence: tally_events::Sequence(1),
+        epoch: tally_events::Epoch(1),
         entry_type: tally_events::EntryType::Open,
         status: EntryStatus::Success,
         reason: String::new(),
@@ -385,12 +389,12 @@ fn sample_entry() -> Vec<u8> {
         engine: String::new(),
         photo_event_id: String::new(),
         quantity: Decimal::ZERO,
-        credits: Decimal::ZERO,
-        dollars: Decimal::ZERO,
+        credits: Credits::ZERO,
+        dollars: Dollars::ZERO,
         tier: PlanTier::Pro,
         rate_version: String::new(),
-        balance_after: Decimal::ZERO,
-        low_balance_threshold: Decimal::ZERO,
+        balance_after: Credits::ZERO,
+        low_balance_threshold: Credits::ZERO,
         paused: false,
         occurred_at: at(0),
         source: tally_events::SourceOffset { topic: "x".into(), partition: 0, offset: 0 },

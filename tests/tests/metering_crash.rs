@@ -24,9 +24,13 @@ use tally_testkit::{create_topics, Broker};
 /// `assignment = "fixed"` in pipelines/metering.toml).
 const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 
-/// Inputs per second the workers publish: the run's 50,000+ inputs take
-/// about a minute, so inputs keep arriving through every fault.
+/// Inputs per second the workers publish. They keep publishing through
+/// every fault, and stop once the final run consumes every partition and
+/// at least [`INPUTS_MIN`] are published.
 const PUBLISH_RATE: u32 = 1_000;
+
+/// The least the run publishes.
+const INPUTS_MIN: usize = 50_000;
 
 const PARTITIONS: i32 = 4;
 
@@ -40,17 +44,18 @@ async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflict
     let config = SimConfig {
         seed,
         accounts: 300,
-        usage_events: 50_000,
+        // More than the run will publish: the publisher stops when told.
+        usage_events: 200_000,
         duplicate_fraction: 0.05,
         late_fraction: 0.01,
         malformed_fraction: 0.005,
         ..SimConfig::default()
     };
     let messages: Vec<_> = Simulator::new(config).collect();
-    let published = messages.len();
+    let paced = Paced::default();
     let publishing = {
-        let bootstrap = bootstrap.clone();
-        tokio::spawn(async move { publish_paced(&bootstrap, &messages, Some(PUBLISH_RATE)).await })
+        let (bootstrap, paced) = (bootstrap.clone(), paced.clone());
+        tokio::spawn(async move { publish_until(&bootstrap, &messages, Some(PUBLISH_RATE), &paced).await })
     };
 
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -95,7 +100,11 @@ async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflict
     logs.push(metering.log.clone());
     let recovery = time_to_progress_everywhere(&metering, PARTITIONS, RECOVERY_BOUND);
     recoveries.push(("final run".to_string(), recovery, metering.log_tail()));
-    publishing.await??;
+    while paced.published() < INPUTS_MIN {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    paced.stop();
+    let published = publishing.await??;
     let publish_done = started.elapsed();
     let expected = expected(&bootstrap, published)?;
     let catch_up = Instant::now();
@@ -112,7 +121,7 @@ async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflict
     report.print("crash");
 
     // The scenario has what the issue asks for.
-    assert!(expected.inputs >= 50_000, "{} inputs", expected.inputs);
+    assert!(expected.inputs >= INPUTS_MIN, "{} inputs", expected.inputs);
     let entries: Vec<_> = expected.entries.values().collect();
     let reason = |r: &str| entries.iter().filter(|e| e.reason == r).count();
     assert!(reason("insufficient_credits") > 0, "an account runs out of credits");

@@ -2,7 +2,8 @@
 //!
 //! What an operator reads to see why inputs were dead-lettered (reason,
 //! detail, where the input was, what it held), what a ledger partition
-//! holds, or what a worker really published. Read-only: it joins no
+//! holds (ledger records through the one fenced reader: a zombie's write
+//! shows as not counted), or what a worker really published. Read-only: it joins no
 //! consumer group and commits nothing. Text for people, `--json` (one
 //! object per line, the Avro datum as plain JSON) for scripts.
 
@@ -10,7 +11,8 @@ use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use tally_events::{
-    codec::{value_to_json, CodecError},
+    codec::{value_to_json, CodecError, RecordKind},
+    ledger_reader::{FencedReader, LedgerRecord},
     names::topics,
     Codec, Input, Message as Record,
 };
@@ -72,12 +74,16 @@ pub fn run(args: Args) -> Result<()> {
         if printed >= limit || failure.is_some() {
             break;
         }
+        // Ledger records are read through the one fenced reader, so that
+        // what a zombie wrote is shown as not counted.
+        let mut fence = FencedReader::new(partition);
         let read =
             read_partition(&args.brokers, &args.topic, partition, 0, Until::End, Duration::from_secs(120), |m| {
                 use rdkafka::Message;
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                 let payload = m.payload().unwrap_or_default();
-                if let Some(line) = render(&args, partition, m.offset(), key.as_deref(), payload) {
+                let counted = counted(&mut fence, m.offset(), payload);
+                if let Some(line) = render(&args, partition, m.offset(), key.as_deref(), payload, counted) {
                     if let Err(e) = writeln!(out, "{line}") {
                         failure = Some(e);
                         return Err(Stop);
@@ -118,8 +124,28 @@ fn account_of<'a>(record: &'a Record, key: Option<&'a str>) -> Option<&'a str> {
     }
 }
 
+/// Whether a ledger record counts under the fence (`None`: not a ledger
+/// record, or one that does not read).
+fn counted(fence: &mut FencedReader, offset: i64, payload: &[u8]) -> Option<bool> {
+    match Codec::global().kind_of(payload) {
+        Ok(RecordKind::LedgerEntry | RecordKind::LedgerMarker) => match fence.read(offset, payload) {
+            Ok(LedgerRecord::Fenced(_)) => Some(false),
+            Ok(_) => Some(true),
+            Err(_) => None,
+        },
+        _ => None,
+    }
+}
+
 /// One output line, or `None` when the filters drop the record.
-fn render(args: &Args, partition: i32, offset: i64, key: Option<&str>, payload: &[u8]) -> Option<String> {
+fn render(
+    args: &Args,
+    partition: i32,
+    offset: i64,
+    key: Option<&str>,
+    payload: &[u8],
+    counted: Option<bool>,
+) -> Option<String> {
     let codec = Codec::global();
     let record = codec.decode_any(payload);
     if let Some(reason) = &args.reason {
@@ -137,7 +163,13 @@ fn render(args: &Args, partition: i32, offset: i64, key: Option<&str>, payload: 
         }
     }
     Some(if args.json {
-        json_line(partition, offset, key, payload, &record)
+        let mut line = json_line(partition, offset, key, payload, &record);
+        if let Some(counted) = counted {
+            line["counted"] = counted.into();
+        }
+        line.to_string()
+    } else if counted == Some(false) {
+        format!("{}  (fenced: an older owner's write, not counted)", text_line(partition, offset, &record))
     } else {
         text_line(partition, offset, &record)
     })
@@ -149,7 +181,7 @@ fn json_line(
     key: Option<&str>,
     payload: &[u8],
     record: &Result<Record, CodecError>,
-) -> String {
+) -> serde_json::Value {
     let codec = Codec::global();
     let mut line = serde_json::json!({ "partition": partition, "offset": offset, "key": key });
     match codec.decode_value(payload) {
@@ -160,7 +192,7 @@ fn json_line(
         Err(e) => {
             line["record"] = serde_json::Value::Null;
             line["error"] = e.to_string().into();
-            line["reason"] = e.reason().into();
+            line["reason"] = e.reason().code().into();
         }
     }
     if let Ok(Record::DeadLetter(letter)) = record {
@@ -170,7 +202,7 @@ fn json_line(
             line["payload_value"] = value_to_json(&value);
         }
     }
-    line.to_string()
+    line
 }
 
 fn text_line(partition: i32, offset: i64, record: &Result<Record, CodecError>) -> String {

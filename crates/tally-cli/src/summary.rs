@@ -5,9 +5,11 @@
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::{Context, Result};
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::RoundingStrategy;
 use tally_events::{
-    fence::Fence, names::topics, Codec, EntryStatus, EntryType, LedgerEntry, MarkerKind, Message as Record, PlanTier,
+    ledger_reader::{FencedReader, LedgerRecord},
+    names::topics,
+    AccountId, Codec, Credits, Dollars, EntryStatus, EntryType, LedgerEntry, Message as Record, PlanTier,
 };
 use tally_service::kafka::{partition_count, read_partition, Until};
 
@@ -34,7 +36,7 @@ pub struct Args {
 #[derive(Default)]
 struct AccountView {
     tier: Option<PlanTier>,
-    balance: Decimal,
+    balance: Credits,
     paused: bool,
     deleted: bool,
     entries: u64,
@@ -45,8 +47,8 @@ struct AccountView {
 struct Usage {
     jobs: u64,
     failed: u64,
-    credits: Decimal,
-    dollars: Decimal,
+    credits: Credits,
+    dollars: Dollars,
 }
 
 /// Reads every record of a topic, partition by partition.
@@ -66,29 +68,22 @@ fn read_all(brokers: &str, topic: &str, mut visit: impl FnMut(i32, i64, &[u8]) -
 
 pub fn run(args: Args) -> Result<()> {
     let codec = Codec::global();
-    let mut accounts: BTreeMap<String, AccountView> = BTreeMap::new();
+    let mut accounts: BTreeMap<AccountId, AccountView> = BTreeMap::new();
     let mut usage: BTreeMap<(String, String), Usage> = BTreeMap::new();
     let mut by_day: BTreeMap<chrono::NaiveDate, [u64; 3]> = BTreeMap::new();
-    let (mut added, mut consumed, mut forfeited) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
-    let (mut dollars_added, mut dollars_consumed) = (Decimal::ZERO, Decimal::ZERO);
+    let (mut added, mut consumed, mut forfeited) = (Credits::ZERO, Credits::ZERO, Credits::ZERO);
+    let (mut dollars_added, mut dollars_consumed) = (Dollars::ZERO, Dollars::ZERO);
     let mut fenced = 0u64;
-    let mut fences: BTreeMap<i32, Fence> = BTreeMap::new();
+    // One fenced reader per ledger partition: what counts is what every
+    // reader of the ledger counts.
+    let mut readers: BTreeMap<i32, FencedReader> = BTreeMap::new();
     let mut entries: Vec<LedgerEntry> = Vec::new();
     read_all(&args.brokers, &args.ledger_topic, |partition, offset, payload| {
-        let fence = fences.entry(partition).or_default();
-        match codec.decode_any(payload)? {
-            Record::Marker(m) if m.kind == MarkerKind::Claim => {
-                fence.observe_claim(offset, m.claim_id);
-            }
-            Record::Marker(_) => {}
-            Record::Ledger(entry) => {
-                if fence.admits(entry.epoch) {
-                    entries.push(entry);
-                } else {
-                    fenced += 1;
-                }
-            }
-            other => anyhow::bail!("unexpected record in the ledger: {other:?}"),
+        let reader = readers.entry(partition).or_insert_with(|| FencedReader::new(partition));
+        match reader.read(offset, payload)? {
+            LedgerRecord::Entry(entry) => entries.push(entry),
+            LedgerRecord::Fenced(_) => fenced += 1,
+            LedgerRecord::Progress(_) | LedgerRecord::Claim { .. } => {}
         }
         Ok(())
     })?;
@@ -142,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     // To the cent, rounding down: a balance is never shown larger than it is.
-    let cents = |d: Decimal| format!("{:.2}", d.round_dp_with_strategy(2, RoundingStrategy::ToZero));
+    let cents = |c: Credits| format!("{:.2}", c.decimal().round_dp_with_strategy(2, RoundingStrategy::ToZero));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -157,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
         "  {:<12} {:<6} {:>12}  {:<8} {:>8}  last activity",
         "account", "tier", "balance", "status", "entries"
     )?;
-    let mut listed: Vec<(&String, &AccountView)> = accounts.iter().collect();
+    let mut listed: Vec<(&AccountId, &AccountView)> = accounts.iter().collect();
     listed.sort_by(|a, b| b.1.balance.cmp(&a.1.balance).then(a.0.cmp(b.0)));
     for (id, view) in listed.iter().take(args.accounts) {
         let status = if view.deleted {
@@ -215,7 +210,7 @@ pub fn run(args: Args) -> Result<()> {
     for (kind, count) in &alerts {
         writeln!(out, "  {kind:<22} {count:>8}")?;
     }
-    let balance_sum: Decimal = accounts.values().map(|v| v.balance).sum();
+    let balance_sum: Credits = accounts.values().map(|v| v.balance).sum();
     let conserved = balance_sum == added - consumed - forfeited;
     writeln!(
         out,

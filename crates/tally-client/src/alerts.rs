@@ -26,7 +26,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
-use tally_events::{names::topics, Alert, AlertKind, Codec};
+use tally_events::{names::topics, AccountId, Alert, AlertKind, Codec};
 
 use crate::ClientError;
 
@@ -54,7 +54,7 @@ pub struct AccountAlerts {
     pub last: Alert,
 }
 
-type View = Arc<RwLock<HashMap<String, AccountAlerts>>>;
+type View = Arc<RwLock<HashMap<AccountId, AccountAlerts>>>;
 
 /// Follows the alerts topic from its beginning in a background thread.
 pub struct AlertWatcher {
@@ -121,7 +121,7 @@ impl AlertWatcher {
         let mut paused: Vec<String> = self
             .view
             .read()
-            .map(|v| v.iter().filter(|(_, a)| a.paused).map(|(id, _)| id.clone()).collect())
+            .map(|v| v.iter().filter(|(_, a)| a.paused).map(|(id, _)| id.to_string()).collect())
             .unwrap_or_default();
         paused.sort();
         paused
@@ -168,7 +168,7 @@ fn follow(consumer: BaseConsumer, view: View, applied: Arc<AtomicU64>, stop: Arc
 }
 
 /// Applies one alert; false if it is older than what the account has.
-fn apply(view: &mut HashMap<String, AccountAlerts>, alert: Alert) -> bool {
+fn apply(view: &mut HashMap<AccountId, AccountAlerts>, alert: Alert) -> bool {
     let paused_by = |kind: AlertKind, before: bool| match kind {
         AlertKind::Paused => true,
         AlertKind::Resumed => false,
@@ -204,11 +204,11 @@ mod tests {
     fn alert(account: &str, kind: AlertKind, sequence: i64) -> Alert {
         Alert {
             alert_id: Uuid::from_u128(sequence as u128),
-            account_id: account.into(),
+            account_id: AccountId::new_unchecked(account),
             kind,
-            sequence,
-            balance: Decimal::ZERO,
-            threshold: Decimal::TEN,
+            sequence: tally_events::Sequence(sequence),
+            balance: tally_events::Credits::ZERO,
+            threshold: tally_events::Credits::new(Decimal::TEN),
             occurred_at: DateTime::from_timestamp_millis(0).unwrap_or_default(),
             message: String::new(),
         }

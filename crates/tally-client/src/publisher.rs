@@ -5,9 +5,9 @@ use std::time::Duration;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
-    ClientConfig,
 };
 use tally_events::{Codec, CodecError, Input};
+use tally_service::kafka::ProducerSettings;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,18 +111,13 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer (no network round trip yet).
     pub fn new(config: &PublisherConfig) -> Result<Self, ClientError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            // Idempotence keeps retries inside one producer session from
-            // duplicating or reordering records; duplicates across sessions
-            // are caught by event ids downstream.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", config.linger.as_millis().to_string())
-            .set("queue.buffering.max.messages", config.queue_max_messages.to_string())
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
-            .set("compression.type", "none");
+        let settings = ProducerSettings {
+            linger: config.linger,
+            delivery_timeout: config.delivery_timeout,
+            queue_max_messages: config.queue_max_messages,
+            ..ProducerSettings::new(&config.bootstrap_servers)
+        };
+        let mut client = settings.client_config();
         for (key, value) in &config.overrides {
             client.set(key, value);
         }

@@ -25,7 +25,7 @@ use apache_avro::{rabin::Rabin, types::Value, GenericSingleObjectReader, Schema}
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    names::reasons,
+    reason::Reason,
     records::{
         AccountChange, Alert, CreditPurchase, DeadLetter, Input, LedgerEntry, LedgerMarker, PartitionSnapshot,
         UsageEvent,
@@ -137,7 +137,7 @@ macro_rules! record {
 record!(UsageEvent, CreditPurchase, AccountChange, LedgerEntry, Alert, DeadLetter, LedgerMarker, PartitionSnapshot);
 
 /// Why a message could not be encoded or decoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// Fewer bytes than a header.
     #[error("message of {len} bytes is too short for an Avro single-object header (10 bytes)")]
@@ -181,8 +181,8 @@ pub enum CodecError {
         record: &'static str,
         /// The field.
         field: &'static str,
-        /// The field's dead-letter reason code.
-        reason: &'static str,
+        /// The field's dead-letter reason.
+        reason: Reason,
         /// What is wrong, quoting the text.
         problem: crate::decimal::DecimalError,
     },
@@ -197,13 +197,13 @@ pub enum CodecError {
 }
 
 impl CodecError {
-    /// The stable dead-letter reason code for this error.
-    pub fn reason(&self) -> &'static str {
+    /// The dead-letter reason of this error.
+    pub fn reason(&self) -> Reason {
         match self {
-            CodecError::UnknownSchema { .. } => reasons::UNKNOWN_SCHEMA,
-            CodecError::WrongRecord { .. } => reasons::NOT_AN_INPUT,
-            CodecError::InvalidDecimal { reason, .. } => reason,
-            _ => reasons::MALFORMED,
+            CodecError::UnknownSchema { .. } => Reason::UnknownSchema,
+            CodecError::WrongRecord { .. } => Reason::NotAnInput,
+            CodecError::InvalidDecimal { reason, .. } => *reason,
+            _ => Reason::Malformed,
         }
     }
 }
@@ -473,9 +473,9 @@ impl Codec {
 /// records' serde, and fail as malformed.
 fn check_input_decimals(kind: RecordKind, value: &Value) -> Result<(), CodecError> {
     let (field, reason) = match kind {
-        RecordKind::UsageEvent => ("quantity", reasons::INVALID_QUANTITY),
-        RecordKind::CreditPurchase => ("amount_dollars", reasons::INVALID_AMOUNT),
-        RecordKind::AccountChange => ("low_balance_threshold", reasons::INVALID_THRESHOLD),
+        RecordKind::UsageEvent => ("quantity", Reason::InvalidQuantity),
+        RecordKind::CreditPurchase => ("amount_dollars", Reason::InvalidAmount),
+        RecordKind::AccountChange => ("low_balance_threshold", Reason::InvalidThreshold),
         _ => return Ok(()),
     };
     let Value::Record(fields) = value else { return Ok(()) };

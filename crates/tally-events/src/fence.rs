@@ -17,15 +17,18 @@
 //! owner stops before committing anything, so a restart rebuilds from what
 //! the log says. Every reader of the ledger (state restore, summary,
 //! aggregator, reconciliation) applies this same rule, record by record, in
-//! log order.
+//! log order: [`crate::ledger_reader::FencedReader`] is that rule applied to
+//! the bytes of a partition, and the one way tally reads its ledger.
 
 use uuid::Uuid;
+
+use crate::ids::Epoch;
 
 /// Fence state while reading one ledger partition in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fence {
     /// Epoch (claim offset) and id of the claim in force.
-    claim: Option<(i64, Uuid)>,
+    claim: Option<(Epoch, Uuid)>,
 }
 
 /// What a claim did to the fence.
@@ -43,24 +46,24 @@ impl Fence {
         Fence::default()
     }
 
-    /// Observes a CLAIM marker read at `offset` (its epoch).
+    /// Observes a CLAIM marker read at `offset`, which is its epoch.
     pub fn observe_claim(&mut self, offset: i64, claim_id: Uuid) -> ClaimOutcome {
         match self.claim {
-            Some((epoch, _)) if offset <= epoch => ClaimOutcome::Stale,
+            Some((epoch, _)) if offset <= epoch.0 => ClaimOutcome::Stale,
             _ => {
-                self.claim = Some((offset, claim_id));
+                self.claim = Some((Epoch(offset), claim_id));
                 ClaimOutcome::Accepted
             }
         }
     }
 
     /// Whether an entry or PROGRESS marker written with `epoch` counts.
-    pub fn admits(&self, epoch: i64) -> bool {
+    pub fn admits(&self, epoch: Epoch) -> bool {
         self.claim.is_some_and(|(current, _)| current == epoch)
     }
 
     /// The epoch (claim offset) of the current owner, if any.
-    pub fn epoch(&self) -> Option<i64> {
+    pub fn epoch(&self) -> Option<Epoch> {
         self.claim.map(|(epoch, _)| epoch)
     }
 
@@ -77,14 +80,14 @@ mod tests {
     #[test]
     fn records_of_older_epochs_do_not_count() {
         let mut fence = Fence::new();
-        assert!(!fence.admits(0), "nothing counts before a claim");
+        assert!(!fence.admits(Epoch(0)), "nothing counts before a claim");
         assert_eq!(fence.observe_claim(0, Uuid::from_u128(1)), ClaimOutcome::Accepted, "a claim at offset 0");
-        assert!(fence.admits(0));
+        assert!(fence.admits(Epoch(0)));
         assert_eq!(fence.observe_claim(7, Uuid::from_u128(2)), ClaimOutcome::Accepted);
-        assert!(!fence.admits(0), "the zombie of epoch 0 is fenced");
-        assert!(fence.admits(7));
+        assert!(!fence.admits(Epoch(0)), "the zombie of epoch 0 is fenced");
+        assert!(fence.admits(Epoch(7)));
         assert_eq!(fence.observe_claim(7, Uuid::from_u128(3)), ClaimOutcome::Stale, "not after the current claim");
         assert_eq!(fence.claim_id(), Some(Uuid::from_u128(2)));
-        assert_eq!(fence.epoch(), Some(7));
+        assert_eq!(fence.epoch(), Some(Epoch(7)));
     }
 }

@@ -10,13 +10,19 @@
 //!   CRC-64-AVRO fingerprint + Avro binary body). Any Avro implementation can
 //!   decode these messages without a registry; the codec resolves every
 //!   writer schema it knows (current and previous versions) by fingerprint.
-//! - [`names`]: topic names and stable reason codes, in one place.
+//! - [`ledger_reader`]: the one fenced reader of a ledger partition, which
+//!   every reader of the ledger uses.
+//! - [`names`]: topic names, in one place.
+//! - [`reason`]: the stable reason codes of dead letters and failed entries.
 //! - [`decimal`]: exact decimal text, the only way decimals are read.
+//! - [`money`], [`ids`]: credits, dollars, prices, account ids, sequences
+//!   and epochs as types that cannot be mixed up.
 //! - [`limits`]: what an identifier may be, and how much outside text is
 //!   ever copied into a record or a log line.
 //!
-//! Invariant: money and credits are [`rust_decimal::Decimal`], carried on the
-//! wire as decimal text so no precision is ever lost.
+//! Invariant: money and credits are [`Credits`] and [`Dollars`] over
+//! `rust_decimal::Decimal`, carried on the wire as decimal text read
+//! exactly, so no precision is ever lost.
 //!
 //! ```
 //! use tally_events::{codec::Codec, records::CreditPurchase};
@@ -37,9 +43,16 @@
 pub mod codec;
 pub mod decimal;
 pub mod fence;
+pub mod ids;
+pub mod ledger_reader;
 pub mod limits;
+pub mod money;
 pub mod names;
+pub mod reason;
 pub mod records;
 
 pub use codec::{Codec, CodecError, Message};
+pub use ids::{AccountId, Epoch, Sequence};
+pub use money::{Credits, CreditsPerUnit, Dollars, DollarsPerCredit};
+pub use reason::Reason;
 pub use records::*;

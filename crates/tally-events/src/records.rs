@@ -11,6 +11,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::{
+    ids::{AccountId, Epoch, Sequence},
+    money::{Credits, Dollars},
+    reason::Reason,
+};
+
 /// What a usage quantity counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -137,8 +143,7 @@ pub struct CreditPurchase {
     /// Account credited.
     pub account_id: String,
     /// Dollars paid.
-    #[serde(with = "decimal_text")]
-    pub amount_dollars: Decimal,
+    pub amount_dollars: Dollars,
     /// When the payment settled.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub occurred_at: DateTime<Utc>,
@@ -172,8 +177,7 @@ pub struct AccountChange {
     /// Tier from this change on.
     pub tier: PlanTier,
     /// Low-balance threshold in credits.
-    #[serde(with = "decimal_text")]
-    pub low_balance_threshold: Decimal,
+    pub low_balance_threshold: Credits,
     /// When the change took effect.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub occurred_at: DateTime<Utc>,
@@ -246,11 +250,11 @@ pub struct LedgerEntry {
     #[serde(with = "text")]
     pub entry_id: Uuid,
     /// Account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Per-account gapless sequence, from 1.
-    pub sequence: i64,
+    pub sequence: Sequence,
     /// Writer epoch (fence); not content.
-    pub epoch: i64,
+    pub epoch: Epoch,
     /// Type.
     pub entry_type: EntryType,
     /// Status.
@@ -270,21 +274,17 @@ pub struct LedgerEntry {
     #[serde(with = "decimal_text")]
     pub quantity: Decimal,
     /// Credits moved, never negative.
-    #[serde(with = "decimal_text")]
-    pub credits: Decimal,
+    pub credits: Credits,
     /// Dollar value, to the cent.
-    #[serde(with = "decimal_text")]
-    pub dollars: Decimal,
+    pub dollars: Dollars,
     /// Tier at the entry.
     pub tier: PlanTier,
     /// Rate table version id.
     pub rate_version: String,
     /// Balance after the entry.
-    #[serde(with = "decimal_text")]
-    pub balance_after: Decimal,
+    pub balance_after: Credits,
     /// Threshold after the entry.
-    #[serde(with = "decimal_text")]
-    pub low_balance_threshold: Decimal,
+    pub low_balance_threshold: Credits,
     /// Paused after the entry.
     pub paused: bool,
     /// The input's occurred_at.
@@ -306,18 +306,23 @@ impl LedgerEntry {
     /// The signed change of balance this entry makes: `+credits` for a
     /// successful ADD, `-credits` for a successful CONSUME or FORFEIT, zero
     /// otherwise.
-    pub fn signed_credits(&self) -> Decimal {
+    pub fn signed_credits(&self) -> Credits {
         match (self.status, self.entry_type) {
             (EntryStatus::Success, EntryType::Add) => self.credits,
             (EntryStatus::Success, EntryType::Consume | EntryType::Forfeit) => -self.credits,
-            _ => Decimal::ZERO,
+            _ => Credits::ZERO,
         }
     }
 
     /// The entry with the writer epoch cleared: what two copies of the same
     /// entry must agree on. The epoch is fencing metadata, not content.
     pub fn content(&self) -> LedgerEntry {
-        LedgerEntry { epoch: 0, ..self.clone() }
+        LedgerEntry { epoch: Epoch(0), ..self.clone() }
+    }
+
+    /// The reason of a FAILED entry, when it is one this build knows.
+    pub fn failure_reason(&self) -> Option<Reason> {
+        Reason::from_code(&self.reason)
     }
 }
 
@@ -340,7 +345,7 @@ pub struct LedgerMarker {
     #[serde(with = "text")]
     pub claim_id: Uuid,
     /// Writer epoch.
-    pub epoch: i64,
+    pub epoch: Epoch,
     /// Writer process, for operators.
     pub instance: String,
     /// Input topic.
@@ -369,7 +374,7 @@ pub struct PartitionSnapshot {
     /// The state covers ledger records below this offset.
     pub ledger_next_offset: i64,
     /// Epoch of the claim in force.
-    pub claim_epoch: i64,
+    pub claim_epoch: Epoch,
     /// Id of that claim.
     #[serde(with = "text")]
     pub claim_id: Uuid,
@@ -395,17 +400,15 @@ pub struct PartitionSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotAccount {
     /// Account id.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Credits held.
-    #[serde(with = "decimal_text")]
-    pub balance: Decimal,
+    pub balance: Credits,
     /// Sequence of the latest entry.
-    pub last_sequence: i64,
+    pub last_sequence: Sequence,
     /// Plan tier.
     pub tier: PlanTier,
     /// Low-balance threshold.
-    #[serde(with = "decimal_text")]
-    pub low_balance_threshold: Decimal,
+    pub low_balance_threshold: Credits,
     /// Paused.
     pub paused: bool,
     /// Deleted.
@@ -431,17 +434,15 @@ pub struct Alert {
     #[serde(with = "text")]
     pub alert_id: Uuid,
     /// Account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Kind.
     pub kind: AlertKind,
     /// Sequence of the entry that raised it.
-    pub sequence: i64,
+    pub sequence: Sequence,
     /// Balance after that entry.
-    #[serde(with = "decimal_text")]
-    pub balance: Decimal,
+    pub balance: Credits,
     /// Threshold.
-    #[serde(with = "decimal_text")]
-    pub threshold: Decimal,
+    pub threshold: Credits,
     /// occurred_at of the input.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub occurred_at: DateTime<Utc>,
@@ -453,7 +454,7 @@ pub struct Alert {
 /// An input that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Stable reason code (see [`crate::names::reasons`]).
+    /// Stable reason code (see [`crate::Reason`]).
     pub reason: String,
     /// Human-readable detail.
     pub detail: String,
@@ -487,7 +488,7 @@ impl DeadLetter {
     /// `payload`, keeping at most the limits' bytes of each and their
     /// original lengths.
     pub fn of_input(
-        reason: &str,
+        reason: Reason,
         detail: String,
         source: SourceOffset,
         key: Option<&[u8]>,
@@ -497,7 +498,7 @@ impl DeadLetter {
         let kept = |bytes: Option<&[u8]>, max: usize| bytes.map(|b| b[..b.len().min(max)].to_vec());
         let length = |bytes: Option<&[u8]>| bytes.map_or(-1, |b| b.len() as i64);
         DeadLetter {
-            reason: reason.to_string(),
+            reason: reason.code().to_string(),
             detail,
             source,
             key: kept(key, crate::limits::DEAD_LETTER_KEY_BYTES_MAX),

@@ -8,7 +8,6 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use tally_events::{
     codec::{encode_with_schema, RecordKind},
-    names::reasons,
     *,
 };
 use uuid::Uuid;
@@ -37,7 +36,7 @@ fn usage() -> UsageEvent {
 
 fn dead_letter() -> DeadLetter {
     DeadLetter {
-        reason: reasons::MALFORMED.into(),
+        reason: Reason::Malformed.code().into(),
         detail: "bad".into(),
         source: SourceOffset { topic: "t".into(), partition: 0, offset: 1 },
         key: Some(b"acct".to_vec()),
@@ -51,12 +50,12 @@ fn dead_letter() -> DeadLetter {
 fn entry() -> LedgerEntry {
     LedgerEntry {
         entry_id: Uuid::from_u128(1),
-        account_id: "acct-7".into(),
-        sequence: 12,
-        epoch: 3,
+        account_id: AccountId::new_unchecked("acct-7"),
+        sequence: Sequence(12),
+        epoch: Epoch(3),
         entry_type: EntryType::Consume,
         status: EntryStatus::Failed,
-        reason: reasons::INSUFFICIENT_CREDITS.into(),
+        reason: Reason::InsufficientCredits.code().into(),
         input_id: Uuid::from_u128(2),
         service: "sms".into(),
         engine: "standard".into(),
@@ -162,9 +161,9 @@ fn every_record_round_trips() {
 
     let a = Alert {
         alert_id: Uuid::from_u128(7),
-        account_id: "a".into(),
+        account_id: AccountId::new_unchecked("a"),
         kind: AlertKind::LowBalance,
-        sequence: 4,
+        sequence: Sequence(4),
         balance: "1.5".parse().expect("decimal"),
         threshold: "10".parse().expect("decimal"),
         occurred_at: at(3),
@@ -241,7 +240,7 @@ fn sample(kind: RecordKind) -> Message {
         RecordKind::CreditPurchase => Message::Input(Input::Purchase(CreditPurchase {
             purchase_id: Uuid::from_u128(9),
             account_id: "a".into(),
-            amount_dollars: Decimal::TEN,
+            amount_dollars: Dollars::new(Decimal::TEN),
             occurred_at: at(10),
             payment_reference: Some("pi_1".into()),
         })),
@@ -250,17 +249,17 @@ fn sample(kind: RecordKind) -> Message {
             account_id: "a".into(),
             kind: AccountChangeKind::Open,
             tier: PlanTier::Payg,
-            low_balance_threshold: Decimal::TEN,
+            low_balance_threshold: Credits::new(Decimal::TEN),
             occurred_at: at(10),
             reason: Some("new".into()),
         })),
         RecordKind::Alert => Message::Alert(Alert {
             alert_id: Uuid::from_u128(9),
-            account_id: "a".into(),
+            account_id: AccountId::new_unchecked("a"),
             kind: AlertKind::Paused,
-            sequence: 1,
-            balance: Decimal::ZERO,
-            threshold: Decimal::TEN,
+            sequence: Sequence(1),
+            balance: Credits::ZERO,
+            threshold: Credits::new(Decimal::TEN),
             occurred_at: at(10),
             message: "paused".into(),
         }),
@@ -268,7 +267,7 @@ fn sample(kind: RecordKind) -> Message {
         RecordKind::LedgerMarker => Message::Marker(LedgerMarker {
             kind: MarkerKind::Progress,
             claim_id: Uuid::from_u128(2),
-            epoch: 3,
+            epoch: Epoch(3),
             instance: "h:1".into(),
             input_topic: "tally.inputs".into(),
             input_partition: 1,
@@ -315,15 +314,15 @@ fn with_defaults(mut message: Message, fields: &[String]) -> Message {
 fn malformed_bytes_give_typed_errors() {
     let codec = Codec::global();
     assert_eq!(codec.decode_input(b"").unwrap_err(), CodecError::TooShort { len: 0 });
-    assert_eq!(codec.decode_input(b"{\"json\": true}").unwrap_err().reason(), reasons::MALFORMED);
+    assert_eq!(codec.decode_input(b"{\"json\": true}").unwrap_err().reason(), Reason::Malformed);
     let mut unknown = vec![0xC3, 0x01];
     unknown.extend_from_slice(&[9; 8]);
-    assert_eq!(codec.decode_input(&unknown).unwrap_err().reason(), reasons::UNKNOWN_SCHEMA);
+    assert_eq!(codec.decode_input(&unknown).unwrap_err().reason(), Reason::UnknownSchema);
     let good = codec.encode(&usage()).expect("encode");
     let truncated = &good[..good.len() - 5];
-    assert_eq!(codec.decode_input(truncated).unwrap_err().reason(), reasons::MALFORMED);
+    assert_eq!(codec.decode_input(truncated).unwrap_err().reason(), Reason::Malformed);
     let ledger = codec.encode(&entry()).expect("encode");
-    assert_eq!(codec.decode_input(&ledger).unwrap_err().reason(), reasons::NOT_AN_INPUT);
+    assert_eq!(codec.decode_input(&ledger).unwrap_err().reason(), Reason::NotAnInput);
 }
 
 /// A record whose field `field` holds the text `text`.
@@ -345,7 +344,7 @@ fn input_decimals_are_read_exactly_or_refused_with_their_reason() {
     let purchase = CreditPurchase {
         purchase_id: Uuid::from_u128(9),
         account_id: "a".into(),
-        amount_dollars: Decimal::TEN,
+        amount_dollars: Dollars::new(Decimal::TEN),
         occurred_at: at(10),
         payment_reference: None,
     };
@@ -354,26 +353,26 @@ fn input_decimals_are_read_exactly_or_refused_with_their_reason() {
         account_id: "a".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::TEN,
+        low_balance_threshold: Credits::new(Decimal::TEN),
         occurred_at: at(10),
         reason: None,
     };
     let cases = [
-        (with_text(usage(), RecordKind::UsageEvent, "quantity", "seven"), reasons::INVALID_QUANTITY, "\"seven\""),
+        (with_text(usage(), RecordKind::UsageEvent, "quantity", "seven"), Reason::InvalidQuantity, "\"seven\""),
         (
             with_text(usage(), RecordKind::UsageEvent, "quantity", "1.0000000000000000000000000000001"),
-            reasons::INVALID_QUANTITY,
+            Reason::InvalidQuantity,
             "\"1.0000000000000000000000000000001\"",
         ),
-        (with_text(usage(), RecordKind::UsageEvent, "quantity", "1_000"), reasons::INVALID_QUANTITY, "\"1_000\""),
+        (with_text(usage(), RecordKind::UsageEvent, "quantity", "1_000"), Reason::InvalidQuantity, "\"1_000\""),
         (
             with_text(purchase, RecordKind::CreditPurchase, "amount_dollars", "10.0000000000000000000000000000001"),
-            reasons::INVALID_AMOUNT,
+            Reason::InvalidAmount,
             "amount_dollars",
         ),
         (
             with_text(change, RecordKind::AccountChange, "low_balance_threshold", "1e3"),
-            reasons::INVALID_THRESHOLD,
+            Reason::InvalidThreshold,
             "\"1e3\"",
         ),
     ];
@@ -390,7 +389,7 @@ fn input_decimals_are_read_exactly_or_refused_with_their_reason() {
     // Decimals of other records are read as exactly; one that does not fit
     // makes the record malformed.
     let entry_bytes = with_text(entry(), RecordKind::LedgerEntry, "credits", "0.00000000000000000000000000001");
-    assert_eq!(codec.decode_any(&entry_bytes).unwrap_err().reason(), reasons::MALFORMED);
+    assert_eq!(codec.decode_any(&entry_bytes).unwrap_err().reason(), Reason::Malformed);
 }
 
 proptest! {
@@ -459,9 +458,9 @@ fn direct_encoding_matches_the_generic_value_path() {
     for kind in [AlertKind::LowBalance, AlertKind::Paused, AlertKind::Resumed] {
         let a = Alert {
             alert_id: Uuid::from_u128(7),
-            account_id: "a".into(),
+            account_id: AccountId::new_unchecked("a"),
             kind,
-            sequence: 4,
+            sequence: Sequence(4),
             balance: "1.5".parse().expect("decimal"),
             threshold: "10".parse().expect("decimal"),
             occurred_at: at(3),
@@ -489,7 +488,7 @@ fn direct_encoding_matches_the_generic_value_path() {
         let m = LedgerMarker {
             kind,
             claim_id: Uuid::from_u128(9),
-            epoch: 3,
+            epoch: Epoch(3),
             instance: "h:1".into(),
             input_topic: "tally.inputs".into(),
             input_partition: 1,
@@ -501,9 +500,9 @@ fn direct_encoding_matches_the_generic_value_path() {
 
 fn snapshot() -> PartitionSnapshot {
     let account = SnapshotAccount {
-        account_id: "acct-1".into(),
+        account_id: AccountId::new_unchecked("acct-1"),
         balance: "12.3456".parse().expect("decimal"),
-        last_sequence: 42,
+        last_sequence: Sequence(42),
         tier: PlanTier::Pro,
         low_balance_threshold: "50".parse().expect("decimal"),
         paused: false,
@@ -518,12 +517,12 @@ fn snapshot() -> PartitionSnapshot {
         input_topic: "tally.inputs".into(),
         input_partition: 3,
         ledger_next_offset: 1_000,
-        claim_epoch: 900,
+        claim_epoch: Epoch(900),
         claim_id: Uuid::from_u128(2),
         resume_input_offset: 5_000,
         newest_occurred_at: Some(at(1_767_225_600_123)),
         last_source_offset: Some(4_999),
-        accounts: vec![account.clone(), SnapshotAccount { account_id: "acct-2".into(), ..account }],
+        accounts: vec![account.clone(), SnapshotAccount { account_id: AccountId::new_unchecked("acct-2"), ..account }],
         dedup_ids: ids,
         dedup_digests: vec![9; 16],
     }

@@ -21,10 +21,9 @@
 
 use std::borrow::Cow;
 
-use rust_decimal::Decimal;
-use tally_events::records::PlanTier;
+use tally_events::{records::PlanTier, Credits, Sequence};
 
-use crate::ledger::AccountState;
+use crate::state::AccountState;
 
 /// Longest id stored in its slot.
 const INLINE_MAX: usize = 15;
@@ -53,10 +52,10 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 const VACANT: Slot = Slot {
     state: AccountState {
-        balance: Decimal::ZERO,
-        last_sequence: 0,
+        balance: Credits::ZERO,
+        last_sequence: Sequence(0),
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         paused: false,
         deleted: false,
     },
@@ -265,7 +264,7 @@ mod tests {
     use super::*;
 
     fn state(last_sequence: i64) -> AccountState {
-        AccountState { last_sequence, ..VACANT.state }
+        AccountState { last_sequence: Sequence(last_sequence), ..VACANT.state }
     }
 
     #[test]
@@ -277,7 +276,7 @@ mod tests {
         for (n, id) in ids.iter().enumerate() {
             accounts.insert(id, state(n as i64));
         }
-        let get = |id: &str| accounts.get(id).map(|state| state.last_sequence);
+        let get = |id: &str| accounts.get(id).map(|state| state.last_sequence.0);
         assert_eq!(get("acct-1"), Some(0));
         assert_eq!(get(""), Some(1));
         assert_eq!(get("äccount-ü"), Some(2));
@@ -287,7 +286,7 @@ mod tests {
         assert_eq!(get(&"a".repeat(INLINE_MAX + 2)), None);
         assert_eq!(accounts.len(), 5);
         let mut listed: Vec<(String, i64)> =
-            accounts.iter().map(|(id, state)| (id.into_owned(), state.last_sequence)).collect();
+            accounts.iter().map(|(id, state)| (id.into_owned(), state.last_sequence.0)).collect();
         listed.sort();
         let mut expected: Vec<(String, i64)> =
             ids.iter().enumerate().map(|(n, id)| (id.to_string(), n as i64)).collect();
@@ -308,17 +307,17 @@ mod tests {
             if n % 3 == 0 {
                 let state = accounts.get_mut(&format!("acct-{}", n % 9_000));
                 if let Some(state) = state {
-                    state.last_sequence += 1;
+                    state.last_sequence.0 += 1;
                     *model.get_mut(&format!("acct-{}", n % 9_000)).expect("in both") += 1;
                 }
             }
         }
         assert_eq!(accounts.len(), model.len());
         let listed: BTreeMap<String, i64> =
-            accounts.iter().map(|(id, state)| (id.into_owned(), state.last_sequence)).collect();
+            accounts.iter().map(|(id, state)| (id.into_owned(), state.last_sequence.0)).collect();
         assert_eq!(listed, model);
         for (id, sequence) in &model {
-            assert_eq!(accounts.get(id).map(|state| state.last_sequence), Some(*sequence), "{id}");
+            assert_eq!(accounts.get(id).map(|state| state.last_sequence.0), Some(*sequence), "{id}");
         }
         assert!(accounts.slots.len() >= 2 * accounts.len());
     }

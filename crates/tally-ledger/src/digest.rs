@@ -166,7 +166,7 @@ fn usage(event: &UsageEvent, out: &mut [u64; FIELDS_MAX]) {
 
 fn purchase(purchase: &CreditPurchase, out: &mut [u64; FIELDS_MAX]) {
     out[0] = text(&purchase.account_id);
-    out[1] = xxh3_64(&decimal(purchase.amount_dollars));
+    out[1] = xxh3_64(&decimal(purchase.amount_dollars.decimal()));
 }
 
 fn account(change: &AccountChange, out: &mut [u64; FIELDS_MAX]) {
@@ -183,7 +183,7 @@ fn account(change: &AccountChange, out: &mut [u64; FIELDS_MAX]) {
     out[0] = text(&change.account_id);
     out[1] = xxh3_64(&[kind]);
     out[2] = xxh3_64(&[tier]);
-    out[3] = xxh3_64(&decimal(change.low_balance_threshold));
+    out[3] = xxh3_64(&decimal(change.low_balance_threshold.decimal()));
 }
 
 #[cfg(test)]

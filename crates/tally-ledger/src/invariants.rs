@@ -19,29 +19,34 @@
 //!
 //! ```
 //! use tally_ledger::invariants::{gapless_sequence, Previous};
-//! assert!(gapless_sequence(&Previous::START, "acct-1", 1).is_ok());
-//! assert!(gapless_sequence(&Previous::START, "acct-1", 2).is_err());
+//! use tally_events::{AccountId, Sequence};
+//! let account = AccountId::parse("acct-1").unwrap();
+//! assert!(gapless_sequence(&Previous::START, &account, Sequence(1)).is_ok());
+//! assert!(gapless_sequence(&Previous::START, &account, Sequence(2)).is_err());
 //! ```
 
 use rust_decimal::Decimal;
-use tally_events::records::{EntryStatus, EntryType, LedgerEntry};
+use tally_events::{
+    records::{EntryStatus, EntryType, LedgerEntry},
+    AccountId, Credits, Sequence,
+};
 
-use crate::ledger::AccountState;
+use crate::state::AccountState;
 
 /// What an entry follows: the account as the previous entry left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Previous {
     /// Sequence of the previous entry (0 before the first).
-    pub sequence: i64,
+    pub sequence: Sequence,
     /// Balance after it.
-    pub balance: Decimal,
+    pub balance: Credits,
     /// Paused after it.
     pub paused: bool,
 }
 
 impl Previous {
     /// Before an account's first entry.
-    pub const START: Previous = Previous { sequence: 0, balance: Decimal::ZERO, paused: false };
+    pub const START: Previous = Previous { sequence: Sequence::BEFORE_FIRST, balance: Credits::ZERO, paused: false };
 
     /// The account as `entry` left it.
     pub fn after(entry: &LedgerEntry) -> Previous {
@@ -59,14 +64,14 @@ impl From<&AccountState> for Previous {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// Sequence is not previous + 1.
-    #[error("account {account_id}: sequence {found} follows {previous}, expected {}", previous + 1)]
+    #[error("account {account_id}: sequence {found} follows {previous}, expected {}", previous.0 + 1)]
     SequenceGap {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Previous sequence (0 before the first entry).
-        previous: i64,
+        previous: Sequence,
         /// Sequence found.
-        found: i64,
+        found: Sequence,
     },
     /// `balance_after` is not the previous balance plus the signed credits.
     #[error(
@@ -74,47 +79,47 @@ pub enum Violation {
     )]
     BalanceChain {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Entry.
-        sequence: i64,
+        sequence: Sequence,
         /// Previous balance.
-        previous: Decimal,
+        previous: Credits,
         /// The entry's signed credits.
-        signed: Decimal,
+        signed: Credits,
         /// previous + signed.
-        expected: Decimal,
+        expected: Credits,
         /// The entry's balance_after.
-        found: Decimal,
+        found: Credits,
     },
     /// A negative balance.
     #[error("account {account_id}: entry {sequence} leaves a negative balance {balance}")]
     NegativeBalance {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Entry.
-        sequence: i64,
+        sequence: Sequence,
         /// The balance.
-        balance: Decimal,
+        balance: Credits,
     },
     /// Negative credits (the sign belongs to the entry type).
     #[error("account {account_id}: entry {sequence} has negative credits {credits}")]
     NegativeCredits {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Entry.
-        sequence: i64,
+        sequence: Sequence,
         /// The credits.
-        credits: Decimal,
+        credits: Credits,
     },
     /// A successful CONSUME while the account was paused.
     #[error("account {account_id}: entry {sequence} debits {credits} credits while the account is paused")]
     DebitWhilePaused {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Entry.
-        sequence: i64,
+        sequence: Sequence,
         /// Credits debited.
-        credits: Decimal,
+        credits: Credits,
     },
     /// The account went from paused to not paused without a purchase.
     #[error(
@@ -122,9 +127,9 @@ pub enum Violation {
     )]
     ResumeWithoutPurchase {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Entry.
-        sequence: i64,
+        sequence: Sequence,
         /// Its type.
         entry_type: EntryType,
     },
@@ -132,34 +137,34 @@ pub enum Violation {
     #[error("account {account_id}: final balance {balance} differs from added {added} - consumed {consumed} - forfeited {forfeited}")]
     Conservation {
         /// Account.
-        account_id: String,
+        account_id: AccountId,
         /// Final balance.
-        balance: Decimal,
+        balance: Credits,
         /// Credits added.
-        added: Decimal,
+        added: Credits,
         /// Credits consumed (successful CONSUME).
-        consumed: Decimal,
+        consumed: Credits,
         /// Credits forfeited.
-        forfeited: Decimal,
+        forfeited: Credits,
     },
     /// A slice given as one account's entries holds another account's entry.
     #[error("entries of account {expected} include entry {sequence} of account {found}")]
     MixedAccounts {
         /// The first entry's account.
-        expected: String,
+        expected: AccountId,
         /// The other account.
-        found: String,
+        found: AccountId,
         /// That entry's sequence.
-        sequence: i64,
+        sequence: Sequence,
     },
 }
 
 /// Invariant 1: `sequence` is `previous.sequence + 1` (so the first is 1).
-pub fn gapless_sequence(previous: &Previous, account_id: &str, sequence: i64) -> Result<(), Violation> {
-    if previous.sequence.checked_add(1) == Some(sequence) {
+pub fn gapless_sequence(previous: &Previous, account_id: &AccountId, sequence: Sequence) -> Result<(), Violation> {
+    if previous.sequence.next() == Some(sequence) {
         Ok(())
     } else {
-        Err(Violation::SequenceGap { account_id: account_id.to_string(), previous: previous.sequence, found: sequence })
+        Err(Violation::SequenceGap { account_id: account_id.clone(), previous: previous.sequence, found: sequence })
     }
 }
 
@@ -175,7 +180,7 @@ pub fn balance_chain(previous: &Previous, entry: &LedgerEntry) -> Result<(), Vio
             sequence: entry.sequence,
             previous: previous.balance,
             signed,
-            expected: expected.unwrap_or(Decimal::MAX),
+            expected: expected.unwrap_or(Credits::new(Decimal::MAX)),
             found: entry.balance_after,
         })
     }
@@ -184,14 +189,14 @@ pub fn balance_chain(previous: &Previous, entry: &LedgerEntry) -> Result<(), Vio
 /// Invariant 3: neither the balance after nor the credits of an entry are
 /// negative.
 pub fn never_negative(entry: &LedgerEntry) -> Result<(), Violation> {
-    if entry.balance_after.is_sign_negative() && !entry.balance_after.is_zero() {
+    if entry.balance_after.is_negative() {
         return Err(Violation::NegativeBalance {
             account_id: entry.account_id.clone(),
             sequence: entry.sequence,
             balance: entry.balance_after,
         });
     }
-    if entry.credits.is_sign_negative() && !entry.credits.is_zero() {
+    if entry.credits.is_negative() {
         return Err(Violation::NegativeCredits {
             account_id: entry.account_id.clone(),
             sequence: entry.sequence,
@@ -247,7 +252,7 @@ pub fn conservation(entries: &[LedgerEntry]) -> Result<(), Violation> {
     };
     // Checked sums: a reconciliation may feed forged, huge values, and must
     // report them rather than panic on overflow.
-    let (mut added, mut consumed, mut forfeited) = (Some(Decimal::ZERO), Some(Decimal::ZERO), Some(Decimal::ZERO));
+    let (mut added, mut consumed, mut forfeited) = (Some(Credits::ZERO), Some(Credits::ZERO), Some(Credits::ZERO));
     for entry in entries.iter().filter(|e| e.status == EntryStatus::Success) {
         let total = match entry.entry_type {
             EntryType::Add => &mut added,
@@ -261,8 +266,11 @@ pub fn conservation(entries: &[LedgerEntry]) -> Result<(), Violation> {
     if balance == Some(last.balance_after) {
         Ok(())
     } else {
-        let (added, consumed, forfeited) =
-            (added.unwrap_or(Decimal::MAX), consumed.unwrap_or(Decimal::MAX), forfeited.unwrap_or(Decimal::MAX));
+        let (added, consumed, forfeited) = (
+            added.unwrap_or(Credits::new(Decimal::MAX)),
+            consumed.unwrap_or(Credits::new(Decimal::MAX)),
+            forfeited.unwrap_or(Credits::new(Decimal::MAX)),
+        );
         Err(Violation::Conservation {
             account_id: last.account_id.clone(),
             balance: last.balance_after,

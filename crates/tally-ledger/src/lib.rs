@@ -8,14 +8,16 @@
 //! inputs in the same order give byte-identical entries, which is what
 //! makes replays after a crash idempotent.
 //!
-//! - [`rates`]: the versioned rate table (`pipelines/rates.toml`), its
-//!   validation and the price list of `tally rates show`;
+//! - [`rates`]: the versioned rate table (`pipelines/rates.toml`) and its
+//!   validation;
 //! - [`pricing`]: exact credit and dollar arithmetic, and its one rounding
 //!   per kind;
 //! - [`digest`]: an input's content digest, which tells a duplicate from a
 //!   conflicting reuse of its id;
-//! - [`ledger`]: the rules of one input partition ([`Ledger::apply`]) and
-//!   the rebuild of its state from the ledger topic ([`Ledger::restore`]);
+//! - [`ledger`]: one input partition: the order the rules run in
+//!   ([`Ledger::apply`]) and the rebuild of its state from the ledger topic
+//!   ([`Ledger::restore`]); the rules of each kind are in `rules`, the
+//!   state and settings types in [`state`];
 //! - [`invariants`]: one predicate per ledger invariant, shared by `apply`
 //!   (release asserts), `restore`, property tests and reconciliation.
 //!
@@ -34,9 +36,10 @@ pub mod invariants;
 pub mod ledger;
 pub mod pricing;
 pub mod rates;
+mod rules;
+pub mod state;
 
 pub use invariants::Violation;
-pub use ledger::{
-    AccountState, Applied, DedupId, Ledger, LedgerConfig, LedgerSnapshot, LedgerStats, RestoreError, ENTRY_ID_NAMESPACE,
-};
-pub use rates::{render_price_list, RateTable, RateVersion, RatesError, ServiceRate};
+pub use ledger::{Ledger, ENTRY_ID_NAMESPACE};
+pub use rates::{RateTable, RateVersion, RatesError, ServiceRate};
+pub use state::{AccountState, Applied, DedupId, LedgerConfig, LedgerSnapshot, LedgerStats, RestoreError};

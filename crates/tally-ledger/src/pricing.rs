@@ -19,18 +19,20 @@
 //!
 //! ```
 //! use rust_decimal::Decimal;
+//! use tally_events::{Credits, CreditsPerUnit, Dollars, DollarsPerCredit};
 //! use tally_ledger::pricing;
 //! let d = |s: &str| s.parse::<Decimal>().unwrap();
 //! // Kling, 7.5 s at 2 credits/s = 15 credits; at PAYG 0.12 = $1.80.
-//! let credits = pricing::usage_credits(d("2"), d("7.5")).unwrap();
-//! assert_eq!(credits, d("15"));
-//! assert_eq!(pricing::dollars_of_credits(credits, d("0.12")).unwrap().to_string(), "1.80");
+//! let credits = pricing::usage_credits(CreditsPerUnit::new(d("2")), d("7.5")).unwrap();
+//! assert_eq!(credits, Credits::new(d("15")));
+//! let payg = DollarsPerCredit::new(d("0.12"));
+//! assert_eq!(pricing::dollars_of_credits(credits, payg).unwrap().to_string(), "1.80");
 //! // $25.00 at 0.12 buys 208.3333 credits (208.333… truncated).
-//! assert_eq!(pricing::credits_of_dollars(d("25.00"), d("0.12")).unwrap().to_string(), "208.3333");
+//! assert_eq!(pricing::credits_of_dollars(Dollars::new(d("25.00")), payg).unwrap().to_string(), "208.3333");
 //! ```
 
 use rust_decimal::{Decimal, RoundingStrategy};
-use tally_events::records::Unit;
+use tally_events::{records::Unit, Credits, CreditsPerUnit, Dollars, DollarsPerCredit};
 
 /// Fractional digits a usage quantity of `unit` may have (after
 /// normalizing: `7.500` seconds and `1.0` image are fine): images and
@@ -61,14 +63,14 @@ pub const DOLLARS_SCALE: u32 = 2;
 pub const QUANTITY_MAX: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
 
 /// Largest single purchase, in dollars.
-pub const AMOUNT_DOLLARS_MAX: Decimal = Decimal::from_parts(100_000_000, 0, 0, false, 0);
+pub const AMOUNT_DOLLARS_MAX: Dollars = Dollars::new(Decimal::from_parts(100_000_000, 0, 0, false, 0));
 
 /// Largest balance an account may hold, in credits (10^15). With at most 6
 /// fractional digits that is 21 significant digits: every sum stays exact.
-pub const BALANCE_CREDITS_MAX: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0);
+pub const BALANCE_CREDITS_MAX: Credits = Credits::new(Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0));
 
 /// Largest low-balance threshold, in credits: the largest balance.
-pub const THRESHOLD_CREDITS_MAX: Decimal = BALANCE_CREDITS_MAX;
+pub const THRESHOLD_CREDITS_MAX: Credits = BALANCE_CREDITS_MAX;
 
 /// A low-balance threshold has at most this many fractional digits (a
 /// ten-thousandth of a credit, the finest a purchase grants).
@@ -76,26 +78,34 @@ pub const THRESHOLD_SCALE_MAX: u32 = 4;
 
 /// Credits of `quantity` units at `credits_per_unit`, exact and normalized;
 /// `None` if the product does not fit (quantities are bounded well below).
-pub fn usage_credits(credits_per_unit: Decimal, quantity: Decimal) -> Option<Decimal> {
-    credits_per_unit.checked_mul(quantity).map(|credits| credits.normalize())
+pub fn usage_credits(credits_per_unit: CreditsPerUnit, quantity: Decimal) -> Option<Credits> {
+    credits_per_unit.decimal().checked_mul(quantity).map(|credits| Credits::new(credits.normalize()))
 }
 
 /// Dollar value of `credits` at `dollars_per_credit`, rounded half-even to
 /// the cent, always written with 2 fractional digits.
-pub fn dollars_of_credits(credits: Decimal, dollars_per_credit: Decimal) -> Option<Decimal> {
+pub fn dollars_of_credits(credits: Credits, dollars_per_credit: DollarsPerCredit) -> Option<Dollars> {
     // The product is exact (at most 6 + 4 fractional digits): the only
     // rounding is this one, to the cent.
-    let mut dollars = credits
-        .checked_mul(dollars_per_credit)?
+    let dollars = credits
+        .decimal()
+        .checked_mul(dollars_per_credit.decimal())?
         .round_dp_with_strategy(DOLLARS_SCALE, RoundingStrategy::MidpointNearestEven);
-    dollars.rescale(DOLLARS_SCALE);
-    Some(dollars.normalize_zero())
+    Some(cents(dollars))
+}
+
+/// Dollars written with exactly 2 fractional digits, zero without a sign
+/// (so text forms never show `-0.00`). `value` has at most 2.
+pub fn cents(mut value: Decimal) -> Dollars {
+    value.rescale(DOLLARS_SCALE);
+    Dollars::new(value.normalize_zero())
 }
 
 /// Credits bought by `dollars` at `dollars_per_credit`: the quotient
 /// truncated toward zero to 4 fractional digits, normalized. `None` if
 /// `dollars_per_credit` is not positive or the quotient does not fit.
-pub fn credits_of_dollars(dollars: Decimal, dollars_per_credit: Decimal) -> Option<Decimal> {
+pub fn credits_of_dollars(dollars: Dollars, dollars_per_credit: DollarsPerCredit) -> Option<Credits> {
+    let (dollars, dollars_per_credit) = (dollars.decimal(), dollars_per_credit.decimal());
     if dollars_per_credit <= Decimal::ZERO {
         return None;
     }
@@ -112,7 +122,7 @@ pub fn credits_of_dollars(dollars: Decimal, dollars_per_credit: Decimal) -> Opti
     } else if credits.checked_add(step)?.checked_mul(dollars_per_credit)? <= dollars {
         credits += step;
     }
-    Some(credits.normalize())
+    Some(Credits::new(credits.normalize()))
 }
 
 /// Zero without a sign, so text forms never show `-0.00`.
@@ -136,46 +146,58 @@ mod tests {
     fn d(s: &str) -> Decimal {
         s.parse().expect("decimal literal")
     }
+    fn c(s: &str) -> Credits {
+        Credits::new(d(s))
+    }
+    fn per_unit(s: &str) -> CreditsPerUnit {
+        CreditsPerUnit::new(d(s))
+    }
+    fn price(s: &str) -> DollarsPerCredit {
+        DollarsPerCredit::new(d(s))
+    }
+    fn usd(s: &str) -> Dollars {
+        Dollars::new(d(s))
+    }
 
     #[test]
     fn balance_max_is_ten_to_the_fifteen() {
-        assert_eq!(BALANCE_CREDITS_MAX, d("1000000000000000"));
+        assert_eq!(BALANCE_CREDITS_MAX, c("1000000000000000"));
     }
 
     #[test]
     fn usage_is_exact() {
         // SMS: 3 messages × 0.05 = 0.15 credits, no rounding.
-        assert_eq!(usage_credits(d("0.05"), d("3")), Some(d("0.15")));
+        assert_eq!(usage_credits(per_unit("0.05"), d("3")), Some(c("0.15")));
         // Seedance: 1.5 × 3.333 s = 4.9995 credits.
-        assert_eq!(usage_credits(d("1.5"), d("3.333")).map(|c| c.to_string()), Some("4.9995".into()));
+        assert_eq!(usage_credits(per_unit("1.5"), d("3.333")).map(|c| c.to_string()), Some("4.9995".into()));
         // Normalized: 2 × 7.50 = 15, not 15.00.
-        assert_eq!(usage_credits(d("2"), d("7.50")).map(|c| c.to_string()), Some("15".into()));
+        assert_eq!(usage_credits(per_unit("2"), d("7.50")).map(|c| c.to_string()), Some("15".into()));
     }
 
     #[test]
     fn dollars_round_half_even_to_the_cent() {
         // SMS 0.15 credits × 0.12 = 0.0180 → $0.02.
-        assert_eq!(dollars_of_credits(d("0.15"), d("0.12")).map(|c| c.to_string()), Some("0.02".into()));
+        assert_eq!(dollars_of_credits(c("0.15"), price("0.12")).map(|c| c.to_string()), Some("0.02".into()));
         // Exact midpoints go to the even cent: 1.25 × 0.1 = 0.125 → 0.12; 1.35 × 0.1 = 0.135 → 0.14.
-        assert_eq!(dollars_of_credits(d("1.25"), d("0.1")).map(|c| c.to_string()), Some("0.12".into()));
-        assert_eq!(dollars_of_credits(d("1.35"), d("0.1")).map(|c| c.to_string()), Some("0.14".into()));
+        assert_eq!(dollars_of_credits(c("1.25"), price("0.1")).map(|c| c.to_string()), Some("0.12".into()));
+        assert_eq!(dollars_of_credits(c("1.35"), price("0.1")).map(|c| c.to_string()), Some("0.14".into()));
         // 15 credits × 0.12 = 1.80, written with two digits.
-        assert_eq!(dollars_of_credits(d("15"), d("0.12")).map(|c| c.to_string()), Some("1.80".into()));
-        assert_eq!(dollars_of_credits(d("0"), d("0.12")).map(|c| c.to_string()), Some("0.00".into()));
+        assert_eq!(dollars_of_credits(c("15"), price("0.12")).map(|c| c.to_string()), Some("1.80".into()));
+        assert_eq!(dollars_of_credits(c("0"), price("0.12")).map(|c| c.to_string()), Some("0.00".into()));
     }
 
     #[test]
     fn purchases_truncate_to_four_places() {
         // $25.00 / 0.12 = 208.3333… → 208.3333.
-        assert_eq!(credits_of_dollars(d("25.00"), d("0.12")).map(|c| c.to_string()), Some("208.3333".into()));
+        assert_eq!(credits_of_dollars(usd("25.00"), price("0.12")).map(|c| c.to_string()), Some("208.3333".into()));
         // $24.00 / 0.12 = 200 exactly.
-        assert_eq!(credits_of_dollars(d("24.00"), d("0.12")).map(|c| c.to_string()), Some("200".into()));
+        assert_eq!(credits_of_dollars(usd("24.00"), price("0.12")).map(|c| c.to_string()), Some("200".into()));
         // $10.00 / 0.08 = 125; $0.01 / 0.12 = 0.08333… → 0.0833.
-        assert_eq!(credits_of_dollars(d("10.00"), d("0.08")), Some(d("125")));
-        assert_eq!(credits_of_dollars(d("0.01"), d("0.12")), Some(d("0.0833")));
+        assert_eq!(credits_of_dollars(usd("10.00"), price("0.08")), Some(c("125")));
+        assert_eq!(credits_of_dollars(usd("0.01"), price("0.12")), Some(c("0.0833")));
         // $2.00 / 0.0003 = 6666.666… → 6666.6666 (never rounded up).
-        assert_eq!(credits_of_dollars(d("2.00"), d("0.0003")), Some(d("6666.6666")));
-        assert_eq!(credits_of_dollars(d("1"), d("0")), None);
+        assert_eq!(credits_of_dollars(usd("2.00"), price("0.0003")), Some(c("6666.6666")));
+        assert_eq!(credits_of_dollars(usd("1"), price("0")), None);
     }
 
     #[test]
@@ -186,7 +208,8 @@ mod tests {
             let price = d(price);
             for cents in (1..5000).step_by(7) {
                 let amount = Decimal::new(cents, 2);
-                let credits = credits_of_dollars(amount, price).expect("fits");
+                let credits =
+                    credits_of_dollars(Dollars::new(amount), DollarsPerCredit::new(price)).expect("fits").decimal();
                 assert!(credits * price <= amount, "{amount} / {price} = {credits}");
                 assert!((credits + step) * price > amount, "{amount} / {price} = {credits}");
             }

@@ -50,7 +50,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
-use tally_events::records::{PlanTier, Unit};
+use tally_events::{
+    records::{PlanTier, Unit},
+    CreditsPerUnit, DollarsPerCredit,
+};
 use toml::Spanned;
 
 /// The file format this code reads (`format_version` at the top of the file).
@@ -93,8 +96,8 @@ impl ServiceRate {
         self.unit
     }
     /// Credits charged per unit (normalized, `> 0`).
-    pub fn credits_per_unit(&self) -> Decimal {
-        self.credits_per_unit
+    pub fn credits_per_unit(&self) -> CreditsPerUnit {
+        CreditsPerUnit::new(self.credits_per_unit)
     }
 }
 
@@ -134,8 +137,8 @@ impl RateVersion {
         self.effective_from
     }
     /// Dollar price of one credit for `tier`.
-    pub fn dollars_per_credit(&self, tier: PlanTier) -> Decimal {
-        self.dollars_per_credit[tier_index(tier)]
+    pub fn dollars_per_credit(&self, tier: PlanTier) -> DollarsPerCredit {
+        DollarsPerCredit::new(self.dollars_per_credit[tier_index(tier)])
     }
     /// The rate of `service` on `engine`, if this version prices it.
     pub fn service(&self, service: &str, engine: &str) -> Option<&ServiceRate> {
@@ -625,83 +628,4 @@ fn is_plain_decimal(text: &str) -> bool {
 
 fn instant_text(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Money for display: at least 2 fractional digits, more only when exact
-/// (a per-unit price such as $0.006 is shown exactly, not rounded).
-fn money_text(value: Decimal) -> String {
-    let mut value = value.normalize();
-    if value.scale() < 2 {
-        value.rescale(2);
-    }
-    value.to_string()
-}
-
-/// Renders the price list in force at `at` — every service's credits per
-/// unit and dollars per unit for each tier (or only `tier`) — as a text
-/// table for `tally rates show`. Pure: the output depends only on the
-/// arguments.
-pub fn render_price_list(table: &RateTable, at: DateTime<Utc>, tier: Option<PlanTier>) -> Result<String, RatesError> {
-    let version = table.version_at(at).ok_or_else(|| RatesError::NoVersionAt { file: table.source.clone(), at })?;
-    let tiers: Vec<PlanTier> = match tier {
-        Some(tier) => vec![tier],
-        None => PlanTier::ALL.to_vec(),
-    };
-
-    let mut header: Vec<String> = ["Service", "Engine", "Unit", "Credits/unit"].iter().map(|s| s.to_string()).collect();
-    header.extend(tiers.iter().map(|t| format!("{} $/unit", t.name())));
-    let mut rows: Vec<Vec<String>> = vec![header];
-    for rate in version.services() {
-        let mut row = vec![
-            rate.display.clone(),
-            rate.engine.clone(),
-            rate.unit.code().to_string(),
-            rate.credits_per_unit.normalize().to_string(),
-        ];
-        // Per-unit prices are exact products (at most 3 + 4 fractional
-        // digits); charges round only their total, to the cent.
-        row.extend(tiers.iter().map(|&t| money_text(rate.credits_per_unit * version.dollars_per_credit(t))));
-        rows.push(row);
-    }
-    // Width in chars, not bytes: display names contain "·".
-    let columns = rows[0].len();
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
-
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Rates version {} from {} (in force at {}; table {})\n",
-        version.id,
-        instant_text(version.effective_from),
-        instant_text(at),
-        table.source
-    ));
-    let per_credit: Vec<String> =
-        tiers.iter().map(|&t| format!("{} ${}", t.name(), money_text(version.dollars_per_credit(t)))).collect();
-    out.push_str(&format!("Dollars per credit: {}\n\n", per_credit.join(" · ")));
-    for (index, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                // Text columns left-aligned, numbers right-aligned.
-                if c < 3 {
-                    format!("{cell:<width$}", width = widths[c])
-                } else {
-                    format!("{cell:>width$}", width = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-        if index == 0 {
-            let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-            out.push_str(&rule.join("  "));
-            out.push('\n');
-        }
-    }
-    if let Some(next) = table.versions.iter().find(|v| v.effective_from > at) {
-        out.push_str(&format!("\nNext version: {} from {}\n", next.id, instant_text(next.effective_from)));
-    }
-    Ok(out)
 }

@@ -15,12 +15,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
 use rust_decimal::{Decimal, RoundingStrategy};
 use tally_events::{
-    names::reasons,
     records::{
         AccountChange, AccountChangeKind, AlertKind, CreditPurchase, EntryStatus, EntryType, Input, JobOutcome,
         LedgerEntry, PlanTier, Producer, SourceOffset, Unit, UsageEvent,
     },
-    Codec,
+    Codec, Credits, Dollars, Epoch, Reason,
 };
 use tally_ledger::{invariants, Applied, Ledger, LedgerConfig, RateTable};
 use uuid::Uuid;
@@ -211,14 +210,14 @@ fn inputs(steps: &[Step]) -> Vec<Input> {
                 account_id: ACCOUNTS[*account].into(),
                 kind: AccountChangeKind::Open,
                 tier: *tier,
-                low_balance_threshold: Decimal::from(*threshold),
+                low_balance_threshold: Credits::new(Decimal::from(*threshold)),
                 occurred_at: now,
                 reason: None,
             }),
             Action::Purchase { account, cents } => Input::Purchase(CreditPurchase {
                 purchase_id: id,
                 account_id: ACCOUNTS[*account].into(),
-                amount_dollars: Decimal::new(*cents, 2),
+                amount_dollars: Dollars::new(Decimal::new(*cents, 2)),
                 occurred_at: now,
                 payment_reference: None,
             }),
@@ -250,7 +249,7 @@ fn inputs(steps: &[Step]) -> Vec<Input> {
                 account_id: ACCOUNTS[*account].into(),
                 kind: AccountChangeKind::Update,
                 tier: *tier,
-                low_balance_threshold: Decimal::from(*threshold),
+                low_balance_threshold: Credits::new(Decimal::from(*threshold)),
                 occurred_at: now,
                 reason: None,
             }),
@@ -259,7 +258,7 @@ fn inputs(steps: &[Step]) -> Vec<Input> {
                 account_id: ACCOUNTS[*account].into(),
                 kind: AccountChangeKind::Delete,
                 tier: PlanTier::Payg,
-                low_balance_threshold: Decimal::ZERO,
+                low_balance_threshold: Credits::ZERO,
                 occurred_at: now,
                 reason: None,
             }),
@@ -310,12 +309,12 @@ fn changed(input: &Input, change: Change) -> Input {
             e.attributes.insert("retry".into(), "2".into());
             e.occurred_at += TimeDelta::seconds(30);
         }
-        (Input::Purchase(p), Change::More) => p.amount_dollars += Decimal::new(1, 2),
+        (Input::Purchase(p), Change::More) => p.amount_dollars += Dollars::new(Decimal::new(1, 2)),
         (Input::Purchase(p), Change::Other) => {
             p.account_id = if p.account_id == ACCOUNTS[0] { ACCOUNTS[1] } else { ACCOUNTS[0] }.into()
         }
         (Input::Purchase(p), Change::Metadata) => p.payment_reference = Some("pay-retry".into()),
-        (Input::Account(c), Change::More) => c.low_balance_threshold += Decimal::ONE,
+        (Input::Account(c), Change::More) => c.low_balance_threshold += Credits::new(Decimal::ONE),
         (Input::Account(c), Change::Other) => {
             c.tier = if c.tier == PlanTier::Pro { PlanTier::Basic } else { PlanTier::Pro };
         }
@@ -331,7 +330,8 @@ fn source(offset: usize) -> SourceOffset {
 /// Runs `inputs` on a fresh ledger; returns the results and the ledger.
 fn run(inputs: &[Input]) -> (Vec<Applied>, Ledger) {
     let mut ledger = Ledger::new(rates(), config());
-    let results = inputs.iter().enumerate().map(|(offset, input)| ledger.apply(input, &source(offset), 1)).collect();
+    let results =
+        inputs.iter().enumerate().map(|(offset, input)| ledger.apply(input, &source(offset), Epoch(1))).collect();
     (results, ledger)
 }
 
@@ -364,14 +364,14 @@ enum Expected {
     Entry {
         entry_type: EntryType,
         status: EntryStatus,
-        reason: &'static str,
+        reason: Option<Reason>,
         credits: Decimal,
         balance: Decimal,
         paused: bool,
         alerts: Vec<AlertKind>,
     },
     Duplicate,
-    Rejected(&'static str),
+    Rejected(Reason),
 }
 
 #[derive(Default)]
@@ -409,19 +409,19 @@ impl Model {
     fn apply(&mut self, rates: &RateTable, input: &Input) -> Expected {
         let account = input.account_id();
         if account.is_empty() || account.len() > 128 || account.chars().any(char::is_control) {
-            return Expected::Rejected(reasons::INVALID_ACCOUNT_ID);
+            return Expected::Rejected(Reason::InvalidAccountId);
         }
         let at = input.occurred_at();
         if let Some(newest) = self.newest {
             if at < newest - config().dedup_window {
-                return Expected::Rejected(reasons::TOO_LATE);
+                return Expected::Rejected(Reason::TooLate);
             }
         }
         if let Some(applied) = self.seen.get(&input.id()) {
             return if *applied == content(input) {
                 Expected::Duplicate
             } else {
-                Expected::Rejected(reasons::CONFLICTING_DUPLICATE)
+                Expected::Rejected(Reason::ConflictingDuplicate)
             };
         }
         let expected = self.rules(rates, input);
@@ -437,30 +437,28 @@ impl Model {
         if let Input::Account(change) = input {
             if change.kind == AccountChangeKind::Open {
                 return match self.accounts.get(&id) {
-                    Some(account) if account.deleted => Expected::Rejected(reasons::ACCOUNT_DELETED),
-                    Some(_) => Expected::Rejected(reasons::ACCOUNT_EXISTS),
-                    None if change.low_balance_threshold < Decimal::ZERO => {
-                        Expected::Rejected(reasons::INVALID_THRESHOLD)
-                    }
+                    Some(account) if account.deleted => Expected::Rejected(Reason::AccountDeleted),
+                    Some(_) => Expected::Rejected(Reason::AccountExists),
+                    None if change.low_balance_threshold.is_negative() => Expected::Rejected(Reason::InvalidThreshold),
                     None => {
                         self.accounts.insert(
                             id,
                             ModelAccount {
                                 balance: Decimal::ZERO,
                                 tier: change.tier,
-                                threshold: change.low_balance_threshold,
+                                threshold: change.low_balance_threshold.decimal(),
                                 paused: false,
                                 deleted: false,
                             },
                         );
-                        entry(EntryType::Open, EntryStatus::Success, "", Decimal::ZERO, Decimal::ZERO, false, vec![])
+                        entry(EntryType::Open, EntryStatus::Success, None, Decimal::ZERO, Decimal::ZERO, false, vec![])
                     }
                 };
             }
         }
-        let Some(account) = self.accounts.get_mut(&id) else { return Expected::Rejected(reasons::UNKNOWN_ACCOUNT) };
+        let Some(account) = self.accounts.get_mut(&id) else { return Expected::Rejected(Reason::UnknownAccount) };
         if account.deleted {
-            return Expected::Rejected(reasons::ACCOUNT_DELETED);
+            return Expected::Rejected(Reason::AccountDeleted);
         }
         match input {
             Input::Usage(event) => {
@@ -468,29 +466,29 @@ impl Model {
                 // Whole images and messages; video seconds to the ms.
                 let step = if event.unit == Unit::VideoSecond { Decimal::from(1000) } else { Decimal::ONE };
                 if q <= Decimal::ZERO || q * step != (q * step).trunc() {
-                    return Expected::Rejected(reasons::INVALID_QUANTITY);
+                    return Expected::Rejected(Reason::InvalidQuantity);
                 }
                 let Some(version) = rates.version_at(event.occurred_at) else {
-                    return Expected::Rejected(reasons::NO_RATE_VERSION);
+                    return Expected::Rejected(Reason::NoRateVersion);
                 };
                 let Some(rate) = version.service(&event.service, &event.engine) else {
-                    return Expected::Rejected(reasons::UNKNOWN_SERVICE);
+                    return Expected::Rejected(Reason::UnknownService);
                 };
                 if rate.unit() != event.unit {
-                    return Expected::Rejected(reasons::UNIT_MISMATCH);
+                    return Expected::Rejected(Reason::UnitMismatch);
                 }
-                let credits = rate.credits_per_unit() * q;
+                let credits = rate.credits_per_unit().decimal() * q;
                 let before = account.balance;
                 let (status, reason, mut alerts) = if event.outcome == JobOutcome::Failed {
-                    (EntryStatus::Failed, reasons::JOB_FAILED, vec![])
+                    (EntryStatus::Failed, Some(Reason::JobFailed), vec![])
                 } else if account.paused {
-                    (EntryStatus::Failed, reasons::ACCOUNT_PAUSED, vec![])
+                    (EntryStatus::Failed, Some(Reason::AccountPaused), vec![])
                 } else if credits > before {
                     account.paused = true;
-                    (EntryStatus::Failed, reasons::INSUFFICIENT_CREDITS, vec![AlertKind::Paused])
+                    (EntryStatus::Failed, Some(Reason::InsufficientCredits), vec![AlertKind::Paused])
                 } else {
                     account.balance = before - credits;
-                    (EntryStatus::Success, "", vec![])
+                    (EntryStatus::Success, None, vec![])
                 };
                 if status == EntryStatus::Success {
                     if before >= account.threshold && account.balance < account.threshold {
@@ -504,31 +502,31 @@ impl Model {
                 entry(EntryType::Consume, status, reason, credits, account.balance, account.paused, alerts)
             }
             Input::Purchase(purchase) => {
-                let amount = purchase.amount_dollars;
+                let amount = purchase.amount_dollars.decimal();
                 if amount <= Decimal::ZERO || amount.round_dp(2) != amount {
-                    return Expected::Rejected(reasons::INVALID_AMOUNT);
+                    return Expected::Rejected(Reason::InvalidAmount);
                 }
                 let Some(version) = rates.version_at(purchase.occurred_at) else {
-                    return Expected::Rejected(reasons::NO_RATE_VERSION);
+                    return Expected::Rejected(Reason::NoRateVersion);
                 };
-                let credits = (amount / version.dollars_per_credit(account.tier))
+                let credits = (amount / version.dollars_per_credit(account.tier).decimal())
                     .round_dp_with_strategy(4, RoundingStrategy::ToZero);
                 account.balance += credits;
                 let alerts = if account.paused { vec![AlertKind::Resumed] } else { vec![] };
                 account.paused = false;
-                entry(EntryType::Add, EntryStatus::Success, "", credits, account.balance, false, alerts)
+                entry(EntryType::Add, EntryStatus::Success, None, credits, account.balance, false, alerts)
             }
             Input::Account(change) => match change.kind {
-                AccountChangeKind::Update if change.low_balance_threshold < Decimal::ZERO => {
-                    Expected::Rejected(reasons::INVALID_THRESHOLD)
+                AccountChangeKind::Update if change.low_balance_threshold.is_negative() => {
+                    Expected::Rejected(Reason::InvalidThreshold)
                 }
                 AccountChangeKind::Update => {
                     account.tier = change.tier;
-                    account.threshold = change.low_balance_threshold;
+                    account.threshold = change.low_balance_threshold.decimal();
                     entry(
                         EntryType::Update,
                         EntryStatus::Success,
-                        "",
+                        None,
                         Decimal::ZERO,
                         account.balance,
                         account.paused,
@@ -539,7 +537,15 @@ impl Model {
                     let credits = account.balance;
                     account.balance = Decimal::ZERO;
                     account.deleted = true;
-                    entry(EntryType::Forfeit, EntryStatus::Success, "", credits, Decimal::ZERO, account.paused, vec![])
+                    entry(
+                        EntryType::Forfeit,
+                        EntryStatus::Success,
+                        None,
+                        credits,
+                        Decimal::ZERO,
+                        account.paused,
+                        vec![],
+                    )
                 }
                 AccountChangeKind::Open => unreachable!("handled above"),
             },
@@ -550,7 +556,7 @@ impl Model {
 fn entry(
     entry_type: EntryType,
     status: EntryStatus,
-    reason: &'static str,
+    reason: Option<Reason>,
     credits: Decimal,
     balance: Decimal,
     paused: bool,
@@ -564,20 +570,14 @@ fn observed(applied: &Applied) -> Expected {
         Applied::Entry { entry, alerts } => Expected::Entry {
             entry_type: entry.entry_type,
             status: entry.status,
-            reason: match entry.reason.as_str() {
-                "" => "",
-                r if r == reasons::JOB_FAILED => reasons::JOB_FAILED,
-                r if r == reasons::ACCOUNT_PAUSED => reasons::ACCOUNT_PAUSED,
-                r if r == reasons::INSUFFICIENT_CREDITS => reasons::INSUFFICIENT_CREDITS,
-                _ => "unexpected",
-            },
-            credits: entry.credits,
-            balance: entry.balance_after,
+            reason: entry.failure_reason(),
+            credits: entry.credits.decimal(),
+            balance: entry.balance_after.decimal(),
             paused: entry.paused,
             alerts: alerts.iter().map(|a| a.kind).collect(),
         },
         Applied::Duplicate => Expected::Duplicate,
-        Applied::Rejected { reason, .. } => Expected::Rejected(reason),
+        Applied::Rejected { reason, .. } => Expected::Rejected(*reason),
     }
 }
 
@@ -602,7 +602,7 @@ proptest! {
         let mut all = Vec::new();
         for (offset, input) in inputs.iter().enumerate() {
             let before = ledger.snapshot();
-            let applied = ledger.apply(input, &source(offset), 1);
+            let applied = ledger.apply(input, &source(offset), Epoch(1));
             prop_assert_eq!(observed(&applied), model.apply(&rates, input), "step {} input {:?}", offset, input);
             if !matches!(applied, Applied::Entry { .. }) {
                 // A duplicate, a conflicting repeat or any other refusal
@@ -622,7 +622,7 @@ proptest! {
             if let Some(last) = mine.last() {
                 let state = ledger.account(account).expect("an account with entries exists");
                 prop_assert_eq!((state.balance, state.last_sequence, state.paused), (last.balance_after, last.sequence, last.paused));
-                prop_assert!(state.balance >= Decimal::ZERO);
+                prop_assert!(!state.balance.is_negative());
             }
         }
     }
@@ -637,8 +637,8 @@ proptest! {
         let mut twice_ledger = Ledger::new(rates(), config());
         let mut twice = Vec::new();
         for (offset, input) in inputs.iter().enumerate() {
-            let first = twice_ledger.apply(input, &source(offset), 1);
-            let second = twice_ledger.apply(input, &source(offset), 1);
+            let first = twice_ledger.apply(input, &source(offset), Epoch(1));
+            let second = twice_ledger.apply(input, &source(offset), Epoch(1));
             match &first {
                 Applied::Entry { .. } => prop_assert_eq!(&second, &Applied::Duplicate),
                 other => prop_assert_eq!(&second, other),
@@ -683,7 +683,7 @@ proptest! {
             prop_assert!(restored.restore(&entry).is_ok());
         }
         let replayed: Vec<Applied> =
-            inputs.iter().enumerate().skip(cut).map(|(o, i)| restored.apply(i, &source(o), 1)).collect();
+            inputs.iter().enumerate().skip(cut).map(|(o, i)| restored.apply(i, &source(o), Epoch(1))).collect();
         prop_assert_eq!(&replayed[..], &uninterrupted[cut..]);
         let encode = |entries: Vec<LedgerEntry>| -> Vec<Vec<u8>> {
             entries.iter().map(|e| Codec::global().encode(e).expect("entry encodes")).collect()
@@ -700,11 +700,11 @@ proptest! {
         let (uninterrupted, whole) = run(&inputs);
 
         let mut first = Ledger::new(rates(), config());
-        let mut results: Vec<Applied> = inputs[..cut].iter().enumerate().map(|(o, i)| first.apply(i, &source(o), 1)).collect();
+        let mut results: Vec<Applied> = inputs[..cut].iter().enumerate().map(|(o, i)| first.apply(i, &source(o), Epoch(1))).collect();
         let json = serde_json::to_vec(&first.snapshot()).expect("snapshot serializes");
         let snapshot = serde_json::from_slice(&json).expect("snapshot deserializes");
         let mut resumed = Ledger::from_snapshot(rates(), config(), snapshot);
-        results.extend(inputs.iter().enumerate().skip(cut).map(|(o, i)| resumed.apply(i, &source(o), 1)));
+        results.extend(inputs.iter().enumerate().skip(cut).map(|(o, i)| resumed.apply(i, &source(o), Epoch(1))));
 
         prop_assert_eq!(&results, &uninterrupted);
         let encode = |entries: Vec<LedgerEntry>| -> Vec<Vec<u8>> {
@@ -746,26 +746,26 @@ fn generated_runs_reach_every_rule() {
         "Open Success ".to_string(),
         "Add Success ".to_string(),
         "Consume Success ".to_string(),
-        format!("Consume Failed {}", reasons::JOB_FAILED),
-        format!("Consume Failed {}", reasons::ACCOUNT_PAUSED),
-        format!("Consume Failed {}", reasons::INSUFFICIENT_CREDITS),
+        format!("Consume Failed {}", Reason::JobFailed),
+        format!("Consume Failed {}", Reason::AccountPaused),
+        format!("Consume Failed {}", Reason::InsufficientCredits),
         "Update Success ".to_string(),
         "Forfeit Success ".to_string(),
         "duplicate".to_string(),
         "alert LowBalance".to_string(),
         "alert Paused".to_string(),
         "alert Resumed".to_string(),
-        format!("rejected {}", reasons::TOO_LATE),
-        format!("rejected {}", reasons::UNKNOWN_ACCOUNT),
-        format!("rejected {}", reasons::ACCOUNT_DELETED),
-        format!("rejected {}", reasons::ACCOUNT_EXISTS),
-        format!("rejected {}", reasons::INVALID_QUANTITY),
-        format!("rejected {}", reasons::INVALID_AMOUNT),
-        format!("rejected {}", reasons::INVALID_THRESHOLD),
-        format!("rejected {}", reasons::UNKNOWN_SERVICE),
-        format!("rejected {}", reasons::UNIT_MISMATCH),
-        format!("rejected {}", reasons::CONFLICTING_DUPLICATE),
-        format!("rejected {}", reasons::INVALID_ACCOUNT_ID),
+        format!("rejected {}", Reason::TooLate),
+        format!("rejected {}", Reason::UnknownAccount),
+        format!("rejected {}", Reason::AccountDeleted),
+        format!("rejected {}", Reason::AccountExists),
+        format!("rejected {}", Reason::InvalidQuantity),
+        format!("rejected {}", Reason::InvalidAmount),
+        format!("rejected {}", Reason::InvalidThreshold),
+        format!("rejected {}", Reason::UnknownService),
+        format!("rejected {}", Reason::UnitMismatch),
+        format!("rejected {}", Reason::ConflictingDuplicate),
+        format!("rejected {}", Reason::InvalidAccountId),
     ];
     println!("{seen:#?}");
     for key in expected {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use tally_events::{
-    names::reasons,
     records::{
         AccountChange, AccountChangeKind, AlertKind, CreditPurchase, EntryStatus, EntryType, Input, JobOutcome,
         LedgerEntry, PlanTier, Producer, SourceOffset, Unit, UsageEvent,
     },
     Codec,
 };
+use tally_events::{AccountId, Credits, Dollars, Epoch, Reason, Sequence};
 use tally_ledger::{invariants, Applied, Ledger, LedgerConfig, RateTable, RestoreError, Violation};
 use uuid::Uuid;
 
@@ -25,6 +25,18 @@ fn rates() -> Arc<RateTable> {
 
 fn d(text: &str) -> Decimal {
     text.parse().expect("decimal literal")
+}
+
+fn c(text: &str) -> Credits {
+    text.parse().expect("credits literal")
+}
+
+fn usd(text: &str) -> Dollars {
+    text.parse().expect("dollars literal")
+}
+
+fn id(text: &str) -> AccountId {
+    AccountId::new_unchecked(text)
 }
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -57,7 +69,7 @@ impl Fixture {
     fn apply(&mut self, input: &Input) -> Applied {
         let source = SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: self.offset };
         self.offset += 1;
-        let applied = self.ledger.apply(input, &source, 7);
+        let applied = self.ledger.apply(input, &source, Epoch(7));
         if let Applied::Entry { entry, .. } = &applied {
             self.entries.push(entry.clone());
         }
@@ -73,7 +85,7 @@ impl Fixture {
     }
 
     /// Applies and expects a rejection with `reason`.
-    fn rejected(&mut self, input: &Input, reason: &str) -> String {
+    fn rejected(&mut self, input: &Input, reason: Reason) -> String {
         match self.apply(input) {
             Applied::Rejected { reason: found, detail } => {
                 assert_eq!(found, reason, "{detail}");
@@ -89,7 +101,7 @@ impl Fixture {
             account_id: account.into(),
             kind,
             tier,
-            low_balance_threshold: d(threshold),
+            low_balance_threshold: c(threshold),
             occurred_at: at(when),
             reason: None,
         })
@@ -103,7 +115,7 @@ impl Fixture {
         Input::Purchase(CreditPurchase {
             purchase_id: self.id(),
             account_id: account.into(),
-            amount_dollars: d(dollars),
+            amount_dollars: usd(dollars),
             occurred_at: at(when),
             payment_reference: Some("pi_123".into()),
         })
@@ -161,7 +173,7 @@ fn open_writes_sequence_one_with_every_field() {
     assert_eq!(entry.entry_id.get_version_num(), 8);
     assert_ne!(entry.entry_id, open.id());
     assert_eq!(entry.account_id, "acct-1");
-    assert_eq!((entry.sequence, entry.epoch), (1, 7));
+    assert_eq!((entry.sequence, entry.epoch), (Sequence(1), Epoch(7)));
     assert_eq!((entry.entry_type, entry.status, entry.reason.as_str()), (EntryType::Open, EntryStatus::Success, ""));
     assert_eq!(entry.input_id, open.id());
     assert_eq!(
@@ -172,13 +184,16 @@ fn open_writes_sequence_one_with_every_field() {
     assert_eq!((entry.credits.to_string(), entry.dollars.to_string()), ("0".into(), "0.00".into()));
     assert_eq!(entry.tier, PlanTier::Basic);
     assert_eq!(entry.rate_version, "2026-01");
-    assert_eq!(entry.balance_after, Decimal::ZERO);
+    assert_eq!(entry.balance_after, Credits::ZERO);
     assert_eq!(entry.low_balance_threshold.to_string(), "25", "thresholds are normalized");
     assert!(!entry.paused);
     assert_eq!(entry.occurred_at, at("2026-02-01T09:00:00Z"));
     assert_eq!(entry.source, SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: 0 });
     let state = f.ledger.account("acct-1").expect("opened");
-    assert_eq!((state.last_sequence, state.tier, state.paused, state.deleted), (1, PlanTier::Basic, false, false));
+    assert_eq!(
+        (state.last_sequence, state.tier, state.paused, state.deleted),
+        (Sequence(1), PlanTier::Basic, false, false)
+    );
     assert_eq!(f.ledger.last_source_offset(), Some(0));
 }
 
@@ -188,13 +203,13 @@ fn open_is_refused_for_existing_deleted_or_bad_threshold() {
     let open = f.open("acct-1", PlanTier::Payg, "10");
     f.entry(&open);
     let again = f.open("acct-1", PlanTier::Pro, "10");
-    f.rejected(&again, reasons::ACCOUNT_EXISTS);
+    f.rejected(&again, Reason::AccountExists);
     let negative = f.open("acct-2", PlanTier::Payg, "-1");
-    f.rejected(&negative, reasons::INVALID_THRESHOLD);
+    f.rejected(&negative, Reason::InvalidThreshold);
     let delete = f.change("acct-1", AccountChangeKind::Delete, PlanTier::Payg, "0", "2026-02-02T00:00:00Z");
     f.entry(&delete);
     let reopen = f.open("acct-1", PlanTier::Payg, "10");
-    f.rejected(&reopen, reasons::ACCOUNT_DELETED);
+    f.rejected(&reopen, Reason::AccountDeleted);
     // Rejections change nothing: no offset recorded for them.
     assert_eq!(f.ledger.last_source_offset(), Some(3));
 }
@@ -203,25 +218,25 @@ fn open_is_refused_for_existing_deleted_or_bad_threshold() {
 fn inputs_for_unknown_or_deleted_accounts_are_refused() {
     let mut f = Fixture::new();
     let usage = f.usage("ghost", "sms", "standard", "1", Unit::Message);
-    f.rejected(&usage, reasons::UNKNOWN_ACCOUNT);
+    f.rejected(&usage, Reason::UnknownAccount);
     let purchase = f.purchase("ghost", "10.00", "2026-02-01T10:00:00Z");
-    f.rejected(&purchase, reasons::UNKNOWN_ACCOUNT);
+    f.rejected(&purchase, Reason::UnknownAccount);
     let update = f.change("ghost", AccountChangeKind::Update, PlanTier::Pro, "0", "2026-02-01T10:00:00Z");
-    f.rejected(&update, reasons::UNKNOWN_ACCOUNT);
+    f.rejected(&update, Reason::UnknownAccount);
     let delete = f.change("ghost", AccountChangeKind::Delete, PlanTier::Pro, "0", "2026-02-01T10:00:00Z");
-    f.rejected(&delete, reasons::UNKNOWN_ACCOUNT);
+    f.rejected(&delete, Reason::UnknownAccount);
 
     f.funded("gone", PlanTier::Payg, "0", "12.00");
     let delete = f.change("gone", AccountChangeKind::Delete, PlanTier::Payg, "0", "2026-02-01T11:00:00Z");
     f.entry(&delete);
     let usage = f.usage("gone", "sms", "standard", "1", Unit::Message);
-    f.rejected(&usage, reasons::ACCOUNT_DELETED);
+    f.rejected(&usage, Reason::AccountDeleted);
     let purchase = f.purchase("gone", "10.00", "2026-02-01T12:00:00Z");
-    f.rejected(&purchase, reasons::ACCOUNT_DELETED);
+    f.rejected(&purchase, Reason::AccountDeleted);
     let update = f.change("gone", AccountChangeKind::Update, PlanTier::Pro, "0", "2026-02-01T12:00:00Z");
-    f.rejected(&update, reasons::ACCOUNT_DELETED);
+    f.rejected(&update, Reason::AccountDeleted);
     let delete = f.change("gone", AccountChangeKind::Delete, PlanTier::Pro, "0", "2026-02-01T12:00:00Z");
-    f.rejected(&delete, reasons::ACCOUNT_DELETED);
+    f.rejected(&delete, Reason::AccountDeleted);
     assert!(f.ledger.account("gone").expect("tombstone kept").deleted);
 }
 
@@ -236,7 +251,7 @@ fn purchases_buy_credits_at_the_tier_price_truncated() {
     let purchase = f.purchase("payg", "25.00", "2026-02-01T10:00:00Z");
     let (entry, alerts) = f.entry(&purchase);
     assert!(alerts.is_empty());
-    assert_eq!((entry.entry_type, entry.status, entry.sequence), (EntryType::Add, EntryStatus::Success, 2));
+    assert_eq!((entry.entry_type, entry.status, entry.sequence), (EntryType::Add, EntryStatus::Success, Sequence(2)));
     assert_eq!(entry.credits.to_string(), "208.3333");
     assert_eq!(entry.dollars.to_string(), "25.00");
     assert_eq!(entry.balance_after.to_string(), "208.3333");
@@ -262,7 +277,7 @@ fn invalid_purchase_amounts_are_refused() {
     f.entry(&open);
     for amount in ["0", "-5.00", "10.001", "100000000.01"] {
         let purchase = f.purchase("acct", amount, "2026-02-01T10:00:00Z");
-        f.rejected(&purchase, reasons::INVALID_AMOUNT);
+        f.rejected(&purchase, Reason::InvalidAmount);
     }
     // Trailing zeros are fine: 10.000 is $10.00.
     let purchase = f.purchase("acct", "10.000", "2026-02-01T10:00:00Z");
@@ -276,14 +291,14 @@ fn invalid_purchase_amounts_are_refused() {
         account_id: "early".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         occurred_at: at("2025-12-30T00:00:00Z"),
         reason: None,
     });
     let (entry, _) = f.entry(&early);
     assert_eq!(entry.rate_version, "", "no version in force yet");
     let purchase = f.purchase("early", "10.00", "2025-12-31T00:00:00Z");
-    f.rejected(&purchase, reasons::NO_RATE_VERSION);
+    f.rejected(&purchase, Reason::NoRateVersion);
 }
 
 #[test]
@@ -296,9 +311,9 @@ fn usage_is_priced_exactly_and_debited() {
     assert!(alerts.is_empty());
     assert_eq!((entry.entry_type, entry.status, entry.reason.as_str()), (EntryType::Consume, EntryStatus::Success, ""));
     assert_eq!((entry.credits.to_string(), entry.dollars.to_string()), ("15".into(), "1.80".into()));
-    assert_eq!(entry.signed_credits(), d("-15"));
+    assert_eq!(entry.signed_credits(), c("-15"));
     assert_eq!(entry.balance_after.to_string(), "193.3333"); // 208.3333 − 15
-    assert_eq!(entry.sequence, 3);
+    assert_eq!(entry.sequence, Sequence(3));
     assert_eq!((entry.service.as_str(), entry.engine.as_str()), ("ai_image_to_video", "kling"));
     assert_eq!((entry.photo_event_id.as_str(), entry.booth_id.as_str()), ("wedding-42", "booth-7"));
     assert_eq!(entry.quantity.to_string(), "7.5");
@@ -358,7 +373,7 @@ fn the_rate_version_in_force_at_occurred_at_prices_the_usage() {
     let (entry, _) = f.entry(&before);
     assert_eq!(
         (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
-        (d("6"), "0.72".into(), "2026-01")
+        (c("6"), "0.72".into(), "2026-01")
     );
     let after = f.usage_full(
         "acct",
@@ -372,7 +387,7 @@ fn the_rate_version_in_force_at_occurred_at_prices_the_usage() {
     let (entry, _) = f.entry(&after);
     assert_eq!(
         (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
-        (d("7"), "0.84".into(), "2026-07")
+        (c("7"), "0.84".into(), "2026-07")
     );
     // Sora: 10 s × 4.5 = 45 credits in 2026-07 (it was 5/s).
     let sora = f.usage_full(
@@ -384,7 +399,7 @@ fn the_rate_version_in_force_at_occurred_at_prices_the_usage() {
         JobOutcome::Succeeded,
         "2026-07-02T00:00:00Z",
     );
-    assert_eq!(f.entry(&sora).0.credits, d("45"));
+    assert_eq!(f.entry(&sora).0.credits, c("45"));
 }
 
 #[test]
@@ -393,20 +408,20 @@ fn invalid_usage_is_refused_with_its_reason() {
     f.funded("acct", PlanTier::Payg, "0", "12.00");
     for quantity in ["0", "-1", "1.2345", "1000001"] {
         let usage = f.usage("acct", "sms", "standard", quantity, Unit::Message);
-        f.rejected(&usage, reasons::INVALID_QUANTITY);
+        f.rejected(&usage, Reason::InvalidQuantity);
     }
     let usage = f.usage("acct", "ai_modify", "dall_e", "1", Unit::Image);
-    let detail = f.rejected(&usage, reasons::UNKNOWN_SERVICE);
+    let detail = f.rejected(&usage, Reason::UnknownService);
     assert!(detail.contains("ai_modify/dall_e"), "{detail}");
     let usage = f.usage("acct", "ai_image_to_video", "kling", "3", Unit::Image);
-    let detail = f.rejected(&usage, reasons::UNIT_MISMATCH);
+    let detail = f.rejected(&usage, Reason::UnitMismatch);
     assert!(detail.contains("video_second"), "{detail}");
     // A failed job with an unknown service is still refused, not recorded.
     let usage = f.usage_full("acct", "nope", "nope", "1", Unit::Image, JobOutcome::Failed, "2026-02-01T10:00:00Z");
-    f.rejected(&usage, reasons::UNKNOWN_SERVICE);
+    f.rejected(&usage, Reason::UnknownService);
     // Nothing changed: sequence is still 2, balance 100.
     let state = f.ledger.account("acct").expect("exists");
-    assert_eq!((state.last_sequence, state.balance), (2, d("100")));
+    assert_eq!((state.last_sequence, state.balance), (Sequence(2), c("100")));
 }
 
 #[test]
@@ -417,14 +432,14 @@ fn usage_before_any_rate_version_is_refused() {
         account_id: "early".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         occurred_at: at("2025-12-30T00:00:00Z"),
         reason: None,
     });
     f.entry(&open);
     let usage =
         f.usage_full("early", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2025-12-31T23:59:59Z");
-    f.rejected(&usage, reasons::NO_RATE_VERSION);
+    f.rejected(&usage, Reason::NoRateVersion);
 }
 
 #[test]
@@ -437,12 +452,12 @@ fn failed_jobs_are_recorded_and_not_charged() {
     assert!(alerts.is_empty());
     assert_eq!(
         (entry.entry_type, entry.status, entry.reason.as_str()),
-        (EntryType::Consume, EntryStatus::Failed, reasons::JOB_FAILED)
+        (EntryType::Consume, EntryStatus::Failed, Reason::JobFailed.code())
     );
     // The would-be charge stays visible: 2 × 6 = 12 credits = $1.44.
-    assert_eq!((entry.credits, entry.dollars.to_string()), (d("12"), "1.44".into()));
-    assert_eq!(entry.signed_credits(), Decimal::ZERO);
-    assert_eq!(entry.balance_after, d("100"));
+    assert_eq!((entry.credits, entry.dollars.to_string()), (c("12"), "1.44".into()));
+    assert_eq!(entry.signed_credits(), Credits::ZERO);
+    assert_eq!(entry.balance_after, c("100"));
 }
 
 #[test]
@@ -452,31 +467,31 @@ fn insufficient_credits_pause_until_a_purchase_resumes() {
                                                    // Sora 3 s × 5 = 15 credits > 10: refused, account paused.
     let usage = f.usage("acct", "ai_image_to_video", "sora", "3", Unit::VideoSecond);
     let (entry, alerts) = f.entry(&usage);
-    assert_eq!((entry.status, entry.reason.as_str()), (EntryStatus::Failed, reasons::INSUFFICIENT_CREDITS));
-    assert_eq!((entry.credits, entry.dollars.to_string()), (d("15"), "1.80".into()));
-    assert_eq!((entry.balance_after, entry.paused), (d("10"), true));
+    assert_eq!((entry.status, entry.reason.as_str()), (EntryStatus::Failed, Reason::InsufficientCredits.code()));
+    assert_eq!((entry.credits, entry.dollars.to_string()), (c("15"), "1.80".into()));
+    assert_eq!((entry.balance_after, entry.paused), (c("10"), true));
     assert_eq!(alerts, [AlertKind::Paused]);
     // While paused even an affordable usage is refused, with no new alert.
     let usage = f.usage("acct", "background_removal", "standard", "1", Unit::Image);
     let (entry, alerts) = f.entry(&usage);
-    assert_eq!((entry.status, entry.reason.as_str()), (EntryStatus::Failed, reasons::ACCOUNT_PAUSED));
+    assert_eq!((entry.status, entry.reason.as_str()), (EntryStatus::Failed, Reason::AccountPaused.code()));
     assert!(alerts.is_empty());
-    assert_eq!(entry.balance_after, d("10"));
+    assert_eq!(entry.balance_after, c("10"));
     // A failed job on a paused account is recorded as a failed job.
     let usage = f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Failed, "2026-02-01T10:00:00Z");
-    assert_eq!(f.entry(&usage).0.reason, reasons::JOB_FAILED);
+    assert_eq!(f.entry(&usage).0.reason, Reason::JobFailed.code());
     // An update keeps the account paused.
     let update = f.change("acct", AccountChangeKind::Update, PlanTier::Basic, "0", "2026-02-01T10:30:00Z");
     assert!(f.entry(&update).0.paused);
     // A purchase resumes: $1.00 / 0.10 (now BASIC) = 10 credits → 20.
     let purchase = f.purchase("acct", "1.00", "2026-02-01T11:00:00Z");
     let (entry, alerts) = f.entry(&purchase);
-    assert_eq!((entry.balance_after, entry.paused), (d("20"), false));
+    assert_eq!((entry.balance_after, entry.paused), (c("20"), false));
     assert_eq!(alerts, [AlertKind::Resumed]);
     // And usage is charged again: Sora 3 s = 15 credits → 5.
     let usage = f.usage("acct", "ai_image_to_video", "sora", "3", Unit::VideoSecond);
     let (entry, _) = f.entry(&usage);
-    assert_eq!((entry.status, entry.balance_after), (EntryStatus::Success, d("5")));
+    assert_eq!((entry.status, entry.balance_after), (EntryStatus::Success, c("5")));
     invariants::check_account(&f.entries.iter().filter(|e| e.account_id == "acct").cloned().collect::<Vec<_>>())
         .expect("invariants hold");
 }
@@ -488,7 +503,7 @@ fn reaching_exactly_zero_pauses_and_low_balance_comes_first() {
                                                    // Face Switch × 5 = 10 credits: balance 10 → 0, crosses 5 and hits 0.
     let usage = f.usage("acct", "face_switch", "standard", "5", Unit::Image);
     let (entry, alerts) = f.entry(&usage);
-    assert_eq!((entry.status, entry.balance_after, entry.paused), (EntryStatus::Success, Decimal::ZERO, true));
+    assert_eq!((entry.status, entry.balance_after, entry.paused), (EntryStatus::Success, Credits::ZERO, true));
     assert_eq!(alerts, [AlertKind::LowBalance, AlertKind::Paused]);
 }
 
@@ -502,14 +517,14 @@ fn low_balance_alerts_once_per_crossing() {
         let (entry, alerts) = f.entry(&usage);
         (entry.balance_after, alerts)
     };
-    assert_eq!(step(&mut f, "40"), (d("60"), vec![])); // 100 → 60: above
-    assert_eq!(step(&mut f, "10"), (d("50"), vec![])); // 60 → 50: at the threshold is not below
-    assert_eq!(step(&mut f, "5"), (d("45"), vec![AlertKind::LowBalance])); // 50 → 45: crossed
-    assert_eq!(step(&mut f, "15"), (d("30"), vec![])); // still below: no second alert
+    assert_eq!(step(&mut f, "40"), (c("60"), vec![])); // 100 → 60: above
+    assert_eq!(step(&mut f, "10"), (c("50"), vec![])); // 60 → 50: at the threshold is not below
+    assert_eq!(step(&mut f, "5"), (c("45"), vec![AlertKind::LowBalance])); // 50 → 45: crossed
+    assert_eq!(step(&mut f, "15"), (c("30"), vec![])); // still below: no second alert
     let purchase = f.purchase("acct", "4.00", "2026-02-01T12:00:00Z"); // + 50 → 80
     let (entry, alerts) = f.entry(&purchase);
-    assert_eq!((entry.balance_after, alerts), (d("80"), vec![]));
-    assert_eq!(step(&mut f, "40"), (d("40"), vec![AlertKind::LowBalance])); // re-armed, crossed again
+    assert_eq!((entry.balance_after, alerts), (c("80"), vec![]));
+    assert_eq!(step(&mut f, "40"), (c("40"), vec![AlertKind::LowBalance])); // re-armed, crossed again
                                                                             // A failed charge crosses nothing.
     let usage = f.usage_full(
         "acct",
@@ -538,7 +553,7 @@ fn alerts_carry_deterministic_ids_and_the_entry_numbers() {
         };
         assert_eq!(alert.alert_id, Uuid::new_v5(&entry.entry_id, code.as_bytes()));
         assert_eq!(alert.account_id, "acct");
-        assert_eq!((alert.sequence, alert.balance, alert.threshold), (entry.sequence, Decimal::ZERO, d("5")));
+        assert_eq!((alert.sequence, alert.balance, alert.threshold), (entry.sequence, Credits::ZERO, c("5")));
         assert_eq!(alert.occurred_at, entry.occurred_at);
         assert!(!alert.message.is_empty());
     }
@@ -553,14 +568,17 @@ fn update_sets_tier_and_threshold_and_keeps_credits() {
     let update = f.change("acct", AccountChangeKind::Update, PlanTier::Pro, "30.5", "2026-02-01T10:00:00Z");
     let (entry, alerts) = f.entry(&update);
     assert!(alerts.is_empty());
-    assert_eq!((entry.entry_type, entry.status, entry.sequence), (EntryType::Update, EntryStatus::Success, 3));
-    assert_eq!((entry.credits, entry.dollars.to_string()), (Decimal::ZERO, "0.00".into()));
-    assert_eq!((entry.tier, entry.low_balance_threshold, entry.balance_after), (PlanTier::Pro, d("30.5"), d("100")));
+    assert_eq!(
+        (entry.entry_type, entry.status, entry.sequence),
+        (EntryType::Update, EntryStatus::Success, Sequence(3))
+    );
+    assert_eq!((entry.credits, entry.dollars.to_string()), (Credits::ZERO, "0.00".into()));
+    assert_eq!((entry.tier, entry.low_balance_threshold, entry.balance_after), (PlanTier::Pro, c("30.5"), c("100")));
     // The new tier prices the next usage: Kling 7.5 s = 15 credits × 0.08 = $1.20.
     let usage = f.usage("acct", "ai_image_to_video", "kling", "7.5", Unit::VideoSecond);
     assert_eq!(f.entry(&usage).0.dollars.to_string(), "1.20");
     let bad = f.change("acct", AccountChangeKind::Update, PlanTier::Pro, "-0.01", "2026-02-01T11:00:00Z");
-    f.rejected(&bad, reasons::INVALID_THRESHOLD);
+    f.rejected(&bad, Reason::InvalidThreshold);
 }
 
 #[test]
@@ -575,10 +593,10 @@ fn delete_forfeits_the_balance_and_leaves_a_tombstone() {
     assert_eq!((entry.credits.to_string(), entry.dollars.to_string()), ("208.3333".into(), "25.00".into()));
     assert_eq!(
         (entry.balance_after, entry.tier, entry.low_balance_threshold),
-        (Decimal::ZERO, PlanTier::Payg, Decimal::ZERO)
+        (Credits::ZERO, PlanTier::Payg, Credits::ZERO)
     );
     assert_eq!(entry.rate_version, "2026-01");
-    assert_eq!(entry.signed_credits(), d("-208.3333"));
+    assert_eq!(entry.signed_credits(), c("-208.3333"));
     let state = f.ledger.account("acct").expect("tombstone");
     assert!(state.deleted);
     assert_eq!(f.ledger.stats().deleted_accounts, 1);
@@ -592,7 +610,7 @@ fn delete_before_any_rate_version_forfeits_at_zero_dollars() {
         account_id: "early".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         occurred_at: at("2025-12-30T00:00:00Z"),
         reason: None,
     });
@@ -601,7 +619,7 @@ fn delete_before_any_rate_version_forfeits_at_zero_dollars() {
     let (entry, _) = f.entry(&delete);
     assert_eq!(
         (entry.credits, entry.dollars.to_string(), entry.rate_version.as_str()),
-        (Decimal::ZERO, "0.00".into(), "")
+        (Credits::ZERO, "0.00".into(), "")
     );
 }
 
@@ -623,7 +641,7 @@ fn duplicates_change_nothing() {
         account_id: "acct".into(),
         kind: AccountChangeKind::Open,
         tier: PlanTier::Payg,
-        low_balance_threshold: Decimal::ZERO,
+        low_balance_threshold: Credits::ZERO,
         occurred_at: at("2026-02-01T09:00:00Z"),
         reason: None,
     });
@@ -642,7 +660,7 @@ fn a_reused_id_with_other_content_is_refused_and_named() {
     let mut other = original.clone();
     other.quantity = d("50");
     other.engine = "sora".into();
-    let detail = f.rejected(&Input::Usage(other), reasons::CONFLICTING_DUPLICATE);
+    let detail = f.rejected(&Input::Usage(other), Reason::ConflictingDuplicate);
     assert!(detail.contains("engine, quantity/unit differ"), "{detail}");
     assert!(detail.contains(&original.event_id.to_string()), "{detail}");
     // Only metadata differs, or the same value written differently: a duplicate.
@@ -654,8 +672,8 @@ fn a_reused_id_with_other_content_is_refused_and_named() {
     let Input::Purchase(mut purchase) = f.purchase("acct", "10.00", "2026-02-01T10:05:00Z") else { unreachable!() };
     f.entry(&Input::Purchase(purchase.clone()));
     let after_purchase = f.ledger.snapshot();
-    purchase.amount_dollars = d("1000.00");
-    let detail = f.rejected(&Input::Purchase(purchase), reasons::CONFLICTING_DUPLICATE);
+    purchase.amount_dollars = usd("1000.00");
+    let detail = f.rejected(&Input::Purchase(purchase), Reason::ConflictingDuplicate);
     assert!(detail.contains("amount_dollars differ"), "{detail}");
     assert_eq!(f.ledger.snapshot(), after_purchase, "the first purchase stands, the balance is unchanged");
     assert_ne!(before, after_purchase);
@@ -672,18 +690,18 @@ fn a_restored_state_still_tells_duplicates_from_conflicts() {
         restored.restore(entry).expect("restores");
     }
     let source = SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: 99 };
-    assert_eq!(restored.apply(&usage, &source, 8), Applied::Duplicate);
+    assert_eq!(restored.apply(&usage, &source, Epoch(8)), Applied::Duplicate);
     let Input::Usage(mut other) = usage.clone() else { unreachable!() };
     other.quantity = d("3");
-    let conflict = restored.apply(&Input::Usage(other.clone()), &source, 8);
-    assert!(matches!(conflict, Applied::Rejected { reason, .. } if reason == reasons::CONFLICTING_DUPLICATE));
+    let conflict = restored.apply(&Input::Usage(other.clone()), &source, Epoch(8));
+    assert!(matches!(conflict, Applied::Rejected { reason, .. } if reason == Reason::ConflictingDuplicate));
     // Entries written before digests (ledger entry v2) record none: a
     // repeat of their id is taken for a duplicate, as before.
     let mut legacy = Ledger::new(rates(), LedgerConfig::default());
     for entry in &f.entries {
         legacy.restore(&LedgerEntry { input_digest: None, ..entry.clone() }).expect("restores");
     }
-    assert_eq!(legacy.apply(&Input::Usage(other), &source, 8), Applied::Duplicate);
+    assert_eq!(legacy.apply(&Input::Usage(other), &source, Epoch(8)), Applied::Duplicate);
 }
 
 #[test]
@@ -697,7 +715,7 @@ fn quantities_have_the_digits_their_unit_allows() {
         ("ai_image_to_video", "kling", "7.0005", Unit::VideoSecond),
     ] {
         let usage = f.usage("acct", service, engine, quantity, unit);
-        let detail = f.rejected(&usage, reasons::INVALID_QUANTITY);
+        let detail = f.rejected(&usage, Reason::InvalidQuantity);
         assert!(detail.contains(quantity) && detail.contains(unit.code()), "{detail}");
     }
     for (service, engine, quantity, unit) in [
@@ -717,19 +735,19 @@ fn account_ids_and_identifiers_are_bounded_text() {
     let long = "a".repeat(5_000);
     for bad in ["", "acct\n1", "acct\u{7f}", long.as_str()] {
         let open = f.open(bad, PlanTier::Payg, "0");
-        let detail = f.rejected(&open, reasons::INVALID_ACCOUNT_ID);
+        let detail = f.rejected(&open, Reason::InvalidAccountId);
         assert!(detail.len() < 250, "the detail quotes a bounded part: {} bytes", detail.len());
         let purchase = f.purchase(bad, "10.00", "2026-02-01T10:00:00Z");
-        f.rejected(&purchase, reasons::INVALID_ACCOUNT_ID);
+        f.rejected(&purchase, Reason::InvalidAccountId);
     }
     f.funded("acct", PlanTier::Payg, "0", "12.00");
     let Input::Usage(mut usage) = f.usage("acct", "sms", "standard", "1", Unit::Message) else { unreachable!() };
     usage.photo_event_id = long.clone();
-    let detail = f.rejected(&Input::Usage(usage.clone()), reasons::INVALID_IDENTIFIER);
+    let detail = f.rejected(&Input::Usage(usage.clone()), Reason::InvalidIdentifier);
     assert!(detail.starts_with("photo_event_id") && detail.contains("5000 bytes"), "{detail}");
     usage.photo_event_id = String::new();
     usage.booth_id = "booth\r7".into();
-    let detail = f.rejected(&Input::Usage(usage.clone()), reasons::INVALID_IDENTIFIER);
+    let detail = f.rejected(&Input::Usage(usage.clone()), Reason::InvalidIdentifier);
     assert!(detail.starts_with("booth_id"), "{detail}");
     usage.booth_id = String::new();
     f.entry(&Input::Usage(usage));
@@ -740,7 +758,7 @@ fn thresholds_are_bounded() {
     let mut f = Fixture::new();
     for threshold in ["-1", "0.00001", "1000000000000001"] {
         let open = f.open("acct", PlanTier::Payg, threshold);
-        f.rejected(&open, reasons::INVALID_THRESHOLD);
+        f.rejected(&open, Reason::InvalidThreshold);
     }
     let open = f.open("acct", PlanTier::Payg, "12.3456");
     f.entry(&open);
@@ -759,10 +777,10 @@ fn inputs_older_than_the_window_are_too_late() {
     f.entry(&edge);
     let late =
         f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T10:59:59.999Z");
-    let detail = f.rejected(&late, reasons::TOO_LATE);
+    let detail = f.rejected(&late, Reason::TooLate);
     assert!(detail.contains("3600 s"), "{detail}");
     // Too late wins over duplicate: the OPEN (10:00) replayed is too late, not a duplicate.
-    f.rejected(&open, reasons::TOO_LATE);
+    f.rejected(&open, Reason::TooLate);
     // The OPEN's id was pruned, the edge one is kept.
     assert_eq!(f.ledger.stats().dedup_ids, 2);
     let ids: Vec<Uuid> = f.ledger.snapshot().dedup.iter().map(|id| id.input_id).collect();
@@ -778,7 +796,7 @@ fn a_too_late_detail_names_the_window_in_days() {
     f.entry(&newest);
     let late =
         f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-01T00:00:00Z");
-    let detail = f.rejected(&late, reasons::TOO_LATE);
+    let detail = f.rejected(&late, Reason::TooLate);
     assert!(detail.contains("more than 7 days before"), "{detail}");
 }
 
@@ -792,7 +810,7 @@ fn out_of_order_inputs_within_the_window_apply() {
     let earlier =
         f.usage_full("acct", "sms", "standard", "1", Unit::Message, JobOutcome::Succeeded, "2026-02-02T00:00:00Z");
     let (entry, _) = f.entry(&earlier);
-    assert_eq!(entry.sequence, 4, "sequence follows application order, not occurred_at");
+    assert_eq!(entry.sequence, Sequence(4), "sequence follows application order, not occurred_at");
     assert_eq!(f.ledger.newest_occurred_at(), Some(at("2026-02-03T00:00:00Z")));
 }
 
@@ -877,7 +895,7 @@ fn restore_rebuilds_the_same_state_and_ignores_entries_already_reflected() {
     // (same ids) replayed gives a duplicate for the last one.
     let inputs = script(&mut Fixture::new());
     let source = SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: 99 };
-    assert_eq!(rebuilt.apply(&inputs[10], &source, 8), Applied::Duplicate);
+    assert_eq!(rebuilt.apply(&inputs[10], &source, Epoch(8)), Applied::Duplicate);
 }
 
 #[test]
@@ -893,26 +911,30 @@ fn restore_refuses_a_broken_ledger() {
 
     // Not opened first.
     let error = fresh().restore(&purchase).expect_err("no OPEN");
-    assert!(matches!(error, RestoreError::NotOpened { sequence: 2, .. }), "{error}");
+    assert!(matches!(error, RestoreError::NotOpened { sequence: Sequence(2), .. }), "{error}");
     // A gap: 1 then 3.
     let mut ledger = fresh();
     ledger.restore(&open).expect("open");
     let error = ledger.restore(&consume).expect_err("gap");
     assert_eq!(
         error,
-        RestoreError::Invariant(Violation::SequenceGap { account_id: "acct".into(), previous: 1, found: 3 })
+        RestoreError::Invariant(Violation::SequenceGap {
+            account_id: id("acct"),
+            previous: Sequence(1),
+            found: Sequence(3)
+        })
     );
     assert!(error.to_string().contains("sequence 3 follows 1, expected 2"), "{error}");
     // A broken balance chain: 100 credits added but balance_after 101.
     let mut forged = purchase.clone();
-    forged.balance_after = d("101");
+    forged.balance_after = c("101");
     let error = ledger.restore(&forged).expect_err("chain");
     assert!(matches!(error, RestoreError::Invariant(Violation::BalanceChain { .. })), "{error}");
     // A negative balance.
     ledger.restore(&purchase).expect("purchase");
     let mut forged = consume.clone();
-    forged.credits = d("150");
-    forged.balance_after = d("-50");
+    forged.credits = c("150");
+    forged.balance_after = c("-50");
     let error = ledger.restore(&forged).expect_err("negative");
     assert!(matches!(error, RestoreError::Invariant(Violation::NegativeBalance { .. })), "{error}");
     // A debit while paused.
@@ -921,12 +943,15 @@ fn restore_refuses_a_broken_ledger() {
     paused_open.paused = true;
     paused.restore(&paused_open).expect("an account may be restored paused");
     let mut debit = consume.clone();
-    debit.sequence = 2;
-    debit.credits = Decimal::ZERO;
-    debit.balance_after = Decimal::ZERO;
+    debit.sequence = Sequence(2);
+    debit.credits = Credits::ZERO;
+    debit.balance_after = Credits::ZERO;
     debit.paused = true;
     let error = paused.restore(&debit).expect_err("debit while paused");
-    assert!(matches!(error, RestoreError::Invariant(Violation::DebitWhilePaused { sequence: 2, .. })), "{error}");
+    assert!(
+        matches!(error, RestoreError::Invariant(Violation::DebitWhilePaused { sequence: Sequence(2), .. })),
+        "{error}"
+    );
     // Resumed by something other than a purchase.
     let mut update = debit.clone();
     update.entry_type = EntryType::Update;
@@ -937,7 +962,7 @@ fn restore_refuses_a_broken_ledger() {
     let mut ledger = fresh();
     ledger.restore(&open).expect("open");
     let mut reopen = open.clone();
-    reopen.sequence = 2;
+    reopen.sequence = Sequence(2);
     let error = ledger.restore(&reopen).expect_err("open twice");
     assert!(matches!(error, RestoreError::OpenedTwice { .. }), "{error}");
     // After deletion.
@@ -946,9 +971,9 @@ fn restore_refuses_a_broken_ledger() {
         ledger.restore(entry).expect("valid");
     }
     let mut after = consume.clone();
-    after.sequence = 5;
+    after.sequence = Sequence(5);
     let error = ledger.restore(&after).expect_err("after deletion");
-    assert!(matches!(error, RestoreError::AfterDeletion { deleted_at: 4, .. }), "{error}");
+    assert!(matches!(error, RestoreError::AfterDeletion { deleted_at: Sequence(4), .. }), "{error}");
 }
 
 #[test]
@@ -965,7 +990,7 @@ fn snapshots_round_trip_and_continue_identically() {
     assert_eq!(resumed.snapshot(), f.ledger.snapshot());
     for (index, input) in tail.iter().enumerate() {
         let source = SourceOffset { topic: "tally.inputs".into(), partition: 3, offset: 100 + index as i64 };
-        assert_eq!(resumed.apply(input, &source, 9), f.ledger.apply(input, &source, 9));
+        assert_eq!(resumed.apply(input, &source, Epoch(9)), f.ledger.apply(input, &source, Epoch(9)));
     }
     assert_eq!(resumed.snapshot(), f.ledger.snapshot());
 }

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 use tally_events::names::topics;
-use tally_service::config::{load, ConfigError};
+use tally_service::config::{load, ConfigError, Problems};
 
 /// The file form: every field optional, unknown fields refused.
 #[derive(Debug, Deserialize, Default)]
@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub delivery_timeout_s: Option<u64>,
     /// How long rebuilding one partition's state may take, in s.
     pub restore_timeout_s: Option<u64>,
+    /// How long a stop may take to finish the batch in hand, in s.
+    pub drain_timeout_s: Option<u64>,
     /// Consumer group session timeout, in ms: how soon a dead instance's
     /// partitions move to another.
     pub session_timeout_ms: Option<u64>,
@@ -127,7 +129,7 @@ pub enum OnStall {
 }
 
 /// The validated config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeteringConfig {
     /// Kafka bootstrap servers.
     pub brokers: String,
@@ -163,6 +165,8 @@ pub struct MeteringConfig {
     pub delivery_timeout: Duration,
     /// Bound on one partition's restore.
     pub restore_timeout: Duration,
+    /// How long a stop (SIGTERM) may take to finish the batch in hand.
+    pub drain_timeout: Duration,
     /// Consumer group session timeout.
     pub session_timeout: Duration,
     /// Bound on waiting for a (possibly empty) assignment from the group.
@@ -192,114 +196,89 @@ impl MeteringConfig {
         Self::validate(raw, origin)
     }
 
-    /// Checks every field, naming the first bad one.
+    /// Checks every field, reporting every bad one at once. The defaults
+    /// are here and nowhere else (`pipelines/metering.toml` shows them, and
+    /// a test holds the two together).
     pub fn validate(raw: RawConfig, origin: String) -> Result<Self, ConfigError> {
-        let bad = |field: &str, problem: &str| ConfigError::field(&origin, field, problem);
-        if let Some(version) = raw.version {
-            if version != 1 {
-                return Err(bad("version", "only version 1 is known"));
-            }
+        let mut check = Problems::new(&origin);
+        if raw.version.is_some_and(|v| v != 1) {
+            check.bad("version", "only version 1 is known");
         }
-        let non_empty = |field: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
-            let value = value.unwrap_or_else(|| default.to_string());
-            if value.trim().is_empty() {
-                return Err(bad(field, "must not be empty"));
-            }
-            Ok(value)
-        };
-        let input_topic = non_empty("input_topic", raw.input_topic, topics::INPUTS)?;
-        let ledger_topic = non_empty("ledger_topic", raw.ledger_topic, topics::LEDGER)?;
-        let alerts_topic = non_empty("alerts_topic", raw.alerts_topic, topics::ALERTS)?;
-        let dead_letter_topic = non_empty("dead_letter_topic", raw.dead_letter_topic, topics::DEAD_LETTERS)?;
-        let snapshot_topic = non_empty("snapshot_topic", raw.snapshot_topic, topics::SNAPSHOTS)?;
+        let input_topic = check.non_empty("input_topic", raw.input_topic, topics::INPUTS);
+        let ledger_topic = check.non_empty("ledger_topic", raw.ledger_topic, topics::LEDGER);
+        let alerts_topic = check.non_empty("alerts_topic", raw.alerts_topic, topics::ALERTS);
+        let dead_letter_topic = check.non_empty("dead_letter_topic", raw.dead_letter_topic, topics::DEAD_LETTERS);
+        let snapshot_topic = check.non_empty("snapshot_topic", raw.snapshot_topic, topics::SNAPSHOTS);
         let mut names = [&input_topic, &ledger_topic, &alerts_topic, &dead_letter_topic, &snapshot_topic];
         names.sort();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(bad("ledger_topic", "input, ledger, alerts, dead-letter and snapshot topics must all differ"));
+            check.bad("ledger_topic", "input, ledger, alerts, dead-letter and snapshot topics must all differ");
         }
-        let batch_size_max = NonZeroUsize::new(raw.batch_size_max.unwrap_or(5_000))
-            .filter(|n| n.get() <= 100_000)
-            .ok_or_else(|| bad("batch_size_max", "must be between 1 and 100000"))?;
-        let batch_wait_ms = raw.batch_wait_ms.unwrap_or(20);
-        if batch_wait_ms > 10_000 {
-            return Err(bad("batch_wait_ms", "must be at most 10000"));
+        let batch_size_max = check.in_range("batch_size_max", raw.batch_size_max, 5_000, 1..=100_000);
+        let batch_wait_ms = check.in_range("batch_wait_ms", raw.batch_wait_ms, 20, 0..=10_000);
+        let days = check.in_range("dedup_window_days", raw.dedup_window_days, 7, 1..=366);
+        let metrics_address =
+            raw.metrics_address.unwrap_or_else(|| "127.0.0.1:9464".into()).parse().unwrap_or_else(|_| {
+                check.bad("metrics_address", "must be an address like 127.0.0.1:9464");
+                SocketAddr::from(([127, 0, 0, 1], 9464))
+            });
+        let delivery_timeout_s = check.in_range("delivery_timeout_s", raw.delivery_timeout_s, 300, 10..=3_600);
+        let restore_timeout_s = check.in_range("restore_timeout_s", raw.restore_timeout_s, 300, 1..=86_400);
+        let drain_timeout_s = check.in_range("drain_timeout_s", raw.drain_timeout_s, 60, 1..=3_600);
+        let session_timeout_ms = check.in_range("session_timeout_ms", raw.session_timeout_ms, 10_000, 3_000..=300_000);
+        let join_timeout_s = check.in_range("join_timeout_s", raw.join_timeout_s, 120, 10..=3_600);
+        let max_poll_interval_ms =
+            check.in_range("max_poll_interval_ms", raw.max_poll_interval_ms, 300_000, 10_000..=3_600_000);
+        if max_poll_interval_ms <= session_timeout_ms {
+            check.bad("max_poll_interval_ms", "must be above session_timeout_ms");
         }
-        let days = raw.dedup_window_days.unwrap_or(7);
-        if !(1..=366).contains(&days) {
-            return Err(bad("dedup_window_days", "must be between 1 and 366"));
-        }
-        let metrics_address = raw
-            .metrics_address
-            .unwrap_or_else(|| "127.0.0.1:9464".into())
-            .parse()
-            .map_err(|_| bad("metrics_address", "must be an address like 127.0.0.1:9464"))?;
-        let delivery_timeout_s = raw.delivery_timeout_s.unwrap_or(300);
-        if !(10..=3_600).contains(&delivery_timeout_s) {
-            return Err(bad("delivery_timeout_s", "must be between 10 and 3600"));
-        }
-        let session_timeout_ms = raw.session_timeout_ms.unwrap_or(10_000);
-        if !(3_000..=300_000).contains(&session_timeout_ms) {
-            return Err(bad("session_timeout_ms", "must be between 3000 and 300000"));
-        }
-        let join_timeout_s = raw.join_timeout_s.unwrap_or(120);
-        if !(10..=3_600).contains(&join_timeout_s) {
-            return Err(bad("join_timeout_s", "must be between 10 and 3600"));
-        }
-        let max_poll_interval_ms = raw.max_poll_interval_ms.unwrap_or(300_000);
-        if !(10_000..=3_600_000).contains(&max_poll_interval_ms) || max_poll_interval_ms <= session_timeout_ms {
-            return Err(bad("max_poll_interval_ms", "must be between 10000 and 3600000 and above session_timeout_ms"));
-        }
-        let snapshot_interval_s = raw.snapshot_interval_s.unwrap_or(300);
-        if !(1..=86_400).contains(&snapshot_interval_s) {
-            return Err(bad("snapshot_interval_s", "must be between 1 and 86400"));
-        }
+        let snapshot_interval_s = check.in_range("snapshot_interval_s", raw.snapshot_interval_s, 300, 1..=86_400);
         let snapshot_every_entries = match raw.snapshot_every_entries.unwrap_or(100_000) {
             0 => None,
-            n if n < 100 => return Err(bad("snapshot_every_entries", "must be 0 (never) or at least 100")),
+            n if n < 100 => {
+                check.bad("snapshot_every_entries", "must be 0 (never) or at least 100");
+                None
+            }
             n => Some(n),
         };
-        let assignment = match raw.assignment.as_deref().unwrap_or("fixed") {
-            "fixed" => {
+        let assignment = match check.choice(
+            "assignment",
+            raw.assignment.as_deref(),
+            "fixed",
+            &[("fixed", true), ("group", false)],
+        ) {
+            true => {
                 if raw.group_instance_id.is_some() {
-                    return Err(bad("group_instance_id", "is for assignment = \"group\" only"));
+                    check.bad("group_instance_id", "is for assignment = \"group\" only");
                 }
-                let count = NonZeroU32::new(raw.instance_count.unwrap_or(1))
-                    .filter(|n| n.get() <= 1_024)
-                    .ok_or_else(|| bad("instance_count", "must be between 1 and 1024"))?;
+                let count = check.in_range("instance_count", raw.instance_count, 1, 1..=1_024);
                 let index = raw.instance_index.unwrap_or(0);
-                if index >= count.get() {
-                    return Err(bad("instance_index", "must be below instance_count"));
+                if index >= count {
+                    check.bad("instance_index", format!("{index} must be below instance_count ({count})"));
                 }
-                Assignment::Fixed { index, count }
+                Assignment::Fixed { index, count: NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN) }
             }
-            "group" => {
+            false => {
                 if raw.instance_index.is_some() || raw.instance_count.is_some() {
-                    return Err(bad(
-                        "instance_index",
-                        "instance_index and instance_count are for assignment = \"fixed\"",
-                    ));
+                    check.bad("instance_index", "instance_index and instance_count are for assignment = \"fixed\"");
                 }
-                let instance_id = raw.group_instance_id.filter(|id| !id.trim().is_empty());
-                Assignment::Group { instance_id }
+                Assignment::Group { instance_id: raw.group_instance_id.filter(|id| !id.trim().is_empty()) }
             }
-            _ => return Err(bad("assignment", "must be \"fixed\" or \"group\"")),
         };
-        let watch_interval_s = raw.watch_interval_s.unwrap_or(5);
-        if !(1..=300).contains(&watch_interval_s) {
-            return Err(bad("watch_interval_s", "must be between 1 and 300"));
-        }
+        let watch_interval_s = check.in_range("watch_interval_s", raw.watch_interval_s, 5, 1..=300);
         let stall_timeout_s = raw.stall_timeout_s.unwrap_or(30);
         if !(2 * watch_interval_s..=86_400).contains(&stall_timeout_s) {
-            return Err(bad("stall_timeout_s", "must be at least twice watch_interval_s and at most 86400"));
+            check.bad("stall_timeout_s", "must be at least twice watch_interval_s and at most 86400");
         }
-        let on_stall = match raw.on_stall.as_deref().unwrap_or("exit") {
-            "exit" => OnStall::Exit,
-            "report" => OnStall::Report,
-            _ => return Err(bad("on_stall", "must be \"exit\" or \"report\"")),
-        };
-        Ok(MeteringConfig {
-            brokers: non_empty("brokers", raw.brokers, "127.0.0.1:9092")?,
-            group_id: non_empty("group_id", raw.group_id, "tally-metering")?,
+        let on_stall = check.choice(
+            "on_stall",
+            raw.on_stall.as_deref(),
+            "exit",
+            &[("exit", OnStall::Exit), ("report", OnStall::Report)],
+        );
+        let config = MeteringConfig {
+            brokers: check.non_empty("brokers", raw.brokers, "127.0.0.1:9092"),
+            group_id: check.non_empty("group_id", raw.group_id, "tally-metering"),
             input_topic,
             ledger_topic,
             alerts_topic,
@@ -308,13 +287,14 @@ impl MeteringConfig {
             snapshot_every_entries,
             snapshot_interval: Duration::from_secs(snapshot_interval_s),
             rates_file: raw.rates_file.unwrap_or_else(|| PathBuf::from("pipelines/rates.toml")),
-            batch_size_max,
+            batch_size_max: NonZeroUsize::new(batch_size_max).unwrap_or(NonZeroUsize::MIN),
             batch_wait: Duration::from_millis(batch_wait_ms),
             dedup_window: chrono::TimeDelta::days(days.into()),
             metrics_address,
             create_topics: raw.create_topics.unwrap_or(true),
             delivery_timeout: Duration::from_secs(delivery_timeout_s),
-            restore_timeout: Duration::from_secs(raw.restore_timeout_s.unwrap_or(300).max(1)),
+            restore_timeout: Duration::from_secs(restore_timeout_s),
+            drain_timeout: Duration::from_secs(drain_timeout_s),
             session_timeout: Duration::from_millis(session_timeout_ms),
             join_timeout: Duration::from_secs(join_timeout_s),
             max_poll_interval: Duration::from_millis(max_poll_interval_ms),
@@ -323,7 +303,18 @@ impl MeteringConfig {
             stall_timeout: Duration::from_secs(stall_timeout_s),
             on_stall,
             origin,
-        })
+        };
+        check.finish(config)
+    }
+}
+
+impl Default for MeteringConfig {
+    /// The defaults: what an empty file gives.
+    fn default() -> Self {
+        match MeteringConfig::validate(RawConfig::default(), "(defaults)".into()) {
+            Ok(config) => config,
+            Err(e) => panic!("the built-in defaults are valid: {e}"),
+        }
     }
 }
 
@@ -341,5 +332,34 @@ mod tests {
         assert!(err.contains("batch_size_max") && err.contains("TALLY_METERING__BATCH_SIZE_MAX"), "{err}");
         let env = vec![("TALLY_METERING__LEDGER_TOPIC".to_string(), "tally.inputs".to_string())];
         assert!(MeteringConfig::load(None, env).unwrap_err().to_string().contains("must all differ"));
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let env = [
+            ("TALLY_METERING__BATCH_SIZE_MAX", "0"),
+            ("TALLY_METERING__ASSIGNMENT", "sideways"),
+            ("TALLY_METERING__METRICS_ADDRESS", "not an address"),
+            ("TALLY_METERING__STALL_TIMEOUT_S", "1"),
+            ("TALLY_METERING__BROKERS", " "),
+        ];
+        let err = MeteringConfig::load(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap_err();
+        let ConfigError::Fields { problems, .. } = &err else { panic!("{err}") };
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        for field in ["batch_size_max", "assignment", "metrics_address", "stall_timeout_s", "brokers"] {
+            assert!(fields.contains(&field), "{field} in {err}");
+        }
+    }
+
+    /// The commented file shipped in `pipelines/` gives exactly the
+    /// built-in defaults: the two cannot drift apart.
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/metering.toml");
+        let shipped = MeteringConfig::load(Some(&path), Vec::new()).expect("the shipped file loads");
+        assert_eq!(
+            MeteringConfig { origin: String::new(), ..shipped },
+            MeteringConfig { origin: String::new(), ..MeteringConfig::default() }
+        );
     }
 }

@@ -10,51 +10,58 @@
 //! rebuild short: the newest one plus the ledger written after it.
 //! `docs/DESIGN.md` has the whole argument.
 //!
+//! Where things are:
+//! - [`service`]: the loop, one batch at a time;
+//! - [`sends`]: the hold rule (no ledger record acknowledged before an
+//!   earlier dead letter or alert of its batch);
+//! - [`partition`]: one owned partition and the contiguity check;
+//! - [`restore`]: claiming a partition and rebuilding it from the ledger;
+//! - [`context`]: the consumer context (rebalances, statistics, commits);
+//! - [`watch`]: noticing partitions nobody consumes;
+//! - [`step`]: what one input becomes (shared with the tests' model);
+//! - [`snapshot`], `snapshot_writer`: snapshot chunks, and writing them off
+//!   the loop; [`error`], [`config`], [`metrics`].
+//!
 //! What it never does: read the wall clock for pricing, commit input offsets
 //! before the ledger has acknowledged the entries, or continue after a
 //! failed delivery.
 
 pub mod config;
+pub mod context;
+pub mod error;
 pub mod faults;
 pub mod metrics;
+pub mod partition;
 pub mod restore;
+pub mod sends;
 pub mod service;
 pub mod snapshot;
+mod snapshot_writer;
 pub mod step;
+mod tally;
+mod topics;
 pub mod watch;
 
 use std::sync::Arc;
 
 pub use config::MeteringConfig;
+pub use error::MeteringError;
 pub use metrics::Metrics;
-pub use service::{Metering, MeteringError};
+pub use service::Metering;
 use tally_ledger::RateTable;
-use tally_service::http::Health;
+use tally_service::lifecycle::{self, LifecycleError, Settings};
 
-/// Runs the service until SIGTERM/SIGINT. Blocks the calling thread; needs a
-/// tokio runtime handle for deliveries and the metrics server.
-pub fn run(config: MeteringConfig, rates: Arc<RateTable>, runtime: tokio::runtime::Handle) -> Result<(), RunError> {
-    let metrics = Metrics::new().map_err(|e| RunError::Setup(format!("metrics: {e}")))?;
-    let health = Health::default();
-    let address = runtime
-        .block_on(tally_service::http::serve(config.metrics_address, metrics.registry.clone(), health.clone()))
-        .map_err(|e| RunError::Setup(format!("cannot serve /metrics on {}: {e}", config.metrics_address)))?;
-    tracing::info!(%address, "serving /metrics and /health");
-    let shutdown = runtime
-        .block_on(async { tally_service::shutdown::on_signal() })
-        .map_err(|e| RunError::Setup(format!("signals: {e}")))?;
-    let service = Metering::start(config, rates, metrics, runtime)?;
-    service.run(shutdown, health)?;
-    Ok(())
-}
-
-/// Why the service stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Metrics server or signals could not be set up.
-    #[error("{0}")]
-    Setup(String),
-    /// The service failed.
-    #[error(transparent)]
-    Metering(#[from] MeteringError),
+/// Runs the service through its lifecycle (`tally_service::lifecycle`):
+/// `/metrics` and `/health` first, then start (topics, restores), then the
+/// loop until SIGTERM/SIGINT, then a drain within `drain_timeout_s`.
+pub fn run(
+    config: MeteringConfig,
+    rates: Arc<RateTable>,
+    runtime: tokio::runtime::Handle,
+) -> Result<(), LifecycleError<MeteringError>> {
+    let metrics = Metrics::new().map_err(|e| LifecycleError::Service(MeteringError::Metrics(e)))?;
+    let settings = Settings { name: "metering", http_address: config.metrics_address, drain: config.drain_timeout };
+    let registry = metrics.registry.clone();
+    let handle = runtime.clone();
+    lifecycle::run(&runtime, &settings, registry, move || Metering::start(config, rates, metrics, handle))
 }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use tally_events::{InputDigest, PartitionSnapshot, SnapshotAccount};
+use tally_events::{AccountId, Epoch, InputDigest, PartitionSnapshot, SnapshotAccount};
 use tally_ledger::{AccountState, DedupId, LedgerSnapshot};
 use uuid::Uuid;
 
@@ -48,7 +48,7 @@ pub struct SnapshotPoint {
     /// The state covers ledger records below this offset.
     pub ledger_next_offset: i64,
     /// Epoch (offset) of the claim in force there.
-    pub claim_epoch: i64,
+    pub claim_epoch: Epoch,
     /// Id of that claim.
     pub claim_id: Uuid,
     /// Every input offset below this one was handled.
@@ -61,7 +61,7 @@ pub fn chunks(state: &LedgerSnapshot, point: &SnapshotPoint, snapshot_id: Uuid) 
         .accounts
         .iter()
         .map(|(id, a)| SnapshotAccount {
-            account_id: id.clone(),
+            account_id: AccountId::new_unchecked(id.as_str()),
             balance: a.balance,
             last_sequence: a.last_sequence,
             tier: a.tier,
@@ -232,7 +232,7 @@ impl Assembler {
                     paused: a.paused,
                     deleted: a.deleted,
                 };
-                state.accounts.insert(a.account_id.clone(), account);
+                state.accounts.insert(a.account_id.to_string(), account);
             }
             if chunk.dedup_ids.len() % ID_LEN != 0 {
                 return Err(SnapshotError::BadIds {
@@ -277,7 +277,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use rust_decimal::Decimal;
-    use tally_events::PlanTier;
+    use tally_events::{Credits, PlanTier, Sequence};
 
     use super::*;
 
@@ -286,7 +286,7 @@ mod tests {
             input_topic: "in".into(),
             input_partition: 2,
             ledger_next_offset,
-            claim_epoch: 7,
+            claim_epoch: Epoch(7),
             claim_id: Uuid::from_u128(7),
             resume_input_offset: 100,
         }
@@ -294,10 +294,10 @@ mod tests {
 
     fn state(accounts: usize, ids: usize) -> LedgerSnapshot {
         let account = |i: usize| AccountState {
-            balance: Decimal::new(i as i64 * 12_345, 4),
-            last_sequence: i as i64 + 1,
+            balance: Credits::new(Decimal::new(i as i64 * 12_345, 4)),
+            last_sequence: Sequence(i as i64 + 1),
             tier: [PlanTier::Payg, PlanTier::Basic, PlanTier::Pro][i % 3],
-            low_balance_threshold: Decimal::from(10 + i as i64),
+            low_balance_threshold: Credits::new(Decimal::from(10 + i as i64)),
             paused: i % 2 == 0,
             deleted: i % 7 == 0,
         };

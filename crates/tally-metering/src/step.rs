@@ -6,8 +6,7 @@
 
 use tally_events::{
     limits::{quote, quote_bytes},
-    names::reasons,
-    Alert, Codec, DeadLetter, Input, LedgerEntry, SourceOffset,
+    Alert, Codec, DeadLetter, Epoch, Input, LedgerEntry, Reason, SourceOffset,
 };
 use tally_ledger::{Applied, Ledger};
 
@@ -55,9 +54,9 @@ pub fn step(
     payload: Option<&[u8]>,
     appended_ms: Option<i64>,
     source: &SourceOffset,
-    epoch: i64,
+    epoch: Epoch,
 ) -> Step {
-    let dead = |reason: &str, detail: String, input_id: String| {
+    let dead = |reason: Reason, detail: String, input_id: String| {
         DeadLetter::of_input(reason, detail, source.clone(), key, payload, input_id)
     };
     let input = match Codec::global().decode_input(payload.unwrap_or_default()) {
@@ -82,7 +81,7 @@ pub fn step(
             key.map_or_else(|| "(none)".to_string(), quote_bytes),
             quote(input.account_id())
         );
-        return Step::DeadLetter { letter: dead(reasons::BAD_KEY, detail, input.id().to_string()), input_type };
+        return Step::DeadLetter { letter: dead(Reason::BadKey, detail, input.id().to_string()), input_type };
     }
     if let Some(appended) = appended_ms.and_then(chrono::DateTime::from_timestamp_millis) {
         if input.occurred_at() > appended + FUTURE_SKEW_MAX {
@@ -91,7 +90,7 @@ pub fn step(
                 input.occurred_at(),
                 FUTURE_SKEW_MAX.num_minutes()
             );
-            return Step::DeadLetter { letter: dead(reasons::FROM_FUTURE, detail, input.id().to_string()), input_type };
+            return Step::DeadLetter { letter: dead(Reason::FromFuture, detail, input.id().to_string()), input_type };
         }
     }
     match ledger.apply(&input, source, epoch) {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tally_events::{Codec, SourceOffset};
+use tally_events::{Codec, Epoch, SourceOffset};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_metering::{
     snapshot::{chunks, SnapshotPoint},
@@ -51,7 +51,7 @@ fn a_fixed_run_writes_the_pinned_bytes() {
         let source = SourceOffset { topic: "tally.inputs".into(), partition: 0, offset: offset as i64 };
         // A fixed append time: the future check compares with it.
         let appended = Some(1_893_456_000_000); // 2030-01-01
-        match step(&mut ledger, Some(&message.key), Some(&message.payload), appended, &source, 3) {
+        match step(&mut ledger, Some(&message.key), Some(&message.payload), appended, &source, Epoch(3)) {
             Step::Entry { entry, alerts: raised, .. } => {
                 for alert in &raised {
                     written.push(&codec.encode(alert).expect("alert encodes"));
@@ -71,7 +71,7 @@ fn a_fixed_run_writes_the_pinned_bytes() {
         input_topic: "tally.inputs".into(),
         input_partition: 0,
         ledger_next_offset: 99,
-        claim_epoch: 3,
+        claim_epoch: Epoch(3),
         claim_id: uuid::Uuid::from_u128(3),
         resume_input_offset: 12_345,
     };

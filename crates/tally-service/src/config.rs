@@ -30,12 +30,101 @@ pub enum ConfigError {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// Fields with bad values: every one of them, each with its problem.
+    #[error("invalid config {origin}:{}", problems.iter().map(|(f, p)| format!("\n  field `{f}`: {p}")).collect::<String>())]
+    Fields {
+        /// File (and overrides) it came from.
+        origin: String,
+        /// (field, problem) for every bad field, in the order checked.
+        problems: Vec<(String, String)>,
+    },
 }
 
 impl ConfigError {
     /// An error about one field of a config, after loading.
     pub fn field(origin: &str, field: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError::Invalid { origin: origin.to_string(), message: format!("field `{field}`: {problem}") }
+        ConfigError::Fields { origin: origin.to_string(), problems: vec![(field.to_string(), problem.to_string())] }
+    }
+
+    /// Never retryable: the config must be mended.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Collects every bad field of a config while it is validated, so that one
+/// run reports them all; each check returns a value to go on with (the
+/// default, when the field is bad).
+#[derive(Debug)]
+pub struct Problems {
+    origin: String,
+    problems: Vec<(String, String)>,
+}
+
+impl Problems {
+    /// Checks of the config that came from `origin`.
+    pub fn new(origin: &str) -> Self {
+        Problems { origin: origin.to_string(), problems: Vec::new() }
+    }
+
+    /// Reports `field` as bad.
+    pub fn bad(&mut self, field: &str, problem: impl std::fmt::Display) {
+        self.problems.push((field.to_string(), problem.to_string()));
+    }
+
+    /// `value` (or `default`) if within `range`; else reports it and
+    /// returns `default`.
+    pub fn in_range<T>(&mut self, field: &str, value: Option<T>, default: T, range: std::ops::RangeInclusive<T>) -> T
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        let value = value.unwrap_or(default);
+        if range.contains(&value) {
+            value
+        } else {
+            self.bad(field, format!("{value} is not between {} and {}", range.start(), range.end()));
+            default
+        }
+    }
+
+    /// `value` (or `default`) if not blank; else reports it.
+    pub fn non_empty(&mut self, field: &str, value: Option<String>, default: &str) -> String {
+        let value = value.unwrap_or_else(|| default.to_string());
+        if value.trim().is_empty() {
+            self.bad(field, "must not be empty");
+            return default.to_string();
+        }
+        value
+    }
+
+    /// One of `choices` by name (or the `default` name, which must be one
+    /// of them); else reports it and returns the default's.
+    pub fn choice<T: Copy>(&mut self, field: &str, value: Option<&str>, default: &str, choices: &[(&str, T)]) -> T {
+        let find = |name: &str| choices.iter().find(|(n, _)| *n == name).map(|(_, choice)| *choice);
+        let name = value.unwrap_or(default);
+        if let Some(choice) = find(name) {
+            return choice;
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.bad(field, format!("{name:?} is none of {}", names.join(", ")));
+        match find(default) {
+            Some(choice) => choice,
+            None => panic!("the default {default:?} of `{field}` is not one of its choices"),
+        }
+    }
+
+    /// Whether nothing is wrong so far.
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `Ok(value)` if no field was bad, else every problem.
+    pub fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Fields { origin: self.origin, problems: self.problems })
+        }
     }
 }
 
@@ -132,5 +221,25 @@ mod tests {
         assert!(err.contains("svc.toml") && err.contains("batchh"), "{err}");
         let err = load::<Raw>("svc", None, vec![("TALLY_SVC__BATCH".into(), "many".into())]).unwrap_err().to_string();
         assert!(err.contains("TALLY_SVC__BATCH") && err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn problems_are_all_reported_at_once() {
+        let mut check = Problems::new("svc.toml");
+        assert_eq!(check.in_range("batch", Some(0u32), 5, 1..=10), 5);
+        assert_eq!(check.in_range("wait", None, 20u64, 0..=100), 20);
+        assert_eq!(check.non_empty("topic", Some(" ".into()), "t"), "t");
+        assert!(check.choice("mode", Some("sideways"), "fixed", &[("fixed", true), ("group", false)]), "the default");
+        let err = check.finish(()).unwrap_err();
+        let text = err.to_string();
+        for part in [
+            "svc.toml",
+            "field `batch`: 0 is not between 1 and 10",
+            "field `topic`",
+            "\"sideways\" is none of \"fixed\", \"group\"",
+        ] {
+            assert!(text.contains(part), "{part} in {text}");
+        }
+        assert!(!text.contains("`wait`"));
     }
 }

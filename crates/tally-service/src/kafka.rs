@@ -46,6 +46,58 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     config
 }
 
+/// Settings of an idempotent producer: what every tally producer shares.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// How long records wait to be batched (`linger.ms`).
+    pub linger: Duration,
+    /// How long a record may wait for acknowledgement before it fails
+    /// (`message.timeout.ms`): rides out broker outages up to this long.
+    pub delivery_timeout: Duration,
+    /// Records queued before sends wait (`queue.buffering.max.messages`).
+    pub queue_max_messages: u32,
+    /// Make any delivery failure that could leave a gap fatal
+    /// (`enable.gapless.guarantee`): a service whose resume point is its
+    /// own output (metering's ledger) must never write past a gap.
+    pub gapless: bool,
+}
+
+impl ProducerSettings {
+    /// Defaults for `brokers`: 5 ms linger, 300 s delivery timeout, a
+    /// million queued records, no gapless guarantee.
+    pub fn new(brokers: &str) -> Self {
+        ProducerSettings {
+            brokers: brokers.to_string(),
+            linger: Duration::from_millis(5),
+            delivery_timeout: Duration::from_secs(300),
+            queue_max_messages: 1_000_000,
+            gapless: false,
+        }
+    }
+
+    /// The librdkafka settings: idempotent (`enable.idempotence`, which
+    /// keeps retries inside one producer session from duplicating or
+    /// reordering records; across sessions, tally's deterministic ids do),
+    /// `acks=all`, no compression.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("message.timeout.ms", self.delivery_timeout.as_millis().to_string())
+            .set("queue.buffering.max.messages", self.queue_max_messages.to_string())
+            .set("compression.type", "none");
+        if self.gapless {
+            config.set("enable.gapless.guarantee", "true");
+        }
+        config
+    }
+}
+
 /// Keeps the per-partition consumer lag and high watermark that
 /// librdkafka's statistics report for the partitions a consumer fetches.
 /// The high watermark comes with every fetch response, so it is right for
@@ -123,9 +175,9 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
-/// Why a partition read failed.
+/// Why a partition read failed; `E` is why the visitor refused a record.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub enum ReadError<E: std::fmt::Display = std::convert::Infallible> {
     /// Kafka failed.
     #[error("reading {topic}/{partition}: {source}")]
     Kafka {
@@ -151,9 +203,16 @@ pub enum ReadError {
         /// The bound.
         timeout: Duration,
     },
-    /// The callback refused a record.
+    /// The visitor refused a record.
     #[error("{0}")]
-    Visit(String),
+    Visit(E),
+}
+
+impl<E: std::fmt::Display> ReadError<E> {
+    /// Whether reading again later may succeed (the broker, not the data).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ReadError::Kafka { .. } | ReadError::Timeout { .. })
+    }
 }
 
 /// Where a read stops.
@@ -205,13 +264,13 @@ pub fn read_partition<E: std::fmt::Display>(
     until: Until,
     timeout: Duration,
     mut visit: impl FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
-) -> Result<i64, ReadError> {
+) -> Result<i64, ReadError<E>> {
     let kafka = |source| ReadError::Kafka { topic: topic.to_string(), partition, source };
     let consumer: BaseConsumer<ReaderContext> = consumer_config(bootstrap, "tally-partition-reader")
         .set("enable.partition.eof", "true")
         .create_with_context(ReaderContext)
         .map_err(kafka)?;
-    let assign = |start: i64| -> Result<(), ReadError> {
+    let assign = |start: i64| -> Result<(), ReadError<E>> {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(kafka)?;
         consumer.assign(&assignment).map_err(kafka)
@@ -265,7 +324,7 @@ pub fn read_partition<E: std::fmt::Display>(
                 }
                 seen = true;
                 next = message.offset() + 1;
-                visit(&message).map_err(|e| ReadError::Visit(e.to_string()))?;
+                visit(&message).map_err(ReadError::Visit)?;
             }
         }
     }
@@ -331,9 +390,20 @@ pub async fn ensure_topics_with_config(
     Ok(())
 }
 
-/// Partitions of a topic, or `None` when it does not exist.
+/// Partitions of a topic, or `None` when it does not exist (a short-lived
+/// client; see [`partition_count_with`] to ask with one already open).
 pub fn partition_count(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Option<i32>, KafkaError> {
     let consumer: BaseConsumer = consumer_config(bootstrap, "tally-metadata").create()?;
+    partition_count_with(&consumer, topic, timeout)
+}
+
+/// Partitions of a topic, asked with `consumer`; `None` when it does not
+/// exist or has none. The one place tally reads a partition count.
+pub fn partition_count_with<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<i32>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     Ok(metadata
         .topics()

@@ -35,7 +35,7 @@ use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
 };
 
-use crate::kafka::{consumer_config, ReRead, ReaderContext};
+use crate::kafka::{consumer_config, partition_count_with, ReRead, ReaderContext};
 
 /// Whether inputs wait beyond a partition's committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,12 +178,7 @@ impl PartitionProbe {
 
     /// How many partitions the topic has (0 while it does not exist).
     pub fn partitions(&self) -> Result<i32, KafkaError> {
-        let metadata = self.consumer.fetch_metadata(Some(&self.topic), self.timeout)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32))
+        Ok(partition_count_with(&self.consumer, &self.topic, self.timeout)?.unwrap_or(0))
     }
 
     /// Observes partitions `0..partitions`.

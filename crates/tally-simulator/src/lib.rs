@@ -19,7 +19,8 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rust_decimal::Decimal;
 use tally_client::{input_id, UsageEventBuilder};
 use tally_events::{
-    AccountChange, AccountChangeKind, Codec, CreditPurchase, Input, JobOutcome, PlanTier, Unit, UsageEvent,
+    AccountChange, AccountChangeKind, Codec, CreditPurchase, Credits, Dollars, Input, JobOutcome, PlanTier, Unit,
+    UsageEvent,
 };
 
 /// Workload settings.
@@ -229,7 +230,7 @@ impl Simulator {
             account_id: account.id.clone(),
             kind,
             tier: account.tier,
-            low_balance_threshold: threshold,
+            low_balance_threshold: Credits::new(threshold),
             occurred_at: self.now,
             reason: None,
         };
@@ -260,7 +261,7 @@ impl Simulator {
         let purchase = CreditPurchase {
             purchase_id: input_id(&["purchase", &account.id, &account.purchases.to_string()]),
             account_id: account.id.clone(),
-            amount_dollars: Decimal::new(cents, 2),
+            amount_dollars: Dollars::new(Decimal::new(cents, 2)),
             occurred_at: self.now,
             payment_reference: Some(format!("pay_{}_{}", account.id, account.purchases)),
         };
@@ -533,7 +534,7 @@ pub struct Tally {
     /// Usage events by service and engine.
     pub by_service: BTreeMap<(String, String), u64>,
     /// Dollars of credit purchases.
-    pub dollars_purchased: Decimal,
+    pub dollars_purchased: Dollars,
     /// Bytes of payload.
     pub bytes: u64,
 }
@@ -602,6 +603,6 @@ mod tests {
         }
         assert_eq!(tally.by_intent[&Intent::Open], 40);
         assert!(tally.by_service.len() >= 10, "service mix {:?}", tally.by_service.keys());
-        assert!(tally.dollars_purchased > Decimal::ZERO);
+        assert!(tally.dollars_purchased > Dollars::ZERO);
     }
 }

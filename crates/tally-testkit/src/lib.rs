@@ -1,4 +1,5 @@
-//! Real services for tests: a Tansu broker per test, on a free loopback port.
+//! Real services for tests: a Tansu broker ([`Broker`]) and a ClickHouse
+//! server ([`ClickHouse`]) per test, on free loopback ports.
 //!
 //! Nothing here is a mock. [`Broker::start`] runs the Tansu binary that
 //! `deploy/local/install.sh` caches (or `$TALLY_TANSU_BIN`), waits until it
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
+    ClientConfig, Message,
 };
 
 /// Where the Tansu binary is: `$TALLY_TANSU_BIN`, else the install cache.
@@ -211,55 +212,36 @@ pub struct Record {
 }
 
 /// Reads every partition of a topic from the start to its current end (the
-/// partition-EOF event, raised from the fetch response's high watermark).
-/// Records come in (partition, offset) order.
+/// partition-EOF event, raised from the fetch response's high watermark),
+/// through the services' one partition reader (which re-reads where a
+/// broker's fetch skips records). Records come in (partition, offset)
+/// order. A topic that does not exist yet reads as empty.
 pub fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
-    let consumer: BaseConsumer<tally_service::kafka::ReaderContext> = consumer_config(bootstrap, None)
-        .set("enable.partition.eof", "true")
-        .create_with_context(tally_service::kafka::ReaderContext)?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .with_context(|| format!("topic {topic} not found"))?
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
-    let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Offset(0))?;
-    }
-    consumer.assign(&assignment)?;
-    let mut at_end: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
+    let Some(partitions) = tally_service::kafka::partition_count(bootstrap, topic, Duration::from_secs(5))? else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while at_end.len() < partitions.len() {
-        if Instant::now() > deadline {
-            bail!("reading {topic} did not reach its end within {timeout:?} ({} records read)", out.len());
-        }
-        match consumer.poll(Duration::from_millis(20)) {
-            None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            // Transport errors are retried by librdkafka; the deadline
-            // bounds the read.
-            Some(Err(_)) => {}
-            Some(Ok(message)) => {
-                at_end.remove(&message.partition());
+    for partition in 0..partitions {
+        tally_service::kafka::read_partition(
+            bootstrap,
+            topic,
+            partition,
+            0,
+            tally_service::kafka::Until::End,
+            timeout,
+            |message| {
                 out.push(Record {
-                    partition: message.partition(),
+                    partition,
                     offset: message.offset(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     timestamp: message.timestamp().to_millis(),
                 });
-            }
-        }
+                Ok::<(), std::convert::Infallible>(())
+            },
+        )
+        .with_context(|| format!("reading {topic}/{partition}"))?;
     }
-    out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
 }
 
@@ -300,7 +282,18 @@ pub fn tally_binary() -> Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
             let mut command = Command::new(cargo);
-            command.current_dir(&workspace).args(["build", "--quiet", "-p", "tally-cli", "--bin", "tally"]);
+            // With the crash points of the fault tests (never in a release
+            // build: see tally-metering's `fault-injection` feature).
+            command.current_dir(&workspace).args([
+                "build",
+                "--quiet",
+                "-p",
+                "tally-cli",
+                "--bin",
+                "tally",
+                "--features",
+                "tally-cli/fault-injection",
+            ]);
             if release {
                 command.arg("--release");
             }
@@ -319,4 +312,208 @@ pub fn tally_binary() -> Result<PathBuf> {
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// A running ClickHouse server of its own (Debian's `clickhouse-server`,
+/// or `$TALLY_CLICKHOUSE_SERVER`), on free loopback ports, with its data
+/// in a fresh folder; killed when dropped. Starting fails loudly when the
+/// server is not installed or does not answer: a test never passes by
+/// skipping.
+pub struct ClickHouse {
+    child: Option<Child>,
+    http_port: u16,
+    tcp_port: u16,
+    dir: PathBuf,
+}
+
+impl ClickHouse {
+    /// Starts a server and waits until it answers `/ping`.
+    pub fn start() -> Result<ClickHouse> {
+        let (http_port, tcp_port) = (free_port()?, free_port()?);
+        let dir = std::env::temp_dir().join(format!("tally-clickhouse-{http_port}"));
+        let mut server = ClickHouse { child: None, http_port, tcp_port, dir };
+        server.configure()?;
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn configure(&self) -> Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/clickhouse");
+        let etc = self.dir.join("clickhouse/etc");
+        for sub in ["log", "data", "tmp", "user_files", "format_schemas", "etc"] {
+            std::fs::create_dir_all(self.dir.join("clickhouse").join(sub))?;
+        }
+        let template = std::fs::read_to_string(root.join("config.xml.in"))
+            .with_context(|| format!("read {}", root.join("config.xml.in").display()))?;
+        let config = template
+            .replace("@STACK@", &self.dir.display().to_string())
+            .replace("@HTTP_PORT@", &self.http_port.to_string())
+            .replace("@TCP_PORT@", &self.tcp_port.to_string());
+        std::fs::write(etc.join("config.xml"), config)?;
+        std::fs::copy(root.join("users.xml"), etc.join("users.xml"))?;
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let binary = std::env::var_os("TALLY_CLICKHOUSE_SERVER")
+            .map_or_else(|| PathBuf::from("clickhouse-server"), PathBuf::from);
+        let log = std::fs::File::create(self.dir.join("clickhouse/log/stdout.log"))?;
+        let child = Command::new(&binary)
+            .arg(format!("--config-file={}", self.dir.join("clickhouse/etc/config.xml").display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} (install it: deploy/local/install.sh clickhouse)", binary.display()))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("clickhouse exited with {status} while starting; see {}", self.log_path().display());
+                }
+            }
+            if self.get("/ping").is_ok_and(|(status, body)| status == 200 && body.trim() == "Ok.") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "clickhouse did not answer on port {} within {timeout:?}; see {}",
+                    self.http_port,
+                    self.log_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The native protocol port (for `clickhouse-client --port`).
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// The server's error log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("clickhouse/log/server.err.log")
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        self.http("GET", path, "")
+    }
+
+    /// Runs `sql` over HTTP; returns the body, or an error with the
+    /// server's message.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        let (status, body) = self.http("POST", "/", sql)?;
+        if status != 200 {
+            bail!("clickhouse answered {status} to {sql:?}: {}", body.trim());
+        }
+        Ok(body)
+    }
+
+    fn http(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status")?;
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        Ok((status, body))
+    }
+
+    /// kill -9 of the server (data stays; [`ClickHouse::start_again`]).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().context("reap clickhouse")?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server with SIGTERM, waiting up to 30 s before SIGKILL.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().ok();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill().ok();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.wait().ok();
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped or killed server again on the same ports and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("clickhouse is still running");
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The body of a chunked HTTP response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server the stack installs starts on ports of its own, answers
+    /// queries, and survives a kill -9 with its data.
+    #[test]
+    fn clickhouse_starts_answers_and_restarts() -> Result<()> {
+        let mut server = ClickHouse::start()?;
+        assert_eq!(server.query("SELECT 1 + 1")?.trim(), "2");
+        server.query("CREATE TABLE t (n UInt32) ENGINE = MergeTree ORDER BY n")?;
+        server.query("INSERT INTO t VALUES (1), (2), (3)")?;
+        server.kill()?;
+        server.start_again()?;
+        assert_eq!(server.query("SELECT sum(n) FROM t")?.trim(), "6");
+        assert!(server.query("SELECT nonsense(").is_err(), "a bad query is an error");
+        Ok(())
+    }
 }

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use tally_client::{InFlight, Publisher, PublisherConfig};
-use tally_events::{fence::Fence, Codec, LedgerEntry, MarkerKind, Message as Record, SourceOffset};
+use tally_events::{
+    ledger_reader::{FencedReader, LedgerRecord},
+    AccountId, Codec, Epoch, LedgerEntry, Message as Record, Sequence, SourceOffset,
+};
 use tally_ledger::{Ledger, LedgerConfig, RateTable};
 use tally_metering::step::{step, Step};
 use tally_simulator::SimMessage;
@@ -186,7 +189,7 @@ impl MeteringProcess {
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status line")?;
@@ -237,6 +240,37 @@ pub async fn publish(bootstrap: &str, messages: &[SimMessage]) -> Result<()> {
 /// Publishes in order, at most `per_second` messages a second if given:
 /// inputs that keep arriving while a fault test kills and restarts.
 pub async fn publish_paced(bootstrap: &str, messages: &[SimMessage], per_second: Option<u32>) -> Result<()> {
+    publish_until(bootstrap, messages, per_second, &Paced::default()).await.map(|_| ())
+}
+
+/// How far a paced publisher got, and a way to make it stop early.
+#[derive(Clone, Default)]
+pub struct Paced {
+    /// Messages acknowledged so far.
+    pub published: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Paced {
+    /// Asks the publisher to stop after the message in hand.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Messages published so far.
+    pub fn published(&self) -> usize {
+        self.published.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Publishes in order at `per_second` until done or told to stop; returns
+/// how many were published (all acknowledged).
+pub async fn publish_until(
+    bootstrap: &str,
+    messages: &[SimMessage],
+    per_second: Option<u32>,
+    paced: &Paced,
+) -> Result<usize> {
     let publisher = Publisher::new(&PublisherConfig {
         bootstrap_servers: bootstrap.into(),
         topic: INPUTS.into(),
@@ -244,7 +278,11 @@ pub async fn publish_paced(bootstrap: &str, messages: &[SimMessage], per_second:
     })?;
     let mut in_flight = InFlight::new(5_000);
     let started = Instant::now();
+    let mut sent: usize = 0;
     for (n, message) in messages.iter().enumerate() {
+        if paced.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         if let Some(rate) = per_second {
             let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -252,16 +290,19 @@ pub async fn publish_paced(bootstrap: &str, messages: &[SimMessage], per_second:
             }
         }
         in_flight.push(publisher.enqueue_raw(&message.key, &message.payload).await?).await?;
+        sent += 1;
+        paced.published.store(sent.saturating_sub(in_flight.len()), std::sync::atomic::Ordering::Relaxed);
     }
     in_flight.finish().await?;
     publisher.flush(Duration::from_secs(30))?;
-    Ok(())
+    paced.published.store(sent, std::sync::atomic::Ordering::Relaxed);
+    Ok(sent)
 }
 
 /// The ledger the core computes offline from what the input topic holds.
 pub struct Expected {
     pub inputs: usize,
-    pub entries: BTreeMap<(String, i64), LedgerEntry>,
+    pub entries: BTreeMap<(AccountId, Sequence), LedgerEntry>,
     pub dead_letters: BTreeMap<(i32, i64), String>,
     pub duplicates: usize,
 }
@@ -288,7 +329,7 @@ pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
         let ledger =
             ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
         let source = SourceOffset { topic: INPUTS.into(), partition: record.partition, offset: record.offset };
-        match step(ledger, record.key.as_deref(), record.payload.as_deref(), record.timestamp, &source, 0) {
+        match step(ledger, record.key.as_deref(), record.payload.as_deref(), record.timestamp, &source, Epoch(0)) {
             Step::Entry { entry, .. } => {
                 out.entries.insert((entry.account_id.clone(), entry.sequence), entry.content());
             }
@@ -327,27 +368,15 @@ pub fn actual(bootstrap: &str, with_dead_letters: bool) -> Result<Actual> {
         dead_letters_intact: true,
         alerts: 0,
     };
-    let mut fences: BTreeMap<i32, Fence> = BTreeMap::new();
+    // The one fenced reader every reader of the ledger uses.
+    let mut readers: BTreeMap<i32, FencedReader> = BTreeMap::new();
     for record in read_topic(bootstrap, LEDGER, Duration::from_secs(120))? {
-        let fence = fences.entry(record.partition).or_default();
-        match codec.decode_any(record.payload.as_deref().unwrap_or_default())? {
-            Record::Ledger(entry) => {
-                if fence.admits(entry.epoch) {
-                    out.entries.push(entry);
-                } else {
-                    out.fenced += 1;
-                }
-            }
-            Record::Marker(marker) if marker.kind == MarkerKind::Claim => {
-                out.claims += 1;
-                fence.observe_claim(record.offset, marker.claim_id);
-            }
-            Record::Marker(marker) => {
-                if !fence.admits(marker.epoch) {
-                    out.fenced += 1;
-                }
-            }
-            other => bail!("unexpected record in the ledger: {other:?}"),
+        let reader = readers.entry(record.partition).or_insert_with(|| FencedReader::new(record.partition));
+        match reader.read(record.offset, record.payload.as_deref().unwrap_or_default())? {
+            LedgerRecord::Entry(entry) => out.entries.push(entry),
+            LedgerRecord::Fenced(_) => out.fenced += 1,
+            LedgerRecord::Claim { .. } => out.claims += 1,
+            LedgerRecord::Progress(_) => {}
         }
     }
     if with_dead_letters {
@@ -431,7 +460,7 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
         ..Report::default()
     };
     // Distinct (account, sequence), with every content seen.
-    let mut by_key: BTreeMap<(String, i64), Vec<LedgerEntry>> = BTreeMap::new();
+    let mut by_key: BTreeMap<(AccountId, Sequence), Vec<LedgerEntry>> = BTreeMap::new();
     for entry in &actual.entries {
         let contents = by_key.entry((entry.account_id.clone(), entry.sequence)).or_default();
         let content = entry.content();
@@ -440,7 +469,7 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
         }
     }
     report.distinct_entries = by_key.len();
-    let mut input_keys: BTreeMap<uuid::Uuid, BTreeSet<(String, i64)>> = BTreeMap::new();
+    let mut input_keys: BTreeMap<uuid::Uuid, BTreeSet<(AccountId, Sequence)>> = BTreeMap::new();
     for (key, contents) in &by_key {
         if contents.len() > 1 {
             report.conflicting += 1;
@@ -461,16 +490,16 @@ pub fn compare(expected: &Expected, actual: &Actual) -> Report {
     let lost: Vec<&LedgerEntry> =
         expected.entries.iter().filter(|(k, _)| !by_key.contains_key(*k)).map(|(_, e)| e).collect();
     report.lost = lost.len();
-    let mut lost_sources: Vec<(i32, i64, &str, i64)> =
+    let mut lost_sources: Vec<(i32, i64, &str, Sequence)> =
         lost.iter().map(|e| (e.source.partition, e.source.offset, e.account_id.as_str(), e.sequence)).collect();
     lost_sources.sort();
     report.lost_examples =
         lost_sources.iter().take(12).map(|(p, o, a, s)| format!("input {p}/{o} -> {a}#{s}")).collect();
-    let mut sequences: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut sequences: BTreeMap<&str, Vec<Sequence>> = BTreeMap::new();
     for (account, sequence) in by_key.keys() {
-        sequences.entry(account).or_default().push(*sequence);
+        sequences.entry(account.as_str()).or_default().push(*sequence);
     }
-    report.gaps = sequences.values().filter(|s| s.iter().enumerate().any(|(i, seq)| *seq != i as i64 + 1)).count();
+    report.gaps = sequences.values().filter(|s| s.iter().enumerate().any(|(i, seq)| seq.0 != i as i64 + 1)).count();
     for (coordinates, reasons) in &actual.dead_letters {
         match expected.dead_letters.get(coordinates) {
             Some(reason) if reasons.len() == 1 && reasons.contains(reason) => {
@@ -529,7 +558,7 @@ pub fn wait_for_ledger_supervising(
             progress.1 = Instant::now();
         }
         let actual = actual(bootstrap, true)?;
-        let distinct: BTreeSet<(&str, i64)> =
+        let distinct: BTreeSet<(&str, Sequence)> =
             actual.entries.iter().map(|e| (e.account_id.as_str(), e.sequence)).collect();
         if distinct.len() >= expected.entries.len() && actual.dead_letters.len() >= expected.dead_letters.len() {
             return Ok(actual);
