@@ -32,18 +32,20 @@ async fn instances_added_and_removed_mid_run_change_nothing() -> anyhow::Result<
         tokio::spawn(async move { publish_paced(&bootstrap, &messages, Some(1_500)).await })
     };
     let started = Instant::now();
+    let owns = |process: &MeteringProcess| process.metric_sum("tally_metering_partitions_owned");
+    let reads = |process: &MeteringProcess| process.metric_sum("tally_metering_inputs_total");
     let mut a = MeteringProcess::spawn(&bootstrap, "rebalance-a", &GROUP)?;
-    std::thread::sleep(Duration::from_millis(1_500));
+    wait_until("a to own and read partitions", Duration::from_secs(60), || Ok(owns(&a) > 0.0 && reads(&a) > 0.0))?;
     let mut b = MeteringProcess::spawn(&bootstrap, "rebalance-b", &GROUP)?;
-    eprintln!("[rebalance] b joined at {:?}", started.elapsed());
-    std::thread::sleep(Duration::from_millis(3_000));
+    wait_until("b to take partitions from a", Duration::from_secs(90), || Ok(owns(&b) > 0.0 && reads(&b) > 0.0))?;
+    eprintln!("[rebalance] b owns {} partitions at {:?}", owns(&b), started.elapsed());
     let status = a.terminate(Duration::from_secs(60))?;
     assert!(status.success(), "a leaves cleanly: {status}\n{}", a.log_tail());
     eprintln!("[rebalance] a left at {:?}", started.elapsed());
-    std::thread::sleep(Duration::from_millis(1_000));
+    wait_until("b to own every partition", Duration::from_secs(90), || Ok(owns(&b) >= 4.0))?;
     let mut a = MeteringProcess::spawn(&bootstrap, "rebalance-a2", &GROUP)?;
+    wait_until("a to take partitions again", Duration::from_secs(90), || Ok(owns(&a) > 0.0))?;
     eprintln!("[rebalance] a joined again at {:?}", started.elapsed());
-    std::thread::sleep(Duration::from_millis(1_500));
     b.kill();
     eprintln!("[rebalance] b killed at {:?}", started.elapsed());
     let mut c = MeteringProcess::spawn(&bootstrap, "rebalance-c", &GROUP)?;

@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 use tally_simulator::{SimConfig, Simulator};
@@ -27,32 +27,39 @@ async fn a_thawed_zombie_has_no_effect() -> anyhow::Result<()> {
     // Small batches so the zombie is likely frozen with one in hand.
     let small = [("TALLY_METERING__BATCH_SIZE_MAX", "200")];
     let zombie = MeteringProcess::spawn(&bootstrap, "zombie", &small)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while actual(&bootstrap, false)?.entries.len() < 2_000 {
-        assert!(Instant::now() < deadline, "the first instance made no progress\n{}", zombie.log_tail());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Keep input flowing so the zombie has a batch in hand when frozen.
+    wait_until("the first instance to write 2,000 entries", Duration::from_secs(60), || {
+        Ok(actual(&bootstrap, false)?.entries.len() >= 2_000)
+    })?;
+    // Keep input flowing so the zombie has a batch in hand when frozen:
+    // freeze it once it reads the new inputs.
+    let read_before = zombie.metric_sum("tally_metering_inputs_total");
     let publishing = {
         let bootstrap = bootstrap.clone();
         let rest = messages[third..2 * third].to_vec();
         tokio::spawn(async move { publish(&bootstrap, &rest).await })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the zombie to read the new inputs", Duration::from_secs(60), || {
+        Ok(zombie.metric_sum("tally_metering_inputs_total") > read_before + 1_000.0)
+    })?;
     zombie.stop_signal();
     eprintln!("[zombie] SIGSTOP");
     publishing.await??;
     let mut owner = MeteringProcess::spawn(&bootstrap, "owner", &[])?;
     // The owner claims both partitions at once.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while actual(&bootstrap, false)?.claims < 3 {
-        assert!(Instant::now() < deadline, "the new owner never claimed\n{}", owner.log_tail());
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    publish(&bootstrap, &messages[2 * third..]).await?;
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the new owner to claim", Duration::from_secs(90), || Ok(actual(&bootstrap, false)?.claims >= 3))?;
+    // Thaw the zombie while the owner is writing the last third.
+    let owner_read = owner.metric_sum("tally_metering_inputs_total");
+    let publishing = {
+        let bootstrap = bootstrap.clone();
+        let rest = messages[2 * third..].to_vec();
+        tokio::spawn(async move { publish(&bootstrap, &rest).await })
+    };
+    wait_until("the owner to read new inputs", Duration::from_secs(60), || {
+        Ok(owner.metric_sum("tally_metering_inputs_total") > owner_read + 500.0)
+    })?;
     zombie.continue_signal();
     eprintln!("[zombie] SIGCONT");
+    publishing.await??;
     let expected = expected(&bootstrap, messages.len())?;
     // The owner exits when it finds the zombie's writes in its partition
     // (contiguity check); a supervisor restarts it.

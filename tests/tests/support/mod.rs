@@ -208,6 +208,30 @@ impl MeteringProcess {
     }
 }
 
+impl MeteringProcess {
+    /// The sum of every sample of metric `name` (0 when it has none yet or
+    /// the process does not answer).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.metric(name).map_or(0.0, |samples| samples.iter().map(|(_, v)| v).sum())
+    }
+}
+
+/// Waits until `condition` holds, checking every 100 ms, or fails after
+/// `timeout` saying what it waited for: tests wait on conditions, never on
+/// bare sleeps.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("waited {timeout:?} for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The samples of metric `name` in a Prometheus text exposition.
 pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
     text.lines()
