@@ -27,17 +27,20 @@ pub struct AccountId(String);
 
 impl AccountId {
     /// A checked account id (see [`crate::limits::check_account_id`]).
+    #[inline]
     pub fn parse(id: &str) -> Result<AccountId, IdentifierProblem> {
         check_account_id(id).map(|()| AccountId(id.to_string()))
     }
 
     /// An id taken as it is: one already checked, or read back from a
     /// record.
+    #[inline]
     pub fn new_unchecked(id: impl Into<String>) -> AccountId {
         AccountId(id.into())
     }
 
     /// The id as text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -45,18 +48,21 @@ impl AccountId {
 
 impl Deref for AccountId {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
         &self.0
     }
 }
 
 impl AsRef<str> for AccountId {
+    #[inline]
     fn as_ref(&self) -> &str {
         &self.0
     }
 }
 
 impl Borrow<str> for AccountId {
+    #[inline]
     fn borrow(&self) -> &str {
         &self.0
     }
@@ -70,12 +76,14 @@ impl fmt::Display for AccountId {
 }
 
 impl PartialEq<str> for AccountId {
+    #[inline]
     fn eq(&self, other: &str) -> bool {
         self.0 == other
     }
 }
 
 impl PartialEq<&str> for AccountId {
+    #[inline]
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
     }
@@ -92,6 +100,7 @@ impl Sequence {
     pub const BEFORE_FIRST: Sequence = Sequence(0);
 
     /// The next one, or `None` past `i64::MAX`.
+    #[inline]
     pub fn next(self) -> Option<Sequence> {
         self.0.checked_add(1).map(Sequence)
     }

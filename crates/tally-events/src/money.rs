@@ -42,31 +42,37 @@ macro_rules! decimal_newtype {
             pub const ZERO: $name = $name(Decimal::ZERO);
 
             /// The amount `value`.
+            #[inline]
             pub const fn new(value: Decimal) -> Self {
                 $name(value)
             }
 
             /// The amount as a plain decimal.
+            #[inline]
             pub const fn decimal(self) -> Decimal {
                 self.0
             }
 
             /// Whether it is zero.
+            #[inline]
             pub fn is_zero(self) -> bool {
                 self.0.is_zero()
             }
 
             /// Whether it is below zero.
+            #[inline]
             pub fn is_negative(self) -> bool {
                 self.0.is_sign_negative() && !self.0.is_zero()
             }
 
             /// The same value without trailing zeros (`7.50` is `7.5`).
+            #[inline]
             pub fn normalize(self) -> Self {
                 $name(self.0.normalize())
             }
 
             /// Fractional digits as written.
+            #[inline]
             pub fn scale(self) -> u32 {
                 self.0.scale()
             }
@@ -81,18 +87,21 @@ macro_rules! decimal_newtype {
         impl FromStr for $name {
             type Err = DecimalError;
             /// Exact plain decimal text (see [`crate::decimal`]).
+            #[inline]
             fn from_str(text: &str) -> Result<Self, Self::Err> {
                 parse_exact(text).map($name)
             }
         }
 
         impl Serialize for $name {
+            #[inline]
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(&self.0)
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
+            #[inline]
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
                 parse_exact(&text).map($name).map_err(D::Error::custom)
@@ -105,11 +114,13 @@ macro_rules! amount_arithmetic {
     ($name:ident) => {
         impl $name {
             /// `self + other`, or `None` if it does not fit.
+            #[inline]
             pub fn checked_add(self, other: $name) -> Option<$name> {
                 self.0.checked_add(other.0).map($name)
             }
 
             /// `self - other`, or `None` if it does not fit.
+            #[inline]
             pub fn checked_sub(self, other: $name) -> Option<$name> {
                 self.0.checked_sub(other.0).map($name)
             }
@@ -117,6 +128,7 @@ macro_rules! amount_arithmetic {
 
         impl Add for $name {
             type Output = $name;
+            #[inline]
             fn add(self, other: $name) -> $name {
                 $name(self.0 + other.0)
             }
@@ -124,6 +136,7 @@ macro_rules! amount_arithmetic {
 
         impl Sub for $name {
             type Output = $name;
+            #[inline]
             fn sub(self, other: $name) -> $name {
                 $name(self.0 - other.0)
             }
@@ -131,30 +144,35 @@ macro_rules! amount_arithmetic {
 
         impl Neg for $name {
             type Output = $name;
+            #[inline]
             fn neg(self) -> $name {
                 $name(-self.0)
             }
         }
 
         impl AddAssign for $name {
+            #[inline]
             fn add_assign(&mut self, other: $name) {
                 self.0 += other.0;
             }
         }
 
         impl SubAssign for $name {
+            #[inline]
             fn sub_assign(&mut self, other: $name) {
                 self.0 -= other.0;
             }
         }
 
         impl std::iter::Sum for $name {
+            #[inline]
             fn sum<I: Iterator<Item = $name>>(iter: I) -> $name {
                 iter.fold($name::ZERO, |a, b| a + b)
             }
         }
 
         impl<'a> std::iter::Sum<&'a $name> for $name {
+            #[inline]
             fn sum<I: Iterator<Item = &'a $name>>(iter: I) -> $name {
                 iter.fold($name::ZERO, |a, b| a + *b)
             }
