@@ -5,11 +5,13 @@ use std::io::IsTerminal;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod aggregator;
 mod inspect;
 mod metering;
 mod rates;
 mod simulate;
 mod summary;
+mod warehouse;
 
 /// tally: streaming usage metering for AI credits.
 #[derive(Parser)]
@@ -34,6 +36,12 @@ enum Command {
     Summary(summary::Args),
     /// Print the records of a tally topic, decoded (dead letters by default).
     Inspect(inspect::Args),
+    /// Run the aggregator: the ledger topic into ClickHouse, exactly once.
+    Aggregator(aggregator::Args),
+    /// Create or upgrade the ClickHouse schema; rebuild rollups from the raw table.
+    Migrate(warehouse::MigrateArgs),
+    /// Run a named ClickHouse query (balance, activity, timeline, ...; --list shows them).
+    Query(warehouse::QueryArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,5 +62,8 @@ fn main() -> Result<()> {
         Command::Rates { command } => rates::run(command),
         Command::Summary(args) => summary::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Aggregator(args) => aggregator::run(args, &runtime),
+        Command::Migrate(args) => runtime.block_on(warehouse::migrate(args)),
+        Command::Query(args) => runtime.block_on(warehouse::query(args)),
     }
 }

@@ -16,4 +16,7 @@ pub mod topics {
     /// Compacted snapshots of each ledger partition's state; partition p
     /// holds those of ledger partition p.
     pub const SNAPSHOTS: &str = "tally.snapshots";
+    /// Ledger records the aggregator could not store in ClickHouse, with
+    /// the reason and the record as it was.
+    pub const LEDGER_DEAD_LETTERS: &str = "tally.ledger.dead-letters";
 }

@@ -68,11 +68,21 @@ pub enum Reason {
     TooLate,
     /// An input without a key, or whose key is not its account id.
     BadKey,
+    /// A record on the ledger topic that does not decode as a ledger entry
+    /// or marker (a foreign writer, a newer schema): the aggregator cannot
+    /// store it and dead-letters it instead of stalling.
+    LedgerUndecodable,
+    /// A counted ledger entry that ClickHouse cannot store exactly (a
+    /// decimal finer than its column, a time outside `DateTime`).
+    LedgerUnstorable,
+    /// A counted ledger entry that reuses an account's sequence with other
+    /// content than the entry already stored: the first one stands.
+    LedgerConflict,
 }
 
 impl Reason {
     /// Every reason, in code order of the contract.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 24] = [
         Reason::JobFailed,
         Reason::InsufficientCredits,
         Reason::AccountPaused,
@@ -94,6 +104,9 @@ impl Reason {
         Reason::FromFuture,
         Reason::TooLate,
         Reason::BadKey,
+        Reason::LedgerUndecodable,
+        Reason::LedgerUnstorable,
+        Reason::LedgerConflict,
     ];
 
     /// The stable snake_case code.
@@ -120,6 +133,9 @@ impl Reason {
             Reason::FromFuture => "from_future",
             Reason::TooLate => "too_late",
             Reason::BadKey => "bad_key",
+            Reason::LedgerUndecodable => "ledger_undecodable",
+            Reason::LedgerUnstorable => "ledger_unstorable",
+            Reason::LedgerConflict => "ledger_conflict",
         }
     }
 
@@ -186,6 +202,9 @@ mod tests {
                 "from_future",
                 "too_late",
                 "bad_key",
+                "ledger_undecodable",
+                "ledger_unstorable",
+                "ledger_conflict",
             ]
         );
         for reason in Reason::ALL {

@@ -23,6 +23,8 @@ use tally_metering::step::{step, Step};
 use tally_simulator::SimMessage;
 use tally_testkit::{free_port, read_topic, read_topic_at_least, tally_binary};
 
+pub mod warehouse;
+
 pub const INPUTS: &str = "tally.inputs";
 pub const LEDGER: &str = "tally.ledger";
 pub const ALERTS: &str = "tally.alerts";
@@ -63,6 +65,8 @@ pub fn seed() -> u64 {
 /// only settings a test gives are where things are (broker, rate table,
 /// metrics port) and what its scenario is about, passed in `env`.
 pub struct MeteringProcess {
+    /// `metering` or `aggregator`.
+    service: &'static str,
     child: Option<Child>,
     pub metrics_port: u16,
     pub log: PathBuf,
@@ -75,8 +79,21 @@ pub struct MeteringProcess {
 
 impl MeteringProcess {
     pub fn spawn(bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_service("metering", bootstrap, name, env)
+    }
+
+    /// A `tally aggregator` child process with the shipped defaults, told
+    /// only where the broker and ClickHouse are (and what `env` adds).
+    pub fn aggregator(bootstrap: &str, clickhouse_url: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut all = vec![("TALLY_AGGREGATOR__CLICKHOUSE_URL", clickhouse_url)];
+        all.extend_from_slice(env);
+        Self::spawn_service("aggregator", bootstrap, name, &all)
+    }
+
+    fn spawn_service(service: &'static str, bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut process = MeteringProcess {
+            service,
             child: None,
             metrics_port: 0,
             log: PathBuf::new(),
@@ -91,14 +108,18 @@ impl MeteringProcess {
 
     fn start(&mut self) -> Result<()> {
         self.metrics_port = free_port()?;
-        self.log = std::env::temp_dir().join(format!("tally-metering-{}-{}.log", self.name, self.metrics_port));
+        self.log = std::env::temp_dir().join(format!("tally-{}-{}-{}.log", self.service, self.name, self.metrics_port));
         let file = std::fs::File::create(&self.log)?;
         let mut command = Command::new(tally_binary()?);
+        let prefix = format!("TALLY_{}__", self.service.to_uppercase());
         command
-            .args(["metering"])
-            .env("TALLY_METERING__BROKERS", &self.bootstrap)
-            .env("TALLY_METERING__RATES_FILE", rates_path())
-            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{}", self.metrics_port))
+            .args([self.service])
+            .env(format!("{prefix}BROKERS"), &self.bootstrap)
+            .env(format!("{prefix}METRICS_ADDRESS"), format!("127.0.0.1:{}", self.metrics_port));
+        if self.service == "metering" {
+            command.env("TALLY_METERING__RATES_FILE", rates_path());
+        }
+        command
             .env("RUST_LOG", std::env::var("TALLY_TEST_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()))
             // Error messages, not backtraces, in the log tails tests print.
             .env("RUST_BACKTRACE", "0")
@@ -108,7 +129,7 @@ impl MeteringProcess {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        self.child = Some(command.spawn().context("start tally metering")?);
+        self.child = Some(command.spawn().with_context(|| format!("start tally {}", self.service))?);
         Ok(())
     }
 

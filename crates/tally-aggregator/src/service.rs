@@ -1,0 +1,419 @@
+//! The aggregator's loop: read owned ledger partitions, batch, flush into
+//! ClickHouse, recover from whatever ClickHouse holds after any failure.
+//!
+//! Each owned partition is in one of three states:
+//! - `Recovering`: not read (so memory stays bounded while ClickHouse is
+//!   down); at its retry time it claims the partition if it has no claim
+//!   yet and reads the resume point ([`Sink::claim`], [`Sink::resume`]);
+//! - `Active`: read from the resume point by the consumer, rows queued in
+//!   its [`PartitionReader`], flushed by size or time;
+//! - `Lost`: another claim is in force; this instance stops writing it
+//!   and says so on `/health`.
+//!
+//! A failed flush sends the partition back to `Recovering` with a doubling
+//! backoff: never a blind retry, since a failed INSERT's outcome is unknown.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::{FutureProducer, FutureRecord},
+    Message, Offset, TopicPartitionList,
+};
+use tally_events::Codec;
+use tally_service::{
+    http::Health,
+    kafka::{consumer_config, ensure_topics, partition_count, LagContext, ProducerSettings, ReRead},
+    lifecycle::Service,
+};
+use tally_warehouse::migrations;
+use tokio::{runtime::Handle, sync::watch};
+
+use crate::{
+    config::AggregatorConfig,
+    faults,
+    metrics::Metrics,
+    partition::{Outcome, PartitionReader},
+    sink::{Claim, FlushOutcome, Sink},
+    AggregatorError,
+};
+
+enum Slot {
+    Recovering { claim: Option<Claim>, retry_at: Instant, backoff: Duration, problem: Option<String> },
+    Active(Box<Active>),
+    Lost,
+}
+
+struct Active {
+    claim: Claim,
+    reader: PartitionReader,
+    reread: ReRead,
+    seen: bool,
+    recorded_next: i64,
+    first_pending: Option<Instant>,
+    last_flush: Instant,
+}
+
+/// The running aggregator.
+pub struct Aggregator {
+    config: AggregatorConfig,
+    metrics: Metrics,
+    runtime: Handle,
+    sink: Sink,
+    consumer: BaseConsumer<LagContext>,
+    lag: LagContext,
+    producer: FutureProducer,
+    slots: Vec<(i32, Slot)>,
+}
+
+impl Aggregator {
+    /// Connects and checks what the service needs: the schema migrated,
+    /// the ledger topic present.
+    pub fn start(config: AggregatorConfig, metrics: Metrics, runtime: Handle) -> Result<Self, AggregatorError> {
+        let warehouse = tally_warehouse::Warehouse::new(config.warehouse.clone());
+        runtime.block_on(migrations::check(&warehouse)).map_err(AggregatorError::Warehouse)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let partitions = loop {
+            match partition_count(&config.brokers, &config.ledger_topic, Duration::from_secs(10)) {
+                Ok(Some(n)) => break n,
+                Ok(None) if Instant::now() < deadline => {
+                    tracing::info!(topic = %config.ledger_topic, "ledger topic does not exist yet; waiting for metering");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Ok(None) => return Err(AggregatorError::NoLedger(config.ledger_topic.clone())),
+                Err(source) => {
+                    return Err(AggregatorError::Kafka { what: "reading the ledger topic's partitions", source })
+                }
+            }
+        };
+        runtime
+            .block_on(ensure_topics(&config.brokers, &[(config.dead_letter_topic.as_str(), partitions)]))
+            .map_err(AggregatorError::Topics)?;
+        let lag = LagContext::default();
+        let consumer: BaseConsumer<LagContext> = consumer_config(&config.brokers, "tally-aggregator")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(lag.clone())
+            .map_err(|source| AggregatorError::Kafka { what: "creating the ledger consumer", source })?;
+        let producer: FutureProducer = ProducerSettings::new(&config.brokers)
+            .client_config()
+            .create()
+            .map_err(|source| AggregatorError::Kafka { what: "creating the dead-letter producer", source })?;
+        let instance = format!(
+            "{}:{}#{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            std::process::id(),
+            config.instance_index
+        );
+        let sink = Sink::new(warehouse, &instance, config.claim_grace);
+        let now = Instant::now();
+        let slots: Vec<(i32, Slot)> = (0..partitions)
+            .filter(|p| config.owns(*p))
+            .map(|p| (p, Slot::Recovering { claim: None, retry_at: now, backoff: config.retry_min, problem: None }))
+            .collect();
+        tracing::info!(
+            partitions = ?slots.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            instance = %instance,
+            "aggregator owns these ledger partitions"
+        );
+        Ok(Aggregator { config, metrics, runtime, sink, consumer, lag, producer, slots })
+    }
+
+    /// Assigns the consumer every active partition at its next offset.
+    fn assign(&self) -> Result<(), AggregatorError> {
+        let mut list = TopicPartitionList::new();
+        for (p, slot) in &self.slots {
+            if let Slot::Active(active) = slot {
+                let at = active.reader.next();
+                list.add_partition_offset(&self.config.ledger_topic, *p, Offset::Offset(at))
+                    .map_err(|source| AggregatorError::Kafka { what: "assigning ledger partitions", source })?;
+            }
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(|source| AggregatorError::Kafka { what: "assigning ledger partitions", source })
+    }
+
+    fn recover(&mut self, index: usize) -> bool {
+        let (partition, slot) = &mut self.slots[index];
+        let partition = *partition;
+        let Slot::Recovering { claim, backoff, retry_at, problem } = slot else { return false };
+        if Instant::now() < *retry_at {
+            return false;
+        }
+        let sink = self.sink.clone();
+        let held = *claim;
+        // The claim is kept across failed resumes: claiming again would
+        // start a new epoch (and wait the grace) on every retry.
+        let claimed = self.runtime.block_on(async {
+            match held {
+                Some(claim) if sink.holds(&claim).await? => Ok(Some(claim)),
+                Some(_) => Ok(None),
+                None => sink.claim(partition).await,
+            }
+        });
+        let result = match claimed {
+            Ok(Some(claim)) => {
+                *slot = Slot::Recovering {
+                    claim: Some(claim),
+                    retry_at: *retry_at,
+                    backoff: *backoff,
+                    problem: problem.clone(),
+                };
+                self.runtime
+                    .block_on(async {
+                        sink.wait_for_inserts(partition).await?;
+                        sink.resume(partition, faults::blind_resume()).await
+                    })
+                    .map(|resume| Some((claim, resume)))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
+        };
+        let Slot::Recovering { backoff, retry_at, problem, .. } = slot else { return false };
+        match result {
+            Ok(None) => {
+                tracing::error!(
+                    partition,
+                    "another aggregator's claim is in force: this instance no longer writes the partition"
+                );
+                *slot = Slot::Lost;
+                true
+            }
+            Ok(Some((claim, resume))) => {
+                self.metrics.rollup_rebuilds.inc_by(resume.rebuilt.len() as u64);
+                self.metrics.last_inserted_offset.with_label_values(&[&partition.to_string()]).set(resume.next);
+                tracing::info!(
+                    partition,
+                    next = resume.next,
+                    present = resume.present.len(),
+                    epoch = claim.epoch,
+                    "partition resumes"
+                );
+                let reader = PartitionReader::new(
+                    &self.config.ledger_topic,
+                    resume.reader,
+                    resume.next,
+                    resume.present,
+                    resume.high_water,
+                );
+                *slot = Slot::Active(Box::new(Active {
+                    claim,
+                    recorded_next: resume.next,
+                    reader,
+                    reread: ReRead::default(),
+                    seen: false,
+                    first_pending: None,
+                    last_flush: Instant::now(),
+                }));
+                self.metrics.clickhouse_failing.set(0);
+                true
+            }
+            Err(error) => {
+                self.metrics.retries.inc();
+                self.metrics.clickhouse_failing.set(1);
+                tracing::warn!(partition, %error, retry_in = ?*backoff, "cannot resume the partition yet");
+                *problem = Some(format!("ledger partition {partition}: {error}"));
+                *retry_at = Instant::now() + *backoff;
+                *backoff = (*backoff * 2).min(self.config.retry_max);
+                false
+            }
+        }
+    }
+
+    fn take_record(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> bool {
+        let Some(index) = self.slots.iter().position(|(p, _)| *p == partition) else { return false };
+        let Slot::Active(active) = &mut self.slots[index].1 else { return false };
+        if !active.seen && offset > active.reader.next() && active.reader.next() > 0 {
+            // Some brokers answer a fetch from inside a record batch with
+            // the next batch: read again from further back.
+            if let Some(start) = active.reread.next_start(active.reader.next()) {
+                tracing::debug!(partition, offset, start, "fetch skipped records; re-reading");
+                let mut list = TopicPartitionList::new();
+                let _ = list.add_partition_offset(&self.config.ledger_topic, partition, Offset::Offset(start));
+                let _ = self.consumer.seek_partitions(list, Duration::from_secs(5));
+                return false;
+            }
+        }
+        if offset <= active.reader.next() {
+            active.seen = true;
+        }
+        let outcome = active.reader.accept(offset, key, payload);
+        let label = match outcome {
+            Outcome::Stale => return false,
+            Outcome::Row => "row",
+            Outcome::Present => "present",
+            Outcome::Duplicate => "duplicate",
+            Outcome::NotCounted => "not_counted",
+            Outcome::Dead(reason) => {
+                self.metrics.dead_letters.with_label_values(&[reason.code()]).inc();
+                "dead"
+            }
+        };
+        active.seen = true;
+        self.metrics.records.with_label_values(&[label]).inc();
+        if matches!(outcome, Outcome::Row | Outcome::Dead(_)) && active.first_pending.is_none() {
+            active.first_pending = Some(Instant::now());
+        }
+        false
+    }
+
+    fn pending_rows(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|(_, s)| match s {
+                Slot::Active(a) => a.reader.pending_rows(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Flushes the partitions that are due (or all with work, `force`).
+    /// Returns whether the set of active partitions changed.
+    fn flush(&mut self, force: bool) -> bool {
+        let full = self.pending_rows() >= self.config.batch_rows_max;
+        let mut changed = false;
+        for index in 0..self.slots.len() {
+            let (partition, slot) = &mut self.slots[index];
+            let partition = *partition;
+            let Slot::Active(active) = slot else { continue };
+            let waited = active.first_pending.is_some_and(|t| t.elapsed() >= self.config.batch_wait);
+            let progress_only =
+                active.reader.next() > active.recorded_next && active.last_flush.elapsed() >= Duration::from_secs(1);
+            if !(active.reader.has_work() && (full || waited || force)
+                || progress_only
+                || (force && active.reader.next() > active.recorded_next))
+            {
+                continue;
+            }
+            let started = Instant::now();
+            let (rows, dead) = active.reader.take();
+            let next = active.reader.next();
+            let fence = active.reader.fence().clone();
+            let claim = active.claim;
+            let sink = self.sink.clone();
+            let producer = self.producer.clone();
+            let dead_topic = self.config.dead_letter_topic.clone();
+            let result = self.runtime.block_on(async {
+                // Dead letters first: the resume point never passes a
+                // record whose dead letter is not acknowledged.
+                for letter in &dead {
+                    let bytes = Codec::global().encode(letter).map_err(|e| format!("encoding a dead letter: {e}"))?;
+                    let key = letter.key.clone().unwrap_or_default();
+                    producer
+                        .send(FutureRecord::to(&dead_topic).key(&key).payload(&bytes), Duration::from_secs(30))
+                        .await
+                        .map_err(|(e, _)| format!("producing a dead letter to {dead_topic}: {e}"))?;
+                }
+                sink.flush(&claim, &rows, next, &fence, faults::point).await.map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(FlushOutcome::Done { rows: count, inserts }) => {
+                    self.metrics.rows_inserted.inc_by(count as u64);
+                    self.metrics.inserts.inc_by(inserts as u64);
+                    self.metrics.batches.inc();
+                    self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics.last_inserted_offset.with_label_values(&[&partition.to_string()]).set(next);
+                    self.metrics.clickhouse_failing.set(0);
+                    active.recorded_next = next;
+                    active.first_pending = None;
+                    active.last_flush = Instant::now();
+                }
+                Ok(FlushOutcome::Superseded) => {
+                    tracing::error!(
+                        partition,
+                        "another aggregator's claim is in force: this instance no longer writes the partition"
+                    );
+                    *slot = Slot::Lost;
+                    changed = true;
+                }
+                Err(error) => {
+                    self.metrics.retries.inc();
+                    self.metrics.clickhouse_failing.set(1);
+                    tracing::warn!(partition, %error, "flush failed; the partition resumes from what ClickHouse holds");
+                    *slot = Slot::Recovering {
+                        claim: Some(claim),
+                        retry_at: Instant::now() + self.config.retry_min,
+                        backoff: self.config.retry_min * 2,
+                        problem: Some(format!("ledger partition {partition}: {error}")),
+                    };
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    fn report(&self, health: &Health) {
+        let mut owned = 0;
+        let mut problems = Vec::new();
+        for (partition, slot) in &self.slots {
+            match slot {
+                Slot::Active(active) => {
+                    owned += 1;
+                    if let Some(hw) = self.lag.high_watermark(&self.config.ledger_topic, *partition) {
+                        let lag = (hw - active.recorded_next).max(0);
+                        self.metrics.partition_lag.with_label_values(&[&partition.to_string()]).set(lag);
+                    }
+                }
+                Slot::Recovering { problem: Some(problem), .. } => problems.push(problem.clone()),
+                Slot::Recovering { .. } => problems.push(format!("ledger partition {partition}: resuming")),
+                Slot::Lost => problems.push(format!("ledger partition {partition}: claimed by another aggregator")),
+            }
+        }
+        self.metrics.partitions_owned.set(owned);
+        health.set_problem(if problems.is_empty() { None } else { Some(problems.join("; ")) });
+        health.set_ready(problems.is_empty());
+    }
+}
+
+impl Service for Aggregator {
+    type Error = AggregatorError;
+
+    fn run(mut self, shutdown: watch::Receiver<bool>, health: Health) -> Result<(), AggregatorError> {
+        let mut last_report = Instant::now() - Duration::from_secs(1);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut changed = false;
+            for index in 0..self.slots.len() {
+                changed |= self.recover(index);
+            }
+            if changed {
+                self.assign()?;
+            }
+            // Read until a batch is due: full, or waited long enough.
+            let until = Instant::now() + self.config.batch_wait.max(Duration::from_millis(5));
+            while Instant::now() < until && self.pending_rows() < self.config.batch_rows_max {
+                match self.consumer.poll(Duration::from_millis(5)) {
+                    None => {}
+                    Some(Err(error)) => tracing::debug!(%error, "ledger consumer error (retried by the client)"),
+                    Some(Ok(message)) => {
+                        let (partition, offset) = (message.partition(), message.offset());
+                        let key = message.key().map(<[u8]>::to_vec);
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        drop(message);
+                        self.take_record(partition, offset, key.as_deref(), &payload);
+                    }
+                }
+            }
+            if self.flush(false) {
+                self.assign()?;
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                self.report(&health);
+                last_report = Instant::now();
+            }
+        }
+        tracing::info!("stopping: flushing the batch in hand and releasing claims");
+        self.flush(true);
+        for (partition, slot) in &self.slots {
+            if let Slot::Active(active) = slot {
+                if let Err(error) = self.runtime.block_on(self.sink.release(&active.claim)) {
+                    tracing::warn!(partition, %error, "cannot release the claim; the next owner will wait the claim grace");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The rollups and how one of their partitions is rebuilt from the raw
+//! table.
+//!
+//! Every rollup is a table filled by a materialized view
+//! `<table>_mv TO <table>` over `ledger_entries`, partitioned like the raw
+//! table by `(month, ledger_partition)`. Raw rows and each view commit
+//! separately (measured: a failed INSERT can leave raw rows with a view
+//! missing or partial), so after any INSERT whose outcome is unknown the
+//! aggregator rebuilds the rollup partitions that INSERT touched, from raw:
+//! the view's own query, restricted to the partition, into a scratch table
+//! of the same structure, then `REPLACE PARTITION` (atomic per partition).
+//!
+//! Invariant: the query that rebuilds a rollup is the query its view runs,
+//! taken from the migrations (the latest `CREATE MATERIALIZED VIEW` of the
+//! view), never a second copy. Those queries have no subquery, so the
+//! restriction is one more condition in their `WHERE`.
+
+use crate::{
+    client::{Warehouse, WarehouseError},
+    migrations::MIGRATIONS,
+};
+
+/// One rollup: its table, its view and the view's query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    /// The table.
+    pub table: String,
+    /// The materialized view filling it.
+    pub view: String,
+    /// The view's query, whitespace collapsed.
+    pub select: String,
+}
+
+impl Rollup {
+    /// The view's query restricted by `condition` (a boolean SQL
+    /// expression over `ledger_entries` columns).
+    pub fn select_where(&self, condition: &str) -> String {
+        let (head, tail) = match self.select.find(" GROUP BY ") {
+            Some(at) => self.select.split_at(at),
+            None => (self.select.as_str(), ""),
+        };
+        match head.find(" WHERE ") {
+            Some(at) => {
+                let (before, after) = head.split_at(at);
+                let existing = &after[" WHERE ".len()..];
+                format!("{before} WHERE ({condition}) AND ({existing}){tail}")
+            }
+            None => format!("{head} WHERE {condition}{tail}"),
+        }
+    }
+}
+
+/// Every rollup the migrations define, in the order they define them.
+pub fn rollups() -> Vec<Rollup> {
+    let mut found: Vec<Rollup> = Vec::new();
+    for migration in MIGRATIONS {
+        for statement in migration.statements() {
+            let flat: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            if let Some(rest) = flat.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
+                let mut words = rest.splitn(4, ' ');
+                let (view, to, table, body) = (words.next(), words.next(), words.next(), words.next());
+                if let (Some(view), Some("TO"), Some(table), Some(body)) = (view, to, table, body) {
+                    let select = body.strip_prefix("AS ").unwrap_or(body).to_string();
+                    found.retain(|r| r.table != table);
+                    found.push(Rollup { table: table.to_string(), view: view.to_string(), select });
+                }
+            } else if let Some(view) = flat.strip_prefix("DROP TABLE IF EXISTS ") {
+                found.retain(|r| r.view != view.trim());
+            }
+        }
+    }
+    found
+}
+
+/// A partition of the raw table and of every rollup: month x ledger
+/// partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionKey {
+    /// `toYYYYMM`.
+    pub month: u32,
+    /// Ledger partition.
+    pub ledger_partition: i32,
+}
+
+impl std::fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.month, self.ledger_partition)
+    }
+}
+
+/// Rebuilds partition `key` of every rollup from the raw table. The
+/// caller makes sure nothing writes raw rows of that partition meanwhile
+/// (the aggregator owning the ledger partition is paused in recovery; an
+/// operator stops the aggregators before `tally migrate --rebuild-rollups`).
+pub async fn rebuild(warehouse: &Warehouse, key: PartitionKey) -> Result<(), WarehouseError> {
+    for rollup in rollups() {
+        rebuild_one(warehouse, &rollup, key).await?;
+    }
+    Ok(())
+}
+
+async fn rebuild_one(warehouse: &Warehouse, rollup: &Rollup, key: PartitionKey) -> Result<(), WarehouseError> {
+    let PartitionKey { month, ledger_partition } = key;
+    let partition_tag =
+        if ledger_partition < 0 { format!("m{}", -ledger_partition) } else { ledger_partition.to_string() };
+    let scratch = format!("{}_rebuild_{month}_{partition_tag}", rollup.table);
+    warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
+    warehouse.execute(&format!("CREATE TABLE {scratch} AS {}", rollup.table)).await?;
+    let condition = format!("toYYYYMM(occurred_at) = {month} AND ledger_partition = {ledger_partition}");
+    warehouse.execute(&format!("INSERT INTO {scratch} {}", rollup.select_where(&condition))).await?;
+    let count_sql = format!("SELECT count() FROM {scratch}");
+    let rows: Vec<u64> = warehouse.fetch_all(&count_sql, warehouse.client().query(&count_sql)).await?;
+    let partition = format!("({month}, {ledger_partition})");
+    if rows.first().copied().unwrap_or(0) == 0 {
+        // Nothing of this partition in raw: the rollup's partition must be
+        // empty too.
+        warehouse.execute(&format!("ALTER TABLE {} DROP PARTITION {partition}", rollup.table)).await?;
+    } else {
+        warehouse
+            .execute(&format!("ALTER TABLE {} REPLACE PARTITION {partition} FROM {scratch}", rollup.table))
+            .await?;
+    }
+    warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
+    tracing::info!(rollup = %rollup.table, %key, "rebuilt rollup partition from the raw table");
+    Ok(())
+}
+
+/// Every (month, ledger partition) present in the raw table or in any
+/// rollup, with months between `from` and `to` (`toYYYYMM`, inclusive).
+pub async fn partitions(warehouse: &Warehouse, from: u32, to: u32) -> Result<Vec<PartitionKey>, WarehouseError> {
+    let mut tables: Vec<String> = rollups().into_iter().map(|r| r.table).collect();
+    tables.push("ledger_entries".into());
+    let sql = "SELECT DISTINCT partition_id FROM system.parts WHERE active AND database = ? AND has(?, table)";
+    let query = warehouse.client().query(sql).bind(&warehouse.config().database).bind(&tables);
+    let ids: Vec<String> = warehouse.fetch_all(sql, query).await?;
+    let mut keys: Vec<PartitionKey> = ids
+        .iter()
+        .filter_map(|id| {
+            // A tuple key's partition id is its values joined by '-'.
+            let (month, partition) = id.split_once('-')?;
+            Some(PartitionKey { month: month.parse().ok()?, ledger_partition: partition.parse().ok()? })
+        })
+        .filter(|k| (from..=to).contains(&k.month))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rollup_has_a_view_query_without_subqueries() {
+        let all = rollups();
+        let tables: Vec<&str> = all.iter().map(|r| r.table.as_str()).collect();
+        assert_eq!(tables, ["usage_hourly", "event_usage_hourly", "event_entries", "finance_daily", "account_daily"]);
+        for rollup in &all {
+            assert_eq!(rollup.view, format!("{}_mv", rollup.table));
+            assert!(rollup.select.starts_with("SELECT "), "{}", rollup.select);
+            assert!(rollup.select.contains(" FROM ledger_entries"), "a rollup reads only the raw table");
+            assert_eq!(rollup.select.matches("SELECT").count(), 1, "no subquery: {}", rollup.select);
+            assert!(rollup.select.matches(" WHERE ").count() <= 1);
+            assert!(rollup.select.matches(" GROUP BY ").count() <= 1);
+        }
+    }
+
+    #[test]
+    fn the_restriction_joins_the_views_own_condition() {
+        let r = |select: &str| Rollup { table: "t".into(), view: "t_mv".into(), select: select.into() };
+        assert_eq!(
+            r("SELECT a FROM ledger_entries WHERE x = 1 OR y = 2 GROUP BY a").select_where("p = 0"),
+            "SELECT a FROM ledger_entries WHERE (p = 0) AND (x = 1 OR y = 2) GROUP BY a"
+        );
+        assert_eq!(
+            r("SELECT a FROM ledger_entries GROUP BY a").select_where("p = 0"),
+            "SELECT a FROM ledger_entries WHERE p = 0 GROUP BY a"
+        );
+        assert_eq!(
+            r("SELECT a FROM ledger_entries WHERE x").select_where("p"),
+            "SELECT a FROM ledger_entries WHERE (p) AND (x)"
+        );
+        assert_eq!(r("SELECT a FROM ledger_entries").select_where("p"), "SELECT a FROM ledger_entries WHERE p");
+    }
+}
+
+/// One rollup compared with the same rollup computed from the raw table now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupCheck {
+    /// The rollup table.
+    pub table: String,
+    /// Rows of the rollup, finalized (merged per key).
+    pub rows: u64,
+    /// Rows computed from raw.
+    pub expected_rows: u64,
+    /// Whether the two are the same multiset of rows.
+    pub equal: bool,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ColumnRow {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Fingerprint {
+    rows: u64,
+    hash: u64,
+}
+
+/// The query that finalizes `table`: one row per key with merged states
+/// (AggregatingMergeTree) or sums (SummingMergeTree), every column as text,
+/// so that parts not merged yet compare equal to merged ones.
+async fn finalized(warehouse: &Warehouse, table: &str, source: &str) -> Result<String, WarehouseError> {
+    let sql = "SELECT name, type FROM system.columns WHERE database = ? AND table = ?";
+    let query = warehouse.client().query(sql).bind(&warehouse.config().database).bind(table);
+    let columns: Vec<ColumnRow> = warehouse.fetch_all(sql, query).await?;
+    let summed = ["entries", "successes", "failures", "quantity", "credits", "dollars"];
+    let engine_sql = "SELECT engine FROM system.tables WHERE database = ? AND name = ?";
+    let engine: Vec<String> = warehouse
+        .fetch_all(engine_sql, warehouse.client().query(engine_sql).bind(&warehouse.config().database).bind(table))
+        .await?;
+    let engine = engine.first().cloned().unwrap_or_default();
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for column in &columns {
+        if let Some(inner) = column.kind.strip_prefix("AggregateFunction(") {
+            let function = inner.split([',', ')']).next().unwrap_or_default();
+            values.push(format!("toString({function}Merge({}))", column.name));
+        } else if engine == "SummingMergeTree" && summed.contains(&column.name.as_str()) {
+            values.push(format!("toString(sum({}))", column.name));
+        } else {
+            keys.push(column.name.clone());
+        }
+    }
+    let key_text: Vec<String> = keys.iter().map(|k| format!("toString({k})")).collect();
+    let all: Vec<String> = key_text.iter().chain(values.iter()).cloned().collect();
+    let group = if values.is_empty() { String::new() } else { format!(" GROUP BY {}", keys.join(", ")) };
+    Ok(format!(
+        "SELECT count() AS rows, sum(h) AS hash FROM (SELECT cityHash64({}) AS h FROM {source}{group}) AS f",
+        all.join(", ")
+    ))
+}
+
+/// Compares every rollup with what its view's query gives over the raw
+/// table now (the invariant: they must be equal after any fault). Builds
+/// scratch copies from raw; costs a scan of the raw table per rollup.
+pub async fn verify(warehouse: &Warehouse) -> Result<Vec<RollupCheck>, WarehouseError> {
+    let mut checks = Vec::new();
+    for rollup in rollups() {
+        let scratch = format!("{}_verify", rollup.table);
+        warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
+        warehouse.execute(&format!("CREATE TABLE {scratch} AS {}", rollup.table)).await?;
+        warehouse.execute(&format!("INSERT INTO {scratch} {}", rollup.select_where("1"))).await?;
+        let mut prints = Vec::new();
+        for source in [rollup.table.as_str(), scratch.as_str()] {
+            let sql = finalized(warehouse, &rollup.table, source).await?;
+            let rows: Vec<Fingerprint> = warehouse.fetch_all(&sql, warehouse.client().query(&sql)).await?;
+            prints.push(rows.into_iter().next().map_or((0, 0), |f| (f.rows, f.hash)));
+        }
+        warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
+        checks.push(RollupCheck {
+            table: rollup.table.clone(),
+            rows: prints[0].0,
+            expected_rows: prints[1].0,
+            equal: prints[0] == prints[1],
+        });
+    }
+    Ok(checks)
+}
