@@ -164,13 +164,13 @@ async fn handmade_ledger(bootstrap: &str) -> Result<usize> {
         for (account, month) in [("acct-a", "11-30T23"), ("acct-b", "12-01T00")] {
             // acct-b's times are in December, acct-a's in November.
             let at = format!("2026-{month}:{:02}:{:02}Z", sequence % 60, (sequence * 7) % 60);
-            records.push(codec.encode(&entry(account, sequence, 0, &at, "15"))?);
+            records.push(codec.encode(&entry(account, sequence, 0, &at, "5"))?);
             entries += 1;
         }
         if sequence == 40 {
             // A benign duplicate: the same entry again.
             let at = format!("2026-11-30T23:{:02}:{:02}Z", sequence % 60, (sequence * 7) % 60);
-            records.push(codec.encode(&entry("acct-a", sequence, 0, &at, "15"))?);
+            records.push(codec.encode(&entry("acct-a", sequence, 0, &at, "5"))?);
         }
         if sequence == 70 {
             records.push(b"\x00\x01 a foreign writer's bytes".to_vec());
@@ -179,8 +179,8 @@ async fn handmade_ledger(bootstrap: &str) -> Result<usize> {
     // A newer claim (epoch = its offset), then a zombie's write with epoch 0.
     let claim_offset = records.len() as i64;
     records.push(codec.encode(&claim(2))?);
-    records.push(codec.encode(&entry("acct-a", 151, 0, "2026-12-01T01:00:00Z", "15"))?);
-    records.push(codec.encode(&entry("acct-a", 151, claim_offset, "2026-12-01T01:00:01Z", "15"))?);
+    records.push(codec.encode(&entry("acct-a", 151, 0, "2026-12-01T01:00:00Z", "5"))?);
+    records.push(codec.encode(&entry("acct-a", 151, claim_offset, "2026-12-01T01:00:01Z", "5"))?);
     entries += 1;
     for (i, payload) in records.iter().enumerate() {
         let key = format!("k{i}");
@@ -232,6 +232,7 @@ async fn month_boundaries_foreign_records_duplicates_and_zombies() -> Result<()>
     };
     assert!(count("duplicate") >= 1.0, "the benign duplicate was seen and skipped: {outcomes:?}");
     assert!(count("not_counted") >= 2.0, "the zombie's write and the claims were not rows: {outcomes:?}");
+    named_queries_answer_from_known_data(&clickhouse)?;
     Ok(())
 }
 
@@ -263,5 +264,118 @@ async fn a_blind_resume_fails_the_same_check() -> Result<()> {
     assert_eq!(eq.missing, 0);
     assert!(eq.doubled > 0, "the broken variant inserts a batch twice, and the check sees it");
     assert!(!eq.holds());
+    Ok(())
+}
+
+/// `tally query NAME --param ... --format json`, parsed.
+fn query(clickhouse: &ClickHouse, name: &str, params: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let mut command = std::process::Command::new(tally_testkit::tally_binary()?);
+    command.args(["query", name, "--format", "json", "--clickhouse-url", &clickhouse.url()]);
+    for p in params {
+        command.args(["--param", p]);
+    }
+    let out = command.env("RUST_BACKTRACE", "0").output()?;
+    if !out.status.success() {
+        bail!("tally query {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn field<'a>(row: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    &row[name]
+}
+
+fn dec(value: &serde_json::Value) -> rust_decimal::Decimal {
+    value.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{value} is a decimal string"))
+}
+
+/// Every named query against the handmade ledger, whose answers are known:
+/// acct-a has an ADD then 150 consumes of 5 credits (the 151st written by
+/// the owner after a zombie's), all at 2026-11-30 23:xx UTC
+/// but the last (2026-12-01 01:00); acct-b the same shape in December.
+fn named_queries_answer_from_known_data(clickhouse: &ClickHouse) -> Result<()> {
+    let d = |s: &str| s.parse::<rust_decimal::Decimal>().expect("decimal");
+    let balance = query(clickhouse, "balance", &["account=acct-a"])?;
+    assert_eq!(balance.len(), 1);
+    // 1000 - 5 x 150 (the balance the owner's entry 151 carries).
+    assert_eq!(dec(field(&balance[0], "balance")), d("250"));
+    assert_eq!(dec(field(&balance[0], "balance_to_cent")), d("250"));
+    assert_eq!(field(&balance[0], "last_sequence"), 151);
+    assert_eq!(field(&balance[0], "tier"), "PAYG");
+
+    let page = query(clickhouse, "activity", &["account=acct-a", "limit=5"])?;
+    let sequences: Vec<i64> = page.iter().map(|r| field(r, "sequence").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(sequences, [151, 150, 149, 148, 147], "newest first");
+    assert_eq!(field(&page[0], "time"), "01:00:01", "the owner's entry, not the zombie's");
+    let next = query(clickhouse, "activity", &["account=acct-a", "limit=3", "before_sequence=147"])?;
+    let sequences: Vec<i64> = next.iter().map(|r| field(r, "sequence").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(sequences, [146, 145, 144], "keyset: the page after 147");
+    let adds = query(clickhouse, "activity", &["account=acct-a", "type=Add"])?;
+    assert_eq!(adds.len(), 1);
+
+    let months =
+        query(clickhouse, "timeline", &["account=acct-b", "from=2026-11-01", "to=2026-12-31", "bucket=month"])?;
+    let counts: Vec<(String, i64)> = months
+        .iter()
+        .map(|r| {
+            (field(r, "bucket_start").as_str().unwrap_or("").to_string(), field(r, "entries").as_i64().unwrap_or(-1))
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [("2026-11-01 00:00:00".to_string(), 0), ("2026-12-01 00:00:00".to_string(), 150)],
+        "an empty month shows as 0"
+    );
+    // In Tokyo (UTC+9) all of acct-a's entries fall on 2026-12-01.
+    let tokyo = query(
+        clickhouse,
+        "timeline",
+        &["account=acct-a", "from=2026-11-30", "to=2026-12-01", "bucket=day", "tz=Asia/Tokyo"],
+    )?;
+    let counts: Vec<i64> = tokyo.iter().map(|r| field(r, "entries").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(counts, [0, 151], "days in the zone asked for");
+
+    let donut = query(clickhouse, "event_credits", &["event=wedding-7"])?;
+    assert_eq!(donut.len(), 1);
+    assert_eq!(field(&donut[0], "jobs"), 299);
+    assert_eq!(dec(field(&donut[0], "credits")), d("1495"), "299 x 5");
+    let per_day = query(clickhouse, "event_activity", &["event=wedding-7", "bucket=day"])?;
+    let jobs: Vec<i64> = per_day.iter().map(|r| field(r, "jobs").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(jobs, [149, 150], "2026-11-30: acct-a's; 2026-12-01: acct-b's and acct-a's last");
+    let ledger = query(clickhouse, "event_ledger", &["event=wedding-7", "limit=2"])?;
+    assert_eq!(field(&ledger[0], "account_id"), "acct-a");
+    assert_eq!(field(&ledger[0], "sequence"), 151);
+    let (at, account, sequence) =
+        (field(&ledger[1], "at_ms"), field(&ledger[1], "account_id"), field(&ledger[1], "sequence"));
+    let after = query(
+        clickhouse,
+        "event_ledger",
+        &[
+            "event=wedding-7",
+            "limit=1",
+            &format!("before_ms={at}"),
+            &format!("before_account={}", account.as_str().unwrap_or("")),
+            &format!("before_sequence={sequence}"),
+        ],
+    )?;
+    assert_ne!(field(&after[0], "sequence"), sequence, "the next page starts after the last row");
+
+    let usage = query(clickhouse, "usage", &["from=2026-11-30", "to=2026-12-01", "bucket=day"])?;
+    let jobs: Vec<i64> = usage.iter().map(|r| field(r, "jobs").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(jobs, [149, 150]);
+    let finance = query(clickhouse, "finance_day", &["date=2026-11-30"])?;
+    let a: Vec<&serde_json::Value> = finance.iter().filter(|r| field(r, "account_id") == "acct-a").collect();
+    assert_eq!(a.len(), 2, "one ADD row and one consume row");
+    let consumed: rust_decimal::Decimal =
+        a.iter().filter(|r| field(r, "type") == "Consume").map(|r| dec(field(r, "credits"))).sum();
+    assert_eq!(consumed, d("745"), "149 x 5");
+    assert_eq!(dec(field(a[0], "closing_balance")), d("255"), "after entry 150");
+    let refused = std::process::Command::new(tally_testkit::tally_binary()?)
+        .args(["query", "activity", "--clickhouse-url", &clickhouse.url(), "--param", "status=maybe"])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(message.contains("account") && message.contains("status"), "every bad param named: {message}");
     Ok(())
 }

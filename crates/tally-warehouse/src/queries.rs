@@ -235,6 +235,27 @@ impl NamedQuery {
         Ok((sql, order))
     }
 
+    /// The query with `given` parameters bound by the client (quoted and
+    /// escaped by the `clickhouse` crate), ready to run; its SQL shows as
+    /// sent with `sql_display()`.
+    pub fn prepare(
+        &self,
+        client: &clickhouse::Client,
+        given: &BTreeMap<String, String>,
+        today: chrono::NaiveDate,
+    ) -> Result<(clickhouse::query::Query, String), WarehouseError> {
+        let (sql, order) = self.bind_plan(given, today)?;
+        let mut query = client.query(&sql);
+        for (name, text) in &order {
+            let param = self.params.iter().find(|p| &p.name == name);
+            query = match param.map(|p| &p.kind) {
+                Some(ParamType::UInt64) => query.bind(text.parse::<u64>().unwrap_or_default()),
+                _ => query.bind(text.as_str()),
+            };
+        }
+        Ok((query, sql))
+    }
+
     /// Runs the query with `given` parameters; the answer as
     /// TabSeparatedWithNamesAndTypes text.
     pub async fn run(
@@ -243,15 +264,7 @@ impl NamedQuery {
         given: &BTreeMap<String, String>,
         today: chrono::NaiveDate,
     ) -> Result<String, WarehouseError> {
-        let (sql, order) = self.bind_plan(given, today)?;
-        let mut query = warehouse.client().query(&sql);
-        for (name, text) in &order {
-            let param = self.params.iter().find(|p| &p.name == name);
-            query = match param.map(|p| &p.kind) {
-                Some(ParamType::UInt64) => query.bind(text.parse::<u64>().unwrap_or_default()),
-                _ => query.bind(text.as_str()),
-            };
-        }
+        let (query, sql) = self.prepare(warehouse.client(), given, today)?;
         warehouse.fetch_tsv(query, &sql).await
     }
 }

@@ -99,28 +99,57 @@ pub async fn rebuild(warehouse: &Warehouse, key: PartitionKey) -> Result<(), War
     Ok(())
 }
 
-async fn rebuild_one(warehouse: &Warehouse, rollup: &Rollup, key: PartitionKey) -> Result<(), WarehouseError> {
+/// The statements that rebuild partition `key` of `rollup`, in order:
+/// `drop_scratch`, `create`, `fill`, `count`, then `replace` when the
+/// count is above zero, else `drop_partition` (current ClickHouse refuses a
+/// REPLACE from an empty source), and `drop_scratch` again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildPlan {
+    /// Drops the scratch table.
+    pub drop_scratch: String,
+    /// Creates the scratch table like the rollup.
+    pub create: String,
+    /// Fills it with the view's query over the partition's raw rows.
+    pub fill: String,
+    /// Counts its rows.
+    pub count: String,
+    /// Swaps the partition in, atomically.
+    pub replace: String,
+    /// Empties the rollup's partition (no raw rows).
+    pub drop_partition: String,
+}
+
+/// The plan of [`rebuild`] for one rollup.
+pub fn rebuild_plan(rollup: &Rollup, key: PartitionKey) -> RebuildPlan {
     let PartitionKey { month, ledger_partition } = key;
-    let partition_tag =
-        if ledger_partition < 0 { format!("m{}", -ledger_partition) } else { ledger_partition.to_string() };
-    let scratch = format!("{}_rebuild_{month}_{partition_tag}", rollup.table);
-    warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
-    warehouse.execute(&format!("CREATE TABLE {scratch} AS {}", rollup.table)).await?;
+    let tag = if ledger_partition < 0 { format!("m{}", -ledger_partition) } else { ledger_partition.to_string() };
+    let scratch = format!("{}_rebuild_{month}_{tag}", rollup.table);
     let condition = format!("toYYYYMM(occurred_at) = {month} AND ledger_partition = {ledger_partition}");
-    warehouse.execute(&format!("INSERT INTO {scratch} {}", rollup.select_where(&condition))).await?;
-    let count_sql = format!("SELECT count() FROM {scratch}");
-    let rows: Vec<u64> = warehouse.fetch_all(&count_sql, warehouse.client().query(&count_sql)).await?;
     let partition = format!("({month}, {ledger_partition})");
+    RebuildPlan {
+        drop_scratch: format!("DROP TABLE IF EXISTS {scratch}"),
+        create: format!("CREATE TABLE {scratch} AS {}", rollup.table),
+        fill: format!("INSERT INTO {scratch} {}", rollup.select_where(&condition)),
+        count: format!("SELECT count() FROM {scratch}"),
+        replace: format!("ALTER TABLE {} REPLACE PARTITION {partition} FROM {scratch}", rollup.table),
+        drop_partition: format!("ALTER TABLE {} DROP PARTITION {partition}", rollup.table),
+    }
+}
+
+async fn rebuild_one(warehouse: &Warehouse, rollup: &Rollup, key: PartitionKey) -> Result<(), WarehouseError> {
+    let plan = rebuild_plan(rollup, key);
+    warehouse.execute(&plan.drop_scratch).await?;
+    warehouse.execute(&plan.create).await?;
+    warehouse.execute(&plan.fill).await?;
+    let rows: Vec<u64> = warehouse.fetch_all(&plan.count, warehouse.client().query(&plan.count)).await?;
     if rows.first().copied().unwrap_or(0) == 0 {
         // Nothing of this partition in raw: the rollup's partition must be
         // empty too.
-        warehouse.execute(&format!("ALTER TABLE {} DROP PARTITION {partition}", rollup.table)).await?;
+        warehouse.execute(&plan.drop_partition).await?;
     } else {
-        warehouse
-            .execute(&format!("ALTER TABLE {} REPLACE PARTITION {partition} FROM {scratch}", rollup.table))
-            .await?;
+        warehouse.execute(&plan.replace).await?;
     }
-    warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
+    warehouse.execute(&plan.drop_scratch).await?;
     tracing::info!(rollup = %rollup.table, %key, "rebuilt rollup partition from the raw table");
     Ok(())
 }
