@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: the local stack, simulated AI workers,
-# metering, and a readable summary of balances and analytics.
+# metering, the aggregator into ClickHouse, and a readable summary of
+# balances and analytics from ClickHouse's named queries, checked against
+# the ledger topic.
 #
 #   deploy/local/demo.sh [--events N] [--accounts N] [--seed N]
 #
@@ -30,14 +32,30 @@ cargo build --release --locked --quiet -p tally-cli
 tally="$root/target/release/tally"
 export TALLY_BROKERS="127.0.0.1:$KAFKA_PORT"
 export TALLY_METERING__BROKERS="$TALLY_BROKERS"
+export TALLY_AGGREGATOR__BROKERS="$TALLY_BROKERS"
+export TALLY_CLICKHOUSE_URL="http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+export TALLY_AGGREGATOR__CLICKHOUSE_URL="$TALLY_CLICKHOUSE_URL"
+ch() { curl -sS --fail-with-body --data-binary "$1" "$TALLY_CLICKHOUSE_URL/"; }
+
+# A fresh broker means a fresh ledger: start ClickHouse's copy afresh too.
+ch "DROP DATABASE IF EXISTS tally" >/dev/null
+"$tally" migrate
 
 metrics_port=9464
 metering_log="$STACK_DIR/metering.log"
 log "starting metering (log: $metering_log, metrics: http://127.0.0.1:$metrics_port/metrics)"
 "$tally" metering --config pipelines/metering.toml >"$metering_log" 2>&1 &
 metering=$!
+aggregator_log="$STACK_DIR/aggregator.log"
+log "starting the aggregator (log: $aggregator_log, metrics: http://127.0.0.1:9465/metrics)"
+"$tally" aggregator --config pipelines/aggregator.toml >"$aggregator_log" 2>&1 &
+aggregator=$!
 stop_metering() { kill -TERM "$metering" 2>/dev/null && wait "$metering" 2>/dev/null || true; }
-trap stop_metering EXIT
+stop_all() {
+  stop_metering
+  kill -TERM "$aggregator" 2>/dev/null && wait "$aggregator" 2>/dev/null || true
+}
+trap stop_all EXIT
 
 log "publishing the workload ($events usage events, $accounts accounts, seed $seed)"
 sim_out=$("$tally" simulate --events "$events" --accounts "$accounts" --seed "$seed")
@@ -64,8 +82,51 @@ while :; do
 done
 [ -t 2 ] && echo >&2
 stop_metering
+summary=$("$tally" summary)
+entries=$(printf '%s\n' "$summary" | sed -n 's/^== tally summary: \([0-9]*\) ledger entries.*/\1/p')
+[ -n "$entries" ] || { log "could not read the ledger's entry count from tally summary"; exit 1; }
+
+# The aggregator streams the ledger into ClickHouse; wait until every
+# counted entry is there.
+deadline=$((SECONDS + 300)) shown=""
+while :; do
+  kill -0 "$aggregator" 2>/dev/null || { log "the aggregator exited; see $aggregator_log"; tail -20 "$aggregator_log" >&2; exit 1; }
+  rows=$(ch "SELECT count() FROM tally.ledger_entries" 2>/dev/null || echo 0)
+  if [ -t 2 ]; then printf '\r[demo] aggregator: %s / %s ledger entries in ClickHouse' "$rows" "$entries" >&2
+  elif [ "$rows" != "$shown" ]; then printf '[demo] aggregator: %s / %s ledger entries in ClickHouse\n' "$rows" "$entries" >&2; fi
+  shown=$rows
+  [ "$rows" -ge "$entries" ] && break
+  [ $SECONDS -lt $deadline ] || { echo >&2; log "the aggregator did not catch up in 300 s; see $aggregator_log"; exit 1; }
+  sleep 0.5
+done
+[ -t 2 ] && echo >&2
+stop_all
 trap - EXIT
-"$tally" summary
+[ "$rows" -eq "$entries" ] || { log "ClickHouse holds $rows rows for $entries ledger entries"; exit 1; }
+log "check: ClickHouse holds exactly the $entries counted ledger entries; every rollup against the raw table:"
+"$tally" migrate --check-rollups 2>/dev/null
+
+account=$(ch "SELECT account_id FROM tally.ledger_entries GROUP BY account_id ORDER BY count() DESC, account_id LIMIT 1")
+event=$(ch "SELECT photo_event_id FROM tally.event_usage_hourly GROUP BY photo_event_id ORDER BY sum(credits) DESC, photo_event_id LIMIT 1")
+first=$(ch "SELECT toString(toDate(min(occurred_at))) FROM tally.ledger_entries")
+last=$(ch "SELECT toString(toDate(max(occurred_at))) FROM tally.ledger_entries")
+echo
+echo "== From ClickHouse (named queries: tally query --list)"
+echo
+echo "-- usage by service and engine, per month ($first to $last): tally query usage"
+"$tally" query usage --param from="$first" --param to="$last" --param bucket=month
+echo
+echo "-- the busiest account, $account: tally query balance, activity (newest 8), timeline"
+"$tally" query balance --param account="$account"
+"$tally" query activity --param account="$account" --param limit=8
+"$tally" query timeline --param account="$account" --param from="$first" --param to="$last" --param bucket=week
+echo
+echo "-- photo-booth event $event, credits by engine: tally query event_credits"
+"$tally" query event_credits --param event="$event"
+echo
+echo "== From the ledger topic (tally summary), for comparison"
+printf '%s\n' "$summary"
 log "done. The stack is still up (deploy/local/stack.sh down stops it). To look closer:"
+log "  $tally query --list                        # every named query and its parameters"
 log "  $tally inspect --reason too_late          # dead letters, with why and where"
 log "  $tally inspect tally.ledger --account acct-0003 --limit 20"

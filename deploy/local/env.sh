@@ -7,6 +7,8 @@ TANSU_ROOT="$TALLY_CACHE/tansu-$TANSU_VERSION"
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
 # Python with fastavro, for the Avro interop test.
 FASTAVRO_VERSION="1.13.1"
+# chdb embeds current ClickHouse (26.x) for the schema and query test.
+CHDB_VERSION="4.4.0"
 PYTHON_ENV="$TALLY_CACHE/python"
 # Runtime state (data, logs, pids) lives in the clone, in an ignored folder.
 STACK_DIR="${TALLY_STACK_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.stack}"

@@ -5,7 +5,9 @@
 #     into ~/.cache/tally, with memory (dynostore) and SQLite (libsql) storage.
 #   - ClickHouse server from Debian's package.
 #   - A Python virtualenv with fastavro, the independent Avro peer of the
-#     wire-format interop test (tests/tests/avro_interop.rs).
+#     wire-format interop test (tests/tests/avro_interop.rs), and chdb
+#     (current ClickHouse embedded), on which tests/tests/clickhouse_current.rs
+#     runs every migration and named query.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=env.sh
@@ -48,16 +50,16 @@ install_clickhouse() {
 }
 
 install_python() {
-  if [ -x "$PYTHON_ENV/bin/python" ] && "$PYTHON_ENV/bin/python" -c "import fastavro" 2>/dev/null; then
-    log "python with fastavro already at $PYTHON_ENV"
+  if [ -x "$PYTHON_ENV/bin/python" ] && "$PYTHON_ENV/bin/python" -c "import fastavro, chdb" 2>/dev/null; then
+    log "python with fastavro and chdb already at $PYTHON_ENV"
     return
   fi
   command -v python3 >/dev/null || { log "python3 is missing (the Avro interop test needs it)"; exit 1; }
-  log "creating $PYTHON_ENV with fastavro $FASTAVRO_VERSION"
+  log "creating $PYTHON_ENV with fastavro $FASTAVRO_VERSION and chdb $CHDB_VERSION"
   rm -rf "$PYTHON_ENV"
   python3 -m venv "$PYTHON_ENV" || { log "python3 -m venv failed (Debian: apt-get install python3-venv)"; exit 1; }
-  "$PYTHON_ENV/bin/pip" install --quiet --disable-pip-version-check "fastavro==$FASTAVRO_VERSION"
-  "$PYTHON_ENV/bin/python" -c "import fastavro" || { log "fastavro did not install"; exit 1; }
+  "$PYTHON_ENV/bin/pip" install --quiet --disable-pip-version-check "fastavro==$FASTAVRO_VERSION" "chdb==$CHDB_VERSION"
+  "$PYTHON_ENV/bin/python" -c "import fastavro, chdb" || { log "fastavro or chdb did not install"; exit 1; }
 }
 
 case "${1:-all}" in

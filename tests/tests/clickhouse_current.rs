@@ -187,3 +187,49 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
     assert_eq!(queries_compared, 14);
     Ok(())
 }
+
+/// The BI user of deploy/local/clickhouse/users.xml reads tally's tables and
+/// can change nothing (docs/BI.md gives the SQL form for current versions).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bi_user_reads_and_cannot_write() -> Result<()> {
+    let server = ClickHouse::start()?;
+    let admin = Warehouse::new(WarehouseConfig { url: server.url(), ..WarehouseConfig::default() });
+    tally_warehouse::migrations::migrate(&admin, |_| {}).await?;
+    admin.execute(FIXTURE).await?;
+    let bi = Warehouse::new(WarehouseConfig {
+        url: server.url(),
+        user: "tally_bi".into(),
+        password: "tally-bi-local".into(),
+        ..WarehouseConfig::default()
+    });
+    let sql = "SELECT count() FROM ledger_entries";
+    let rows: Vec<u64> = bi.fetch_all(sql, bi.client().query(sql)).await?;
+    assert_eq!(rows, [6], "BI reads the raw table");
+    let (query, sql) = queries::find("event_credits")?.prepare(
+        bi.client(),
+        &[("event".to_string(), "gala".to_string())].into(),
+        chrono::NaiveDate::from_ymd_opt(2026, 12, 2).context("date")?,
+    )?;
+    assert!(bi.fetch_tsv(query, &sql).await?.contains("kling"), "and runs the named queries");
+    for write in [
+        "INSERT INTO ledger_entries (account_id) VALUES ('x')",
+        "DROP TABLE ledger_entries",
+        "ALTER TABLE ledger_entries DELETE WHERE 1",
+        "CREATE TABLE t (a UInt8) ENGINE = Memory",
+    ] {
+        let refused = bi.execute(write).await;
+        assert!(
+            matches!(&refused, Err(tally_warehouse::WarehouseError::Refused { detail, .. }) if detail.contains("readonly") || detail.contains("Cannot execute query in readonly mode") || detail.contains("Code: 164")),
+            "{write}: {refused:?}"
+        );
+    }
+    let other = bi.execute("SELECT 1 FROM default.nothing").await;
+    assert!(other.is_err(), "no other database");
+    let count: Vec<u64> = admin.fetch_all(sql_count(), admin.client().query(sql_count())).await?;
+    assert_eq!(count, [6], "nothing changed");
+    Ok(())
+}
+
+fn sql_count() -> &'static str {
+    "SELECT count() FROM ledger_entries"
+}

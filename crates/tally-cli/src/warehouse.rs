@@ -58,6 +58,10 @@ pub struct MigrateArgs {
     /// Last day (YYYY-MM-DD) whose month is rebuilt.
     #[arg(long, requires = "rebuild_rollups")]
     to: Option<chrono::NaiveDate>,
+    /// Compare every rollup with its aggregate of the raw table now, and
+    /// exit non-zero if one differs (scans the raw table once per rollup).
+    #[arg(long)]
+    check_rollups: bool,
 }
 
 fn month(date: chrono::NaiveDate) -> u32 {
@@ -87,6 +91,21 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         for (i, key) in keys.iter().enumerate() {
             rollups::rebuild(&warehouse, *key).await.with_context(|| format!("rebuilding partition {key}"))?;
             eprintln!("  [{}/{}] {key} rebuilt", i + 1, keys.len());
+        }
+    }
+    if args.check_rollups {
+        let checks = rollups::verify(&warehouse).await?;
+        let mut unequal = 0;
+        for check in &checks {
+            let verdict = if check.equal { "equal" } else { "DIFFERS" };
+            println!(
+                "rollup {:<20} {verdict:<8} {} rows ({} computed from raw)",
+                check.table, check.rows, check.expected_rows
+            );
+            unequal += usize::from(!check.equal);
+        }
+        if unequal > 0 {
+            bail!("{unequal} rollups differ from the raw table: `tally migrate --rebuild-rollups` rebuilds them (stop the aggregators first)");
         }
     }
     Ok(())
