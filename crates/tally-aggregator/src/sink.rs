@@ -103,6 +103,9 @@ pub struct Sink {
     claim_grace: Duration,
 }
 
+/// Wall-clock seconds for the bookkeeping columns (`written_at`,
+/// `claimed_at`): never ledger time.
+#[allow(clippy::disallowed_methods)]
 fn now_seconds() -> u32 {
     chrono::Utc::now().timestamp().clamp(0, i64::from(u32::MAX)) as u32
 }

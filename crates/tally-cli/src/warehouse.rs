@@ -150,6 +150,8 @@ pub async fn query(args: QueryArgs) -> Result<()> {
         given.insert(k.to_string(), v.to_string());
     }
     let warehouse = args.connection.warehouse();
+    // "today" and "this month" of a query's defaults are the caller's UTC date.
+    #[allow(clippy::disallowed_methods)]
     let today = chrono::Utc::now().date_naive();
     let text = query
         .run(&warehouse, &given, today)

@@ -129,11 +129,14 @@ pub async fn migrate(warehouse: &Warehouse, mut progress: impl FnMut(&str)) -> R
             .insert::<AppliedRow>("tally_migrations")
             .await
             .map_err(|e| warehouse.error("INSERT INTO tally_migrations", e))?;
+        // When a migration ran is bookkeeping, not ledger time.
+        #[allow(clippy::disallowed_methods)]
+        let now = chrono::Utc::now();
         let row = AppliedRow {
             version: migration.version,
             name: migration.name.to_string(),
             checksum: migration.checksum(),
-            applied_at: chrono::Utc::now().timestamp() as u32,
+            applied_at: now.timestamp().clamp(0, i64::from(u32::MAX)) as u32,
         };
         warehouse
             .bounded("INSERT INTO tally_migrations", async {

@@ -16,6 +16,7 @@ use tally_testkit::{read_topic, tally_binary, ClickHouse};
 use tally_warehouse::{Warehouse, WarehouseConfig};
 
 use tally_events::names::topics::LEDGER;
+#[allow(unused_imports)] // used by the aggregator tests only
 pub use tally_events::names::topics::LEDGER_DEAD_LETTERS;
 
 /// Runs `tally migrate` against `clickhouse`.
