@@ -61,6 +61,8 @@ pub const POOL_SIZE: usize = 1024;
 /// Start of the workload's clock: inside the 2026-01 rate version.
 const START: &str = "2026-02-01T00:00:00Z";
 
+pub mod ledger_rows;
+
 /// A fixed-seed xorshift64* generator: deterministic, dependency-free.
 #[derive(Debug, Clone)]
 pub struct XorShift(u64);

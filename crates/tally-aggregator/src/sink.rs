@@ -288,6 +288,12 @@ impl Sink {
         for (i, month) in months.iter().enumerate() {
             if i > 0 {
                 between("month_boundary");
+                // Checked again before every INSERT: an instance paused
+                // between two INSERTs of a batch must not write the second
+                // after a new owner resumed.
+                if !self.holds(claim).await? {
+                    return Ok(FlushOutcome::Superseded);
+                }
             }
             let query_id = format!("{}{}", self.query_prefix(partition), Uuid::new_v4());
             let sql = "INSERT INTO ledger_entries";
@@ -316,6 +322,9 @@ impl Sink {
             inserted += count;
         }
         between("after_insert");
+        if !self.holds(claim).await? {
+            return Ok(FlushOutcome::Superseded);
+        }
         let progress = ProgressRow {
             ledger_partition: partition,
             next_offset: next,

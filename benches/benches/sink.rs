@@ -1,0 +1,419 @@
+//! Sink bench: the aggregator (ledger topic -> ClickHouse) against
+//! `clickhouse-client` bulk-inserting the same rows into the same tables
+//! with the same views, in one run, and what each rollup costs.
+//!
+//! One real Tansu broker (memory), one ClickHouse 18.16 server, one set of
+//! ledger-shaped rows (`TALLY_BENCH_ROWS`, default 1,000,000; 10,000
+//! accounts, 500 events, 90 days, 4 ledger partitions). Each figure is
+//! `TALLY_BENCH_REPS` runs (default 3), each into a fresh database, printed
+//! as median [min - max].
+//!
+//! - baseline: `clickhouse-client --query "INSERT INTO ledger_entries FORMAT
+//!   TabSeparated"` reading the rows from a file: one INSERT stream, the
+//!   client's own block size, every view attached (the best that tool does
+//!   with the same tables and views); and with no view, and with each view
+//!   alone, which prices each rollup;
+//! - the aggregator: the release `tally aggregator` with its shipped
+//!   defaults, reading the same rows from the ledger topic; rows/s from its
+//!   first flush to its last (`tally_aggregator_rows_inserted_total`);
+//! - freshness: entries appended at half the aggregator's rate, time from
+//!   append to the row being visible in ClickHouse (polled every 10 ms),
+//!   p50 and p99, next to the broker's own append-to-poll floor for the same
+//!   records (a bare consumer).
+//!
+//! Run: `cargo bench -p tally-benches --bench sink`.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+    ClientConfig, Message,
+};
+use tally_benches::ledger_rows::{tsv_line, LedgerRows};
+use tally_events::{Codec, Epoch, LedgerEntry, LedgerMarker, MarkerKind};
+use tally_testkit::{create_topics, free_port, tally_binary, Broker, ClickHouse};
+use tally_warehouse::{migrations, rollups, Warehouse, WarehouseConfig};
+
+const PARTITIONS: i32 = 4;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
+fn claim(partition: i32) -> LedgerMarker {
+    LedgerMarker {
+        kind: MarkerKind::Claim,
+        claim_id: uuid::Uuid::from_u128(partition as u128 + 1),
+        epoch: Epoch(0),
+        instance: "bench:1".into(),
+        input_topic: "tally.inputs".into(),
+        input_partition: partition,
+        next_input_offset: 0,
+    }
+}
+
+/// Writes the rows to `topic` (a claim first in each partition) and returns
+/// them as TabSeparated text with the offsets they got.
+fn write_ledger(bootstrap: &str, topic: &str, rows: &[(i32, LedgerEntry)]) -> Result<String> {
+    let producer = producer(bootstrap)?;
+    let codec = Codec::global();
+    let mut next = [0i64; PARTITIONS as usize];
+    for p in 0..PARTITIONS {
+        let bytes = codec.encode(&claim(p))?;
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(p).key(b"claim").payload(&bytes))
+            .map_err(|(e, _)| e)?;
+        next[p as usize] = 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let mut tsv = String::with_capacity(rows.len() * 220);
+    for (partition, entry) in rows {
+        let bytes = codec.encode(entry)?;
+        loop {
+            let record =
+                BaseRecord::<str, [u8]>::to(topic).partition(*partition).key(entry.account_id.as_str()).payload(&bytes);
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        tsv_line(&mut tsv, entry, *partition, next[*partition as usize]);
+        next[*partition as usize] += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(tsv)
+}
+
+fn warehouse(clickhouse: &ClickHouse, database: &str) -> Warehouse {
+    Warehouse::new(WarehouseConfig {
+        url: clickhouse.url(),
+        database: database.into(),
+        timeout: Duration::from_secs(600),
+        ..WarehouseConfig::default()
+    })
+}
+
+/// A fresh database with the migrations, keeping only the views named in
+/// `views` (`None`: all).
+async fn fresh(clickhouse: &ClickHouse, database: &str, views: Option<&[&str]>) -> Result<Warehouse> {
+    let w = warehouse(clickhouse, database);
+    clickhouse.query(&format!("DROP DATABASE IF EXISTS {database}"))?;
+    migrations::migrate(&w, |_| {}).await?;
+    if let Some(keep) = views {
+        for rollup in rollups::rollups() {
+            if !keep.contains(&rollup.table.as_str()) {
+                w.execute(&format!("DROP TABLE {}", rollup.view)).await?;
+            }
+        }
+    }
+    Ok(w)
+}
+
+fn count(clickhouse: &ClickHouse, database: &str) -> Result<u64> {
+    Ok(clickhouse.query(&format!("SELECT count() FROM {database}.ledger_entries"))?.trim().parse()?)
+}
+
+/// clickhouse-client inserting the file: rows/s.
+fn client_insert(clickhouse: &ClickHouse, database: &str, file: &std::path::Path, rows: usize) -> Result<f64> {
+    let input = std::fs::File::open(file)?;
+    let started = Instant::now();
+    let out = Command::new("clickhouse-client")
+        .args(["--host", "127.0.0.1", "--port", &clickhouse.tcp_port().to_string(), "--database", database])
+        .args(["--query", "INSERT INTO ledger_entries FORMAT TabSeparated"])
+        .stdin(input)
+        .output()
+        .context("clickhouse-client")?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!("clickhouse-client failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stored = count(clickhouse, database)? as usize;
+    if stored != rows {
+        bail!("clickhouse-client stored {stored} of {rows} rows");
+    }
+    Ok(rows as f64 / took.as_secs_f64())
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
+/// The aggregator from the ledger topic into `database`: rows/s from its
+/// first flush to its last.
+fn aggregator(bootstrap: &str, clickhouse: &ClickHouse, database: &str, topic: &str, rows: usize) -> Result<f64> {
+    let port = free_port()?;
+    let log = std::env::temp_dir().join(format!("tally-bench-aggregator-{port}.log"));
+    let mut child = Command::new(tally_binary()?)
+        .arg("aggregator")
+        .env("TALLY_AGGREGATOR__BROKERS", bootstrap)
+        .env("TALLY_AGGREGATOR__LEDGER_TOPIC", topic)
+        .env("TALLY_AGGREGATOR__CLICKHOUSE_URL", clickhouse.url())
+        .env("TALLY_AGGREGATOR__CLICKHOUSE_DATABASE", database)
+        .env("TALLY_AGGREGATOR__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let name = "tally_aggregator_rows_inserted_total";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, f64)> = None;
+    let result = loop {
+        let inserted = metric(port, name).unwrap_or(0.0);
+        if inserted > 0.0 && first.is_none() {
+            first = Some((Instant::now(), inserted));
+        }
+        if inserted as usize >= rows {
+            let (t1, r1) = first.unwrap_or((Instant::now(), 0.0));
+            break Ok((inserted - r1) / t1.elapsed().as_secs_f64().max(1e-3));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "the aggregator inserted {inserted} of {rows} rows in 600 s; see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let stored = count(clickhouse, database)? as usize;
+    if result.is_ok() && stored != rows {
+        bail!("the aggregator stored {stored} rows for {rows}");
+    }
+    result
+}
+
+fn summary(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    format!("{:>9.0} [{:.0} - {:.0}]", values[values.len() / 2], values[0], values[values.len() - 1])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Freshness at `rate` records/s for `seconds`: (aggregator, floor) latencies in ms.
+fn freshness(bootstrap: &str, clickhouse: &ClickHouse, rate: f64, seconds: u64) -> Result<(Vec<f64>, Vec<f64>)> {
+    let topic = "tally.ledger.fresh";
+    let database = "bench_fresh";
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(create_topics(bootstrap, &[(topic, PARTITIONS)]))?;
+    rt.block_on(fresh(clickhouse, database, None))?;
+    let producer = producer(bootstrap)?;
+    let codec = Codec::global();
+    for p in 0..PARTITIONS {
+        let bytes = codec.encode(&claim(p))?;
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(p).key(b"claim").payload(&bytes))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    // The floor: a bare consumer of the same records.
+    let floor_consumer: BaseConsumer = tally_service::kafka::consumer_config(bootstrap, "bench-floor").create()?;
+    floor_consumer.subscribe(&[topic])?;
+    let port = free_port()?;
+    let mut child = Command::new(tally_binary()?)
+        .arg("aggregator")
+        .env("TALLY_AGGREGATOR__BROKERS", bootstrap)
+        .env("TALLY_AGGREGATOR__LEDGER_TOPIC", topic)
+        .env("TALLY_AGGREGATOR__DEAD_LETTER_TOPIC", "tally.ledger.fresh.dead-letters")
+        .env("TALLY_AGGREGATOR__CLICKHOUSE_URL", clickhouse.url())
+        .env("TALLY_AGGREGATOR__CLICKHOUSE_DATABASE", database)
+        .env("TALLY_AGGREGATOR__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let total = (rate * seconds as f64) as usize;
+    let rows: Vec<(i32, LedgerEntry)> = LedgerRows::new(7, total, 10_000, 500, 1, PARTITIONS).collect();
+    let mut sent: HashMap<(i32, i64), Instant> = HashMap::with_capacity(total);
+    let mut next = [1i64; PARTITIONS as usize];
+    let started = Instant::now();
+    let floor = std::thread::spawn(move || {
+        let mut seen: Vec<((i32, i64), Instant)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = floor_consumer.poll(Duration::from_millis(5)) {
+                seen.push(((m.partition(), m.offset()), Instant::now()));
+            }
+        }
+        seen
+    });
+    for (n, (partition, entry)) in rows.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let bytes = codec.encode(entry)?;
+        producer
+            .send(
+                BaseRecord::<str, [u8]>::to(topic).partition(*partition).key(entry.account_id.as_str()).payload(&bytes),
+            )
+            .map_err(|(e, _)| e)?;
+        sent.insert((*partition, next[*partition as usize]), Instant::now());
+        next[*partition as usize] += 1;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    // Visible: poll each partition's highest offset in ClickHouse.
+    let mut visible_at: HashMap<(i32, i64), Instant> = HashMap::with_capacity(total);
+    let mut high = [0i64; PARTITIONS as usize];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let polled_from = started;
+    let _ = polled_from;
+    while visible_at.len() < total && Instant::now() < deadline {
+        let text = clickhouse.query(&format!(
+            "SELECT ledger_partition, max(ledger_offset) FROM {database}.ledger_entries GROUP BY ledger_partition"
+        ))?;
+        let now = Instant::now();
+        for line in text.lines() {
+            let mut f = line.split('\t');
+            let (Some(p), Some(o)) = (f.next(), f.next()) else { continue };
+            let (p, o): (i32, i64) = (p.parse()?, o.parse()?);
+            for offset in high[p as usize] + 1..=o {
+                visible_at.insert((p, offset), now);
+            }
+            high[p as usize] = high[p as usize].max(o);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let floor_seen = floor.join().map_err(|_| anyhow::anyhow!("floor thread"))?;
+    let mut agg: Vec<f64> = visible_at
+        .iter()
+        .filter_map(|(k, t)| sent.get(k).map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .collect();
+    let mut bare: Vec<f64> = floor_seen
+        .iter()
+        .filter_map(|(k, t)| sent.get(k).map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1e3))
+        .collect();
+    if agg.len() < total * 99 / 100 {
+        bail!("only {} of {total} fresh rows became visible", agg.len());
+    }
+    agg.sort_by(f64::total_cmp);
+    bare.sort_by(f64::total_cmp);
+    Ok((agg, bare))
+}
+
+fn main() -> Result<()> {
+    let rows_n = env_usize("TALLY_BENCH_ROWS", 1_000_000);
+    let reps = env_usize("TALLY_BENCH_REPS", 3).max(1);
+    let broker = Broker::memory()?;
+    let bootstrap = broker.bootstrap();
+    let clickhouse = ClickHouse::start()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let topic = "tally.ledger";
+    rt.block_on(create_topics(&bootstrap, &[(topic, PARTITIONS), ("tally.ledger.dead-letters", PARTITIONS)]))?;
+    eprintln!("[sink] generating and publishing {rows_n} ledger entries");
+    let rows: Vec<(i32, LedgerEntry)> = LedgerRows::new(42, rows_n, 10_000, 500, 90, PARTITIONS).collect();
+    let tsv = write_ledger(&bootstrap, topic, &rows)?;
+    let file = std::env::temp_dir().join(format!("tally-bench-sink-{}.tsv", std::process::id()));
+    std::fs::write(&file, &tsv)?;
+    drop(tsv);
+    let _ = tally_binary()?; // build before timing anything
+
+    let mut report = Vec::new();
+    let mut client_all = Vec::new();
+    let mut client_none = Vec::new();
+    let mut agg_all = Vec::new();
+    let mut agg_none = Vec::new();
+    for rep in 0..reps {
+        let db = format!("bench_c_all_{rep}");
+        rt.block_on(fresh(&clickhouse, &db, None))?;
+        client_all.push(client_insert(&clickhouse, &db, &file, rows_n)?);
+        let db = format!("bench_a_all_{rep}");
+        rt.block_on(fresh(&clickhouse, &db, None))?;
+        agg_all.push(aggregator(&bootstrap, &clickhouse, &db, topic, rows_n)?);
+        let db = format!("bench_c_none_{rep}");
+        rt.block_on(fresh(&clickhouse, &db, Some(&[])))?;
+        client_none.push(client_insert(&clickhouse, &db, &file, rows_n)?);
+        let db = format!("bench_a_none_{rep}");
+        rt.block_on(fresh(&clickhouse, &db, Some(&[])))?;
+        agg_none.push(aggregator(&bootstrap, &clickhouse, &db, topic, rows_n)?);
+        eprintln!(
+            "[sink] rep {rep}: client {:.0}/{:.0} rows/s, aggregator {:.0}/{:.0} rows/s (all views / none)",
+            client_all[rep], client_none[rep], agg_all[rep], agg_none[rep]
+        );
+        for db in ["c_all", "a_all", "c_none", "a_none"] {
+            clickhouse.query(&format!("DROP DATABASE IF EXISTS bench_{db}_{rep}"))?;
+        }
+    }
+    let mut ratios: Vec<f64> = agg_all.iter().zip(&client_all).map(|(a, c)| a / c).collect();
+    let mut ratios_none: Vec<f64> = agg_none.iter().zip(&client_none).map(|(a, c)| a / c).collect();
+    report.push(format!("clickhouse-client, all 5 views   {} rows/s", summary(&mut client_all)));
+    report.push(format!("aggregator, all 5 views          {} rows/s", summary(&mut agg_all)));
+    ratios.sort_by(f64::total_cmp);
+    report.push(format!(
+        "ratio aggregator / client (views) {:.2} [{:.2} - {:.2}]   goal >= 0.9",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    ));
+    report.push(format!("clickhouse-client, no view       {} rows/s", summary(&mut client_none)));
+    report.push(format!("aggregator, no view              {} rows/s", summary(&mut agg_none)));
+    ratios_none.sort_by(f64::total_cmp);
+    report.push(format!(
+        "ratio aggregator / client (none)  {:.2} [{:.2} - {:.2}]",
+        ratios_none[ratios_none.len() / 2],
+        ratios_none[0],
+        ratios_none[ratios_none.len() - 1]
+    ));
+    // What each rollup costs alone (clickhouse-client, the same rows).
+    for rollup in rollups::rollups() {
+        let mut rates = Vec::new();
+        for rep in 0..reps {
+            let db = format!("bench_one_{rep}");
+            rt.block_on(fresh(&clickhouse, &db, Some(&[rollup.table.as_str()])))?;
+            rates.push(client_insert(&clickhouse, &db, &file, rows_n)?);
+            clickhouse.query(&format!("DROP DATABASE IF EXISTS {db}"))?;
+        }
+        report.push(format!("clickhouse-client, only {:<19} {} rows/s", rollup.table, summary(&mut rates)));
+    }
+    let _ = std::fs::remove_file(&file);
+
+    let agg_rate = agg_all[agg_all.len() / 2];
+    let rate = (agg_rate / 2.0).min(50_000.0);
+    eprintln!("[sink] freshness at {rate:.0} entries/s for 10 s");
+    let (agg, bare) = freshness(&bootstrap, &clickhouse, rate, 10)?;
+    report.push(format!(
+        "freshness at {rate:.0}/s: append -> visible in ClickHouse p50 {:.0} ms p99 {:.0} ms; broker append -> poll p50 {:.0} ms p99 {:.0} ms; p99 over the floor {:.0} ms (goal < 1000)",
+        percentile(&agg, 0.5),
+        percentile(&agg, 0.99),
+        percentile(&bare, 0.5),
+        percentile(&bare, 0.99),
+        percentile(&agg, 0.99) - percentile(&bare, 0.99)
+    ));
+    println!("\n== sink bench: {rows_n} ledger rows, {reps} runs each, median [min - max]");
+    for line in report {
+        println!("  {line}");
+    }
+    Ok(())
+}
