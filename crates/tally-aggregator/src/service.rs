@@ -34,7 +34,7 @@ use crate::{
     faults,
     metrics::Metrics,
     partition::{Outcome, PartitionReader},
-    sink::{Claim, FlushOutcome, Sink},
+    sink::{Batch, Claim, Sink},
     AggregatorError,
 };
 
@@ -267,77 +267,95 @@ impl Aggregator {
             .sum()
     }
 
-    /// Flushes the partitions that are due (or all with work, `force`).
-    /// Returns whether the set of active partitions changed.
+    /// Flushes the partitions that are due (or all with work, `force`), in
+    /// one flush (one INSERT per month for all of them). Returns whether the
+    /// set of active partitions changed.
     fn flush(&mut self, force: bool) -> bool {
         let full = self.pending_rows() >= self.config.batch_rows_max;
-        let mut changed = false;
-        for index in 0..self.slots.len() {
-            let (partition, slot) = &mut self.slots[index];
-            let partition = *partition;
+        let mut due: Vec<usize> = Vec::new();
+        for (index, (_, slot)) in self.slots.iter().enumerate() {
             let Slot::Active(active) = slot else { continue };
             let waited = active.first_pending.is_some_and(|t| t.elapsed() >= self.config.batch_wait);
-            let progress_only =
-                active.reader.next() > active.recorded_next && active.last_flush.elapsed() >= Duration::from_secs(1);
-            if !(active.reader.has_work() && (full || waited || force)
-                || progress_only
-                || (force && active.reader.next() > active.recorded_next))
-            {
-                continue;
+            let moved = active.reader.next() > active.recorded_next;
+            let progress_only = moved && active.last_flush.elapsed() >= Duration::from_secs(1);
+            if (active.reader.has_work() && (full || waited || force)) || progress_only || (force && moved) {
+                due.push(index);
             }
-            let started = Instant::now();
+        }
+        if due.is_empty() {
+            return false;
+        }
+        let started = Instant::now();
+        let mut taken = Vec::with_capacity(due.len());
+        for &index in &due {
+            let Slot::Active(active) = &mut self.slots[index].1 else { continue };
             let (rows, dead) = active.reader.take();
-            let next = active.reader.next();
-            let fence = active.reader.fence().clone();
-            let claim = active.claim;
-            let sink = self.sink.clone();
-            let producer = self.producer.clone();
-            let dead_topic = self.config.dead_letter_topic.clone();
-            let result = self.runtime.block_on(async {
-                // Dead letters first: the resume point never passes a
-                // record whose dead letter is not acknowledged.
-                for letter in &dead {
-                    let bytes = Codec::global().encode(letter).map_err(|e| format!("encoding a dead letter: {e}"))?;
-                    let key = letter.key.clone().unwrap_or_default();
-                    producer
-                        .send(FutureRecord::to(&dead_topic).key(&key).payload(&bytes), Duration::from_secs(30))
-                        .await
-                        .map_err(|(e, _)| format!("producing a dead letter to {dead_topic}: {e}"))?;
+            taken.push((index, active.claim, rows, dead, active.reader.next(), active.reader.fence().clone()));
+        }
+        let sink = self.sink.clone();
+        let producer = self.producer.clone();
+        let dead_topic = self.config.dead_letter_topic.clone();
+        let result = self.runtime.block_on(async {
+            // Dead letters first: the resume point never passes a record
+            // whose dead letter is not acknowledged.
+            for letter in taken.iter().flat_map(|t| t.3.iter()) {
+                let bytes = Codec::global().encode(letter).map_err(|e| format!("encoding a dead letter: {e}"))?;
+                let key = letter.key.clone().unwrap_or_default();
+                producer
+                    .send(FutureRecord::to(&dead_topic).key(&key).payload(&bytes), Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| format!("producing a dead letter to {dead_topic}: {e}"))?;
+            }
+            let batches: Vec<Batch<'_>> = taken
+                .iter()
+                .map(|(_, claim, rows, _, next, fence)| Batch {
+                    claim: *claim,
+                    rows,
+                    next: *next,
+                    fence: fence.clone(),
+                })
+                .collect();
+            sink.flush(&batches, faults::point).await.map_err(|e| e.to_string())
+        });
+        let mut changed = false;
+        match result {
+            Ok(outcome) => {
+                self.metrics.rows_inserted.inc_by(outcome.rows as u64);
+                self.metrics.inserts.inc_by(outcome.inserts as u64);
+                self.metrics.batches.inc();
+                self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.clickhouse_failing.set(0);
+                for (index, claim, _, _, next, _) in &taken {
+                    let (partition, slot) = &mut self.slots[*index];
+                    if outcome.superseded.contains(&claim.partition) {
+                        tracing::error!(
+                            partition = *partition,
+                            "another aggregator's claim is in force: this instance no longer writes the partition"
+                        );
+                        *slot = Slot::Lost;
+                        changed = true;
+                    } else if let Slot::Active(active) = slot {
+                        self.metrics.last_inserted_offset.with_label_values(&[&partition.to_string()]).set(*next);
+                        active.recorded_next = *next;
+                        active.first_pending = None;
+                        active.last_flush = Instant::now();
+                    }
                 }
-                sink.flush(&claim, &rows, next, &fence, faults::point).await.map_err(|e| e.to_string())
-            });
-            match result {
-                Ok(FlushOutcome::Done { rows: count, inserts }) => {
-                    self.metrics.rows_inserted.inc_by(count as u64);
-                    self.metrics.inserts.inc_by(inserts as u64);
-                    self.metrics.batches.inc();
-                    self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
-                    self.metrics.last_inserted_offset.with_label_values(&[&partition.to_string()]).set(next);
-                    self.metrics.clickhouse_failing.set(0);
-                    active.recorded_next = next;
-                    active.first_pending = None;
-                    active.last_flush = Instant::now();
-                }
-                Ok(FlushOutcome::Superseded) => {
-                    tracing::error!(
-                        partition,
-                        "another aggregator's claim is in force: this instance no longer writes the partition"
-                    );
-                    *slot = Slot::Lost;
-                    changed = true;
-                }
-                Err(error) => {
-                    self.metrics.retries.inc();
-                    self.metrics.clickhouse_failing.set(1);
-                    tracing::warn!(partition, %error, "flush failed; the partition resumes from what ClickHouse holds");
+            }
+            Err(error) => {
+                self.metrics.retries.inc();
+                self.metrics.clickhouse_failing.set(1);
+                for (index, claim, ..) in &taken {
+                    let (partition, slot) = &mut self.slots[*index];
+                    tracing::warn!(partition = *partition, %error, "flush failed; the partition resumes from what ClickHouse holds");
                     *slot = Slot::Recovering {
-                        claim: Some(claim),
+                        claim: Some(*claim),
                         retry_at: Instant::now() + self.config.retry_min,
                         backoff: self.config.retry_min * 2,
                         problem: Some(format!("ledger partition {partition}: {error}")),
                     };
-                    changed = true;
                 }
+                changed = true;
             }
         }
         changed

@@ -121,8 +121,12 @@ impl Sink {
         &self.warehouse
     }
 
-    fn query_prefix(&self, partition: i32) -> String {
-        format!("tally-aggregator-{}-p{partition}-", self.warehouse.config().database)
+    /// The query id of an INSERT of `partitions`: every partition it
+    /// writes is named in it as `-p<n>-`, so that a new owner of any of
+    /// them can wait for it (`wait_for_inserts`).
+    fn query_id(&self, partitions: &[i32]) -> String {
+        let named: String = partitions.iter().map(|p| format!("-p{p}")).collect();
+        format!("tally-aggregator-{}{named}-{}", self.warehouse.config().database, Uuid::new_v4())
     }
 
     async fn claim_in_force(&self, partition: i32) -> Result<Option<ClaimRow>, WarehouseError> {
@@ -172,6 +176,7 @@ impl Sink {
 
     /// Whether `claim` is still the claim in force.
     pub async fn holds(&self, claim: &Claim) -> Result<bool, WarehouseError> {
+        // One claim: the same rule as a flush's check of many.
         Ok(self
             .claim_in_force(claim.partition)
             .await?
@@ -191,12 +196,19 @@ impl Sink {
     /// server may take longer, so this waits, bounded by the request
     /// timeout, and fails after that rather than guess).
     pub async fn wait_for_inserts(&self, partition: i32) -> Result<(), WarehouseError> {
-        let sql = "SELECT count() FROM system.processes WHERE startsWith(query_id, ?)";
+        let sql = "SELECT count() FROM system.processes WHERE startsWith(query_id, ?) AND position(query_id, ?) > 0";
         let deadline = Instant::now() + self.warehouse.config().timeout * 3;
         loop {
             let running: Vec<u64> = self
                 .warehouse
-                .fetch_all(sql, self.warehouse.client().query(sql).bind(self.query_prefix(partition)))
+                .fetch_all(
+                    sql,
+                    self.warehouse
+                        .client()
+                        .query(sql)
+                        .bind(format!("tally-aggregator-{}-", self.warehouse.config().database))
+                        .bind(format!("-p{partition}-")),
+                )
                 .await?;
             if running.first().copied().unwrap_or(0) == 0 {
                 return Ok(());
@@ -262,44 +274,79 @@ impl Sink {
         Ok(Resume { reader, next, present, high_water, rebuilt })
     }
 
-    /// INSERTs `rows` (offset order) of ledger partition `claim.partition`,
-    /// one INSERT per month, then records `next` as the new resume point
-    /// (step 3). `between` runs between the steps (fault injection).
+    /// The claims of `claims` that are no longer in force.
+    async fn superseded(&self, claims: &[Claim]) -> Result<Vec<i32>, WarehouseError> {
+        let partitions: Vec<i32> = claims.iter().map(|c| c.partition).collect();
+        let sql = "SELECT ledger_partition, epoch, claim_id, released FROM sink_claims WHERE has(?, ledger_partition) \
+                   ORDER BY ledger_partition, epoch DESC, claim_id DESC, released DESC LIMIT 1 BY ledger_partition";
+        let rows: Vec<(i32, i64, String, u8)> =
+            self.warehouse.fetch_all(sql, self.warehouse.client().query(sql).bind(&partitions)).await?;
+        Ok(claims
+            .iter()
+            .filter(|claim| {
+                !rows.iter().any(|(p, epoch, id, released)| {
+                    *p == claim.partition
+                        && *epoch == claim.epoch
+                        && *id == claim.claim_id.to_string()
+                        && *released == 0
+                })
+            })
+            .map(|c| c.partition)
+            .collect())
+    }
+
+    /// Writes the batches of several ledger partitions (step 3): one INSERT
+    /// per month holding every partition's rows of that month, then one
+    /// INSERT of their new resume points. The claims are checked before
+    /// every INSERT; a partition whose claim is no longer in force is left
+    /// out from then on and reported. An INSERT may keep any subset of its
+    /// rows when it fails (several partitions, a prefix): recovery reads
+    /// back exactly what is present per partition, so no atomicity is
+    /// assumed. `between` runs between the steps (fault injection).
     pub async fn flush(
         &self,
-        claim: &Claim,
-        rows: &[(i64, LedgerEntry)],
-        next: i64,
-        fence: &Fence,
+        batches: &[Batch<'_>],
         mut between: impl FnMut(&'static str),
     ) -> Result<FlushOutcome, WarehouseError> {
-        if !self.holds(claim).await? {
-            return Ok(FlushOutcome::Superseded);
-        }
-        let partition = claim.partition;
+        let mut live: Vec<Claim> = batches.iter().map(|b| b.claim).collect();
+        let mut lost = Vec::new();
+        let check = |lost: &mut Vec<i32>, live: &mut Vec<Claim>, gone: Vec<i32>| {
+            live.retain(|c| !gone.contains(&c.partition));
+            lost.extend(gone);
+        };
+        let gone = self.superseded(&live).await?;
+        check(&mut lost, &mut live, gone);
         // Encoding cannot fail here: the partition reader dead-letters what
         // does not encode before it queues a row.
-        let encoded: Vec<LedgerRow<'_>> =
-            rows.iter().filter_map(|(offset, entry)| LedgerRow::new(entry, partition, *offset).ok()).collect();
+        let encoded: Vec<LedgerRow<'_>> = batches
+            .iter()
+            .flat_map(|b| {
+                b.rows.iter().filter_map(|(offset, entry)| LedgerRow::new(entry, b.claim.partition, *offset).ok())
+            })
+            .collect();
         let mut months: Vec<u32> = encoded.iter().map(LedgerRow::month).collect();
         months.sort_unstable();
         months.dedup();
         let mut inserted = 0usize;
+        let mut inserts = 0usize;
         for (i, month) in months.iter().enumerate() {
             if i > 0 {
                 between("month_boundary");
                 // Checked again before every INSERT: an instance paused
                 // between two INSERTs of a batch must not write the second
                 // after a new owner resumed.
-                if !self.holds(claim).await? {
-                    return Ok(FlushOutcome::Superseded);
-                }
+                let gone = self.superseded(&live).await?;
+                check(&mut lost, &mut live, gone);
             }
-            let query_id = format!("{}{}", self.query_prefix(partition), Uuid::new_v4());
+            let partitions: Vec<i32> = live.iter().map(|c| c.partition).collect();
+            let rows: Vec<&LedgerRow<'_>> =
+                encoded.iter().filter(|r| r.month() == *month && partitions.contains(&r.partition())).collect();
+            if rows.is_empty() {
+                continue;
+            }
             let sql = "INSERT INTO ledger_entries";
             let timeout = self.warehouse.config().timeout;
-            let client = self.warehouse.client().clone().with_setting("query_id", query_id);
-            let batch = encoded.iter().filter(|r| r.month() == *month);
+            let client = self.warehouse.client().clone().with_setting("query_id", self.query_id(&partitions));
             let count = self
                 .warehouse
                 .bounded(sql, async {
@@ -307,56 +354,73 @@ impl Sink {
                         .insert::<LedgerRow<'_>>("ledger_entries")
                         .await?
                         .with_timeouts(Some(timeout), Some(timeout));
-                    let mut count = 0usize;
-                    for row in batch {
-                        insert.write(row).await?;
-                        count += 1;
-                        if count == 1 {
+                    for (n, row) in rows.iter().enumerate() {
+                        insert.write(*row).await?;
+                        if n == 0 {
                             between("mid_insert");
                         }
                     }
                     insert.end().await?;
-                    Ok(count)
+                    Ok(rows.len())
                 })
                 .await?;
             inserted += count;
+            inserts += 1;
         }
         between("after_insert");
-        if !self.holds(claim).await? {
-            return Ok(FlushOutcome::Superseded);
-        }
-        let progress = ProgressRow {
-            ledger_partition: partition,
-            next_offset: next,
-            fence_epoch: fence.epoch().map_or(-1, |e| e.0),
-            fence_claim_id: fence.claim_id().map(|id| id.to_string()).unwrap_or_default(),
-            claim_epoch: claim.epoch,
-            written_at: now_seconds(),
-        };
-        let client = self.warehouse.client();
-        self.warehouse
-            .bounded("INSERT INTO sink_progress", async {
-                let mut insert = client.insert::<ProgressRow>("sink_progress").await?;
-                insert.write(&progress).await?;
-                insert.end().await
+        let gone = self.superseded(&live).await?;
+        check(&mut lost, &mut live, gone);
+        let progress: Vec<ProgressRow> = batches
+            .iter()
+            .filter(|b| live.iter().any(|c| c.partition == b.claim.partition))
+            .map(|b| ProgressRow {
+                ledger_partition: b.claim.partition,
+                next_offset: b.next,
+                fence_epoch: b.fence.epoch().map_or(-1, |e| e.0),
+                fence_claim_id: b.fence.claim_id().map(|id| id.to_string()).unwrap_or_default(),
+                claim_epoch: b.claim.epoch,
+                written_at: now_seconds(),
             })
-            .await?;
+            .collect();
+        if !progress.is_empty() {
+            let partitions: Vec<i32> = progress.iter().map(|p| p.ledger_partition).collect();
+            let client = self.warehouse.client().clone().with_setting("query_id", self.query_id(&partitions));
+            self.warehouse
+                .bounded("INSERT INTO sink_progress", async {
+                    let mut insert = client.insert::<ProgressRow>("sink_progress").await?;
+                    for row in &progress {
+                        insert.write(row).await?;
+                    }
+                    insert.end().await
+                })
+                .await?;
+        }
         between("after_progress");
-        Ok(FlushOutcome::Done { rows: inserted, inserts: months.len() })
+        Ok(FlushOutcome { rows: inserted, inserts, superseded: lost })
     }
 }
 
+/// One ledger partition's part of a flush.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// The claim it is written under.
+    pub claim: Claim,
+    /// Its rows, in offset order.
+    pub rows: &'a [(i64, LedgerEntry)],
+    /// Its resume point once written.
+    pub next: i64,
+    /// The ledger fence in force at `next`.
+    pub fence: Fence,
+}
+
 /// What a flush did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushOutcome {
-    /// Rows inserted in this many INSERTs, and the resume point moved.
-    Done {
-        /// Rows.
-        rows: usize,
-        /// INSERT statements (one per month).
-        inserts: usize,
-    },
-    /// Another claim is in force: nothing written; the partition is no
-    /// longer this instance's.
-    Superseded,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Rows inserted.
+    pub rows: usize,
+    /// INSERT statements into ledger_entries (one per month).
+    pub inserts: usize,
+    /// Partitions whose claim was no longer in force: nothing more was
+    /// written for them; they are no longer this instance's.
+    pub superseded: Vec<i32>,
 }

@@ -171,6 +171,11 @@ impl<'a> LedgerRow<'a> {
         month_of_seconds(self.occurred_at)
     }
 
+    /// The ledger partition.
+    pub fn partition(&self) -> i32 {
+        self.ledger_partition
+    }
+
     /// The ledger offset.
     pub fn offset(&self) -> i64 {
         self.ledger_offset
