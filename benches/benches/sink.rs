@@ -267,43 +267,51 @@ fn freshness(bootstrap: &str, clickhouse: &ClickHouse, rate: f64, seconds: u64) 
         }
         seen
     });
-    for (n, (partition, entry)) in rows.iter().enumerate() {
-        let due = started + Duration::from_secs_f64(n as f64 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let bytes = codec.encode(entry)?;
-        producer
-            .send(
-                BaseRecord::<str, [u8]>::to(topic).partition(*partition).key(entry.account_id.as_str()).payload(&bytes),
-            )
-            .map_err(|(e, _)| e)?;
-        sent.insert((*partition, next[*partition as usize]), Instant::now());
-        next[*partition as usize] += 1;
-    }
-    producer.flush(Duration::from_secs(30))?;
-    // Visible: poll each partition's highest offset in ClickHouse.
-    let mut visible_at: HashMap<(i32, i64), Instant> = HashMap::with_capacity(total);
-    let mut high = [0i64; PARTITIONS as usize];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let polled_from = started;
-    let _ = polled_from;
-    while visible_at.len() < total && Instant::now() < deadline {
-        let text = clickhouse.query(&format!(
-            "SELECT ledger_partition, max(ledger_offset) FROM {database}.ledger_entries GROUP BY ledger_partition"
-        ))?;
-        let now = Instant::now();
-        for line in text.lines() {
-            let mut f = line.split('\t');
-            let (Some(p), Some(o)) = (f.next(), f.next()) else { continue };
-            let (p, o): (i32, i64) = (p.parse()?, o.parse()?);
-            for offset in high[p as usize] + 1..=o {
-                visible_at.insert((p, offset), now);
+    // Visible: each partition's highest offset in ClickHouse, polled every
+    // 10 ms while the entries are appended.
+    let visible_at = std::thread::scope(|scope| -> Result<HashMap<(i32, i64), Instant>> {
+        let poller = scope.spawn(|| -> Result<HashMap<(i32, i64), Instant>> {
+            let mut visible_at: HashMap<(i32, i64), Instant> = HashMap::with_capacity(total);
+            let mut high = [0i64; PARTITIONS as usize];
+            let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+            while visible_at.len() < total && Instant::now() < deadline {
+                let text = clickhouse.query(&format!(
+                    "SELECT ledger_partition, max(ledger_offset) FROM {database}.ledger_entries GROUP BY ledger_partition"
+                ))?;
+                let now = Instant::now();
+                for line in text.lines() {
+                    let mut f = line.split('\t');
+                    let (Some(p), Some(o)) = (f.next(), f.next()) else { continue };
+                    let (p, o): (i32, i64) = (p.parse()?, o.parse()?);
+                    for offset in high[p as usize] + 1..=o {
+                        visible_at.insert((p, offset), now);
+                    }
+                    high[p as usize] = high[p as usize].max(o);
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            high[p as usize] = high[p as usize].max(o);
+            Ok(visible_at)
+        });
+        for (n, (partition, entry)) in rows.iter().enumerate() {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let bytes = codec.encode(entry)?;
+            sent.insert((*partition, next[*partition as usize]), Instant::now());
+            producer
+                .send(
+                    BaseRecord::<str, [u8]>::to(topic)
+                        .partition(*partition)
+                        .key(entry.account_id.as_str())
+                        .payload(&bytes),
+                )
+                .map_err(|(e, _)| e)?;
+            next[*partition as usize] += 1;
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        producer.flush(Duration::from_secs(30))?;
+        poller.join().map_err(|_| anyhow::anyhow!("poller thread"))?
+    })?;
     let _ = child.kill();
     let _ = child.wait();
     let floor_seen = floor.join().map_err(|_| anyhow::anyhow!("floor thread"))?;
