@@ -108,8 +108,10 @@ async fn partitions_a_group_gives_to_a_member_that_does_no_work_are_noticed() ->
     );
     assert!(log.contains("exiting so a restart takes the partitions again"), "{}", exits.log_tail());
 
+    // The watch counts a stall at once; /health follows at the service's
+    // next once-a-second tick: wait for both, within the same bound.
     let deadline = Instant::now() + NOTICED_WITHIN;
-    while stalled(&reports) < 1.0 && Instant::now() < deadline {
+    while (stalled(&reports) < 1.0 || reports.get("/health")?.0 != 503) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     let (code, body) = reports.get("/health")?;
