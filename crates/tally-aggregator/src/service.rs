@@ -237,7 +237,9 @@ impl Aggregator {
         if offset <= active.reader.next() {
             active.seen = true;
         }
+        let gaps = active.reader.tally().gaps;
         let outcome = active.reader.accept(offset, key, payload);
+        self.metrics.gaps.inc_by(active.reader.tally().gaps - gaps);
         let label = match outcome {
             Outcome::Stale => return false,
             Outcome::Row => "row",

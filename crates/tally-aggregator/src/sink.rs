@@ -42,7 +42,6 @@ pub struct Claim {
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct ClaimRow {
     epoch: i64,
-    claim_id: String,
     released: u8,
 }
 
@@ -130,7 +129,7 @@ impl Sink {
     }
 
     async fn claim_in_force(&self, partition: i32) -> Result<Option<ClaimRow>, WarehouseError> {
-        let sql = "SELECT epoch, claim_id, released FROM sink_claims WHERE ledger_partition = ? \
+        let sql = "SELECT epoch, released FROM sink_claims WHERE ledger_partition = ? \
                    ORDER BY epoch DESC, claim_id DESC, released DESC LIMIT 1";
         let rows: Vec<ClaimRow> =
             self.warehouse.fetch_all(sql, self.warehouse.client().query(sql).bind(partition)).await?;
@@ -176,11 +175,7 @@ impl Sink {
 
     /// Whether `claim` is still the claim in force.
     pub async fn holds(&self, claim: &Claim) -> Result<bool, WarehouseError> {
-        // One claim: the same rule as a flush's check of many.
-        Ok(self
-            .claim_in_force(claim.partition)
-            .await?
-            .is_some_and(|c| c.epoch == claim.epoch && c.claim_id == claim.claim_id.to_string() && c.released == 0))
+        Ok(self.superseded(&[*claim]).await?.is_empty())
     }
 
     /// Marks a clean stop: the next claimer need not wait.

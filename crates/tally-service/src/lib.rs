@@ -16,6 +16,7 @@
 //! `tally-ledger`.
 
 pub mod config;
+pub mod faults;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod kafka;

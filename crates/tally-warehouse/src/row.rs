@@ -175,11 +175,6 @@ impl<'a> LedgerRow<'a> {
     pub fn partition(&self) -> i32 {
         self.ledger_partition
     }
-
-    /// The ledger offset.
-    pub fn offset(&self) -> i64 {
-        self.ledger_offset
-    }
 }
 
 /// `toYYYYMM` of a UTC time in seconds.
