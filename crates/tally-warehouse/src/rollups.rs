@@ -123,7 +123,12 @@ pub struct RebuildPlan {
 pub fn rebuild_plan(rollup: &Rollup, key: PartitionKey) -> RebuildPlan {
     let PartitionKey { month, ledger_partition } = key;
     let tag = if ledger_partition < 0 { format!("m{}", -ledger_partition) } else { ledger_partition.to_string() };
-    let scratch = format!("{}_rebuild_{month}_{tag}", rollup.table);
+    // A fresh scratch table per attempt: an INSERT ... SELECT of an earlier
+    // attempt that its client gave up on may still finish on the server,
+    // and must not land in this attempt's table.
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = format!("{}_rebuild_{month}_{tag}_{}_{attempt}", rollup.table, std::process::id());
     let condition = format!("toYYYYMM(occurred_at) = {month} AND ledger_partition = {ledger_partition}");
     let partition = format!("({month}, {ledger_partition})");
     RebuildPlan {
