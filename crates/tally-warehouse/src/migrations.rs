@@ -41,7 +41,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../../../schemas/clickhouse/migrations/002_rollups.sql"),
     },
+    Migration {
+        version: 3,
+        name: "rollup_part_lifetime",
+        sql: include_str!("../../../schemas/clickhouse/migrations/003_rollup_part_lifetime.sql"),
+    },
 ];
+
+/// A migration whose text holds this recreates rollup tables: `migrate`
+/// refills every rollup partition from the raw table after its statements
+/// and before it records it, so a crash in between runs it all again.
+const REBUILDS_ROLLUPS: &str = "tally: rebuild rollups";
 
 impl Migration {
     /// Checksum of the text: 32 hex digits of XXH3-128.
@@ -123,6 +133,13 @@ pub async fn migrate(warehouse: &Warehouse, mut progress: impl FnMut(&str)) -> R
         progress(&format!("applying {:03}_{}", migration.version, migration.name));
         for statement in migration.statements() {
             warehouse.execute(&statement).await?;
+        }
+        if migration.sql.contains(REBUILDS_ROLLUPS) {
+            let keys = crate::rollups::partitions(warehouse, 0, u32::MAX).await?;
+            for (i, key) in keys.iter().enumerate() {
+                crate::rollups::rebuild(warehouse, *key).await?;
+                progress(&format!("  refilled rollup partition {key} from raw [{}/{}]", i + 1, keys.len()));
+            }
         }
         let mut insert = warehouse
             .client()

@@ -8,7 +8,28 @@
 //! missing or partial), so after any INSERT whose outcome is unknown the
 //! aggregator rebuilds the rollup partitions that INSERT touched, from raw:
 //! the view's own query, restricted to the partition, into a scratch table
-//! of the same structure, then `REPLACE PARTITION` (atomic per partition).
+//! of the same structure, then `DROP PARTITION` and `ATTACH PARTITION ..
+//! FROM` the scratch table, then a wait until the dropped parts are gone
+//! from disk.
+//!
+//! Why not `REPLACE PARTITION`: it is atomic for readers but not durable
+//! across a crash. Measured on 18.16: the replaced parts stay on disk as
+//! outdated for `old_parts_lifetime` (480 s), the new part's block range
+//! does not cover theirs, so a kill -9 of the server within those minutes
+//! brings them back as active next to the new part, and the rollup counts
+//! the partition twice. DROP + ATTACH alone is not enough either: the
+//! source parts of a recent merge are outdated too, covered only by the
+//! merged part the DROP removes, and came back the same way. So the rebuild
+//! waits until no inactive part of the partition is left uncovered by an
+//! active one; migration 003 gives the rollup tables
+//! `old_parts_lifetime = 1`, which bounds that wait to seconds (measured
+//! 5-10 s on 18.16 with the server's cleanup cadence). Current ClickHouse
+//! removes or covers such parts at once. The price: readers may see the
+//! partition empty between the DROP and the ATTACH (milliseconds), and a
+//! crash between them leaves it empty until the next rebuild, which the
+//! aggregator's recovery always runs (the rows that caused it are still
+//! above its resume point) and an operator reruns with
+//! `tally migrate --rebuild-rollups`.
 //!
 //! Invariant: the query that rebuilds a rollup is the query its view runs,
 //! taken from the migrations (the latest `CREATE MATERIALIZED VIEW` of the
@@ -93,16 +114,31 @@ impl std::fmt::Display for PartitionKey {
 /// (the aggregator owning the ledger partition is paused in recovery; an
 /// operator stops the aggregators before `tally migrate --rebuild-rollups`).
 pub async fn rebuild(warehouse: &Warehouse, key: PartitionKey) -> Result<(), WarehouseError> {
-    for rollup in rollups() {
-        rebuild_one(warehouse, &rollup, key).await?;
+    let plans: Vec<(Rollup, RebuildPlan)> = rollups()
+        .into_iter()
+        .map(|r| {
+            let plan = rebuild_plan(&r, key);
+            (r, plan)
+        })
+        .collect();
+    for (rollup, plan) in &plans {
+        swap(warehouse, plan).await?;
+        tracing::debug!(rollup = %rollup.table, %key, "rollup partition swapped in from the raw table");
     }
+    // One wait for every rollup of the partition (the cleanup that removes
+    // the parts runs per table, concurrently).
+    for (rollup, plan) in &plans {
+        wait_for_dropped_parts(warehouse, rollup, plan, key).await?;
+        warehouse.execute(&plan.drop_scratch).await?;
+    }
+    tracing::info!(%key, rollups = plans.len(), "rebuilt rollup partitions from the raw table, durably");
     Ok(())
 }
 
 /// The statements that rebuild partition `key` of `rollup`, in order:
-/// `drop_scratch`, `create`, `fill`, `count`, then `replace` when the
-/// count is above zero, else `drop_partition` (current ClickHouse refuses a
-/// REPLACE from an empty source), and `drop_scratch` again.
+/// `drop_scratch`, `create`, `fill`, `count`, `drop_partition`, then
+/// `attach` when the count is above zero, `parts` polled until no dropped
+/// part can come back, and `drop_scratch` again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildPlan {
     /// Drops the scratch table.
@@ -113,10 +149,13 @@ pub struct RebuildPlan {
     pub fill: String,
     /// Counts its rows.
     pub count: String,
-    /// Swaps the partition in, atomically.
-    pub replace: String,
-    /// Empties the rollup's partition (no raw rows).
+    /// Empties the rollup's partition.
     pub drop_partition: String,
+    /// Copies the scratch table's partition in.
+    pub attach: String,
+    /// The rollup's parts in the partition: `(active, min_block_number,
+    /// max_block_number, rows)`.
+    pub parts: String,
 }
 
 /// The plan of [`rebuild`] for one rollup.
@@ -136,27 +175,79 @@ pub fn rebuild_plan(rollup: &Rollup, key: PartitionKey) -> RebuildPlan {
         create: format!("CREATE TABLE {scratch} AS {}", rollup.table),
         fill: format!("INSERT INTO {scratch} {}", rollup.select_where(&condition)),
         count: format!("SELECT count() FROM {scratch}"),
-        replace: format!("ALTER TABLE {} REPLACE PARTITION {partition} FROM {scratch}", rollup.table),
         drop_partition: format!("ALTER TABLE {} DROP PARTITION {partition}", rollup.table),
+        attach: format!("ALTER TABLE {} ATTACH PARTITION {partition} FROM {scratch}", rollup.table),
+        parts: format!(
+            "SELECT active, min_block_number, max_block_number, rows FROM system.parts \
+             WHERE database = currentDatabase() AND table = '{}' AND partition_id = '{month}-{ledger_partition}'",
+            rollup.table
+        ),
     }
 }
 
-async fn rebuild_one(warehouse: &Warehouse, rollup: &Rollup, key: PartitionKey) -> Result<(), WarehouseError> {
-    let plan = rebuild_plan(rollup, key);
+/// How long a rebuild waits for its dropped parts to leave the disk: the
+/// rollups' `old_parts_lifetime` (1 s) plus 18.16's cleanup cadence, and a
+/// query still reading a part holds it longer, so a generous bound.
+const DROPPED_PARTS_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How many parts of `parts` could bring rows back at a restart: inactive,
+/// not empty, and not covered by an active part's block range. ClickHouse
+/// loads every part on disk at start and deactivates only covered ones.
+/// (Current ClickHouse marks a DROP with an empty part covering the dropped
+/// range; that one may come back, harmlessly.)
+pub fn uncovered_inactive(parts: &[(u8, i64, i64, u64)]) -> usize {
+    parts
+        .iter()
+        .filter(|(active, min, max, rows)| {
+            *active == 0 && *rows > 0 && !parts.iter().any(|(a, lo, hi, _)| *a == 1 && lo <= min && max <= hi)
+        })
+        .count()
+}
+
+async fn swap(warehouse: &Warehouse, plan: &RebuildPlan) -> Result<(), WarehouseError> {
     warehouse.execute(&plan.drop_scratch).await?;
     warehouse.execute(&plan.create).await?;
     warehouse.execute(&plan.fill).await?;
     let rows: Vec<u64> = warehouse.fetch_all(&plan.count, warehouse.client().query(&plan.count)).await?;
-    if rows.first().copied().unwrap_or(0) == 0 {
-        // Nothing of this partition in raw: the rollup's partition must be
-        // empty too.
-        warehouse.execute(&plan.drop_partition).await?;
-    } else {
-        warehouse.execute(&plan.replace).await?;
+    warehouse.execute(&plan.drop_partition).await?;
+    // No raw rows: the rollup's partition stays empty (current ClickHouse
+    // refuses an ATTACH from an empty source partition).
+    if rows.first().copied().unwrap_or(0) > 0 {
+        warehouse.execute(&plan.attach).await?;
     }
-    warehouse.execute(&plan.drop_scratch).await?;
-    tracing::info!(rollup = %rollup.table, %key, "rebuilt rollup partition from the raw table");
     Ok(())
+}
+
+async fn wait_for_dropped_parts(
+    warehouse: &Warehouse,
+    rollup: &Rollup,
+    plan: &RebuildPlan,
+    key: PartitionKey,
+) -> Result<(), WarehouseError> {
+    let deadline = std::time::Instant::now() + DROPPED_PARTS_WAIT;
+    loop {
+        let parts: Vec<(u8, i64, i64, u64)> =
+            warehouse.fetch_all(&plan.parts, warehouse.client().query(&plan.parts)).await?;
+        let lingering = uncovered_inactive(&parts);
+        if lingering == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            // The partition is right now, but a server crash could bring
+            // the dropped parts back: report it, so the caller rebuilds
+            // again later rather than count this one done.
+            return Err(WarehouseError::Unavailable {
+                url: warehouse.config().url.clone(),
+                what: format!("rebuild of {} partition {key}", rollup.table),
+                detail: format!(
+                    "{lingering} dropped parts still on disk after {DROPPED_PARTS_WAIT:?} \
+                     (a long query reading them, or a table without migration 003's old_parts_lifetime?)"
+                ),
+            });
+        }
+        tracing::debug!(rollup = %rollup.table, %key, lingering, "waiting for dropped rollup parts to leave the disk");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Every (month, ledger partition) present in the raw table or in any
@@ -216,6 +307,29 @@ mod tests {
             "SELECT a FROM ledger_entries WHERE (p) AND (x)"
         );
         assert_eq!(r("SELECT a FROM ledger_entries").select_where("p"), "SELECT a FROM ledger_entries WHERE p");
+    }
+
+    #[test]
+    fn a_dropped_part_counts_until_an_active_part_covers_it() {
+        // 18.16 after DROP + ATTACH: the attached part has new block numbers.
+        assert_eq!(uncovered_inactive(&[(0, 1, 1, 5), (0, 2, 2, 5), (1, 4, 4, 9)]), 2);
+        assert_eq!(uncovered_inactive(&[(1, 4, 4, 9)]), 0);
+        // A merge: the merged part covers its sources.
+        assert_eq!(uncovered_inactive(&[(0, 1, 1, 5), (0, 2, 2, 5), (1, 1, 2, 9)]), 0);
+        assert_eq!(uncovered_inactive(&[(0, 1, 3, 5), (1, 1, 2, 9)]), 1);
+        // Current ClickHouse: the empty part marking a DROP.
+        assert_eq!(uncovered_inactive(&[(0, 1, 2, 0), (1, 3, 3, 9)]), 0);
+        assert_eq!(uncovered_inactive(&[]), 0);
+    }
+
+    #[test]
+    fn a_rebuild_drops_then_attaches_never_replaces() {
+        let rollup = Rollup { table: "t".into(), view: "t_mv".into(), select: "SELECT a FROM ledger_entries".into() };
+        let plan = rebuild_plan(&rollup, PartitionKey { month: 202612, ledger_partition: 3 });
+        assert_eq!(plan.drop_partition, "ALTER TABLE t DROP PARTITION (202612, 3)");
+        assert!(plan.attach.starts_with("ALTER TABLE t ATTACH PARTITION (202612, 3) FROM t_rebuild_202612_3_"));
+        assert!(plan.parts.ends_with("table = 't' AND partition_id = '202612-3'"), "{}", plan.parts);
+        assert!(plan.fill.ends_with("WHERE toYYYYMM(occurred_at) = 202612 AND ledger_partition = 3"));
     }
 }
 
