@@ -152,6 +152,41 @@ const AI_MODIFY_ENGINES: [&str; 3] = ["nano_banana_2", "gpt_image_2", "grok_imag
 const VIDEO_ENGINES: [&str; 3] = ["kling", "sora", "seedance"];
 const EVENT_KINDS: [&str; 5] = ["wedding", "corporate", "birthday", "school", "festival"];
 
+/// The accounts whose operator would top up now (not thrifty, not
+/// deleted, believed balance under 150 credits), kept up to date at each
+/// change so that a top-up picks one in O(1) instead of scanning every
+/// account per step (which made 1M-account workloads O(events x accounts)).
+/// Order is deterministic: members are swapped out on removal.
+#[derive(Default)]
+struct LowAccounts {
+    members: Vec<usize>,
+    /// Position of each account in `members`, or `usize::MAX`.
+    position: Vec<usize>,
+}
+
+impl LowAccounts {
+    fn set(&mut self, index: usize, low: bool) {
+        if self.position.len() <= index {
+            self.position.resize(index + 1, usize::MAX);
+        }
+        let at = self.position[index];
+        match (low, at == usize::MAX) {
+            (true, true) => {
+                self.position[index] = self.members.len();
+                self.members.push(index);
+            }
+            (false, false) => {
+                self.members.swap_remove(at);
+                if let Some(&moved) = self.members.get(at) {
+                    self.position[moved] = at;
+                }
+                self.position[index] = usize::MAX;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The generator: an iterator of messages.
 pub struct Simulator {
     config: SimConfig,
@@ -162,6 +197,7 @@ pub struct Simulator {
     recent: VecDeque<UsageEvent>,
     usage_left: u64,
     pending: VecDeque<SimMessage>,
+    low: LowAccounts,
 }
 
 impl Simulator {
@@ -175,6 +211,7 @@ impl Simulator {
             setup: VecDeque::new(),
             recent: VecDeque::new(),
             pending: VecDeque::new(),
+            low: LowAccounts::default(),
             rng: SmallRng::seed_from_u64(0),
             config,
         };
@@ -204,6 +241,13 @@ impl Simulator {
             sim.setup.push_back(first);
         }
         sim
+    }
+
+    /// Keeps [`LowAccounts`] in step with account `index`.
+    fn refresh_low(&mut self, index: usize) {
+        let a = &self.accounts[index];
+        let low = !a.thrifty && !a.deleted && a.believed_credits < Decimal::from(150);
+        self.low.set(index, low);
     }
 
     fn tick(&mut self) {
@@ -258,6 +302,8 @@ impl Simulator {
             PlanTier::Pro => Decimal::new(8, 2),
         };
         account.believed_credits += Decimal::new(cents, 2) / per_credit;
+        self.refresh_low(index);
+        let account = &self.accounts[index];
         let purchase = CreditPurchase {
             purchase_id: input_id(&["purchase", &account.id, &account.purchases.to_string()]),
             account_id: account.id.clone(),
@@ -377,6 +423,7 @@ impl Simulator {
             _ => Decimal::new(5, 2),
         } * quantity;
         self.accounts[index].believed_credits -= rough_credits;
+        self.refresh_low(index);
         match event {
             Ok(event) => {
                 self.recent.push_back(event.clone());
@@ -476,14 +523,8 @@ impl Simulator {
         // Operators top up when their balance looks low (most react within
         // a few photos); thrifty ones never do, run dry and get paused.
         if self.rng.random_bool(0.3) {
-            let low: Vec<usize> = (0..self.accounts.len())
-                .filter(|i| {
-                    let a = &self.accounts[*i];
-                    !a.thrifty && !a.deleted && a.believed_credits < Decimal::from(150)
-                })
-                .collect();
-            if !low.is_empty() {
-                let index = low[self.rng.random_range(0..low.len())];
+            if !self.low.members.is_empty() {
+                let index = self.low.members[self.rng.random_range(0..self.low.members.len())];
                 out.push(self.purchase(index));
             }
         }
@@ -500,6 +541,7 @@ impl Simulator {
             if !self.accounts[index].deleted {
                 out.push(self.account_change(index, AccountChangeKind::Delete));
                 self.accounts[index].deleted = true;
+                self.refresh_low(index);
             }
         }
         out
@@ -561,6 +603,29 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_low_balance_set_always_matches_a_scan_of_every_account() {
+        let mut sim = Simulator::new(SimConfig { accounts: 50, usage_events: 20_000, ..SimConfig::default() });
+        let mut purchases = 0;
+        for n in 0.. {
+            let Some(message) = sim.next() else { break };
+            purchases += usize::from(message.intent == Intent::Purchase);
+            if n % 97 == 0 {
+                let mut scan: Vec<usize> = (0..sim.accounts.len())
+                    .filter(|i| {
+                        let a = &sim.accounts[*i];
+                        !a.thrifty && !a.deleted && a.believed_credits < Decimal::from(150)
+                    })
+                    .collect();
+                let mut kept = sim.low.members.clone();
+                scan.sort_unstable();
+                kept.sort_unstable();
+                assert_eq!(kept, scan, "after message {n}");
+            }
+        }
+        assert!(purchases > 50, "operators topped up beyond their first purchase: {purchases}");
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_messages() {
