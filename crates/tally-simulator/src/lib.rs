@@ -522,11 +522,9 @@ impl Simulator {
         }
         // Operators top up when their balance looks low (most react within
         // a few photos); thrifty ones never do, run dry and get paused.
-        if self.rng.random_bool(0.3) {
-            if !self.low.members.is_empty() {
-                let index = self.low.members[self.rng.random_range(0..self.low.members.len())];
-                out.push(self.purchase(index));
-            }
+        if self.rng.random_bool(0.3) && !self.low.members.is_empty() {
+            let index = self.low.members[self.rng.random_range(0..self.low.members.len())];
+            out.push(self.purchase(index));
         }
         if self.rng.random_bool(0.0005) {
             let index = self.rng.random_range(0..self.accounts.len());
