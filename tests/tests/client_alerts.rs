@@ -13,7 +13,9 @@ use std::{
 use chrono::TimeDelta;
 use support::*;
 use tally_client::{input_id, AlertWatcher, AlertWatcherConfig};
-use tally_events::{names::topics, Codec, CreditPurchase, Input};
+use tally_events::{names::topics, Codec, CreditPurchase, Epoch, Input, SourceOffset};
+use tally_ledger::{Ledger, LedgerConfig};
+use tally_metering::step::{step, Step};
 use tally_simulator::{Intent, SimConfig, SimMessage, Simulator};
 use tally_testkit::{create_topics, Broker};
 
@@ -29,14 +31,39 @@ fn final_paused(expected: &Expected) -> BTreeMap<String, bool> {
     last.into_iter().map(|(account, (_, paused))| (account, paused)).collect()
 }
 
+/// How many accounts a workload leaves paused, priced in one ledger with
+/// each message stamped at its input's time (a first estimate: the check
+/// that matters reads the broker's records in `expected`).
+fn paused_offline(messages: &[SimMessage]) -> usize {
+    let mut ledger = Ledger::new(rates(), LedgerConfig::default());
+    let mut last: BTreeMap<String, bool> = BTreeMap::new();
+    for (offset, m) in messages.iter().enumerate() {
+        let source = SourceOffset { topic: INPUTS.into(), partition: 0, offset: offset as i64 };
+        let stamp = m.input.as_ref().map(|i| i.occurred_at().timestamp_millis());
+        if let Step::Entry { entry, .. } = step(&mut ledger, Some(&m.key), Some(&m.payload), stamp, &source, Epoch(0)) {
+            last.insert(entry.account_id.to_string(), entry.content().paused);
+        }
+    }
+    last.values().filter(|paused| **paused).count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_watcher_pauses_and_resumes_what_the_ledger_pauses_and_resumes() -> anyhow::Result<()> {
     let broker = Broker::memory()?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[(INPUTS, 2)]).await?;
-    // Thrifty operators in this scenario never top up and end paused.
-    let config = SimConfig { seed: 31, accounts: 300, usage_events: 50_000, ..SimConfig::default() };
-    let mut messages: Vec<SimMessage> = Simulator::new(config).collect();
+    // Thrifty operators never top up; how many run dry depends on the
+    // seed, so the test takes the first seed from a random one whose
+    // workload pauses at least two accounts (priced offline first).
+    let start = seed();
+    let (seed, mut messages) = (start..start + 20)
+        .map(|seed| {
+            let config = SimConfig { seed, accounts: 300, usage_events: 50_000, ..SimConfig::default() };
+            (seed, Simulator::new(config).collect::<Vec<SimMessage>>())
+        })
+        .find(|(_, messages)| paused_offline(messages) >= 2)
+        .ok_or_else(|| anyhow::anyhow!("no seed in {start}..{} pauses two accounts", start + 20))?;
+    eprintln!("[alerts] seed {seed} (TALLY_TEST_SEED={start} replays it)");
     publish(&bootstrap, &messages).await?;
     let before = final_paused(&expected(&bootstrap, messages.len())?);
     let paused: Vec<&String> = before.iter().filter(|(_, p)| **p).map(|(a, _)| a).collect();
