@@ -34,7 +34,7 @@ use crate::{
     faults,
     metrics::Metrics,
     partition::{Outcome, PartitionReader},
-    sink::{Batch, Claim, Sink},
+    sink::{Batch, Claim, FlushOutcome, Sink},
     AggregatorError,
 };
 
@@ -64,6 +64,7 @@ pub struct Aggregator {
     lag: LagContext,
     producer: FutureProducer,
     slots: Vec<(i32, Slot)>,
+    in_flight: Option<InFlight>,
 }
 
 impl Aggregator {
@@ -115,7 +116,7 @@ impl Aggregator {
             instance = %instance,
             "aggregator owns these ledger partitions"
         );
-        Ok(Aggregator { config, metrics, runtime, sink, consumer, lag, producer, slots })
+        Ok(Aggregator { config, metrics, runtime, sink, consumer, lag, producer, slots, in_flight: None })
     }
 
     /// Assigns the consumer every active partition at its next offset.
@@ -269,10 +270,8 @@ impl Aggregator {
             .sum()
     }
 
-    /// Flushes the partitions that are due (or all with work, `force`), in
-    /// one flush (one INSERT per month for all of them). Returns whether the
-    /// set of active partitions changed.
-    fn flush(&mut self, force: bool) -> bool {
+    /// The partitions whose batch is due (or all with work, `force`).
+    fn due(&self, force: bool) -> Vec<usize> {
         let full = self.pending_rows() >= self.config.batch_rows_max;
         let mut due: Vec<usize> = Vec::new();
         for (index, (_, slot)) in self.slots.iter().enumerate() {
@@ -284,41 +283,70 @@ impl Aggregator {
                 due.push(index);
             }
         }
-        if due.is_empty() {
-            return false;
+        due
+    }
+
+    /// Starts a flush of the partitions that are due (or all with work,
+    /// `force`): one flush, one INSERT per month for all of them. At most
+    /// one flush is in flight: the one before is finished first, so that
+    /// flushes (and their resume points) land in order. Reading goes on
+    /// while it runs, which is what keeps ClickHouse busy (the loop does
+    /// not stop and wait for each INSERT). Returns whether the set of
+    /// active partitions changed.
+    fn flush(&mut self, force: bool) -> bool {
+        let mut changed = self.finish_flush(false);
+        if self.due(force).is_empty() {
+            return changed;
         }
-        let started = Instant::now();
+        changed |= self.finish_flush(true);
+        // Finishing may have sent partitions back to recovery.
+        let due = self.due(force);
+        if due.is_empty() {
+            return changed;
+        }
         let mut taken = Vec::with_capacity(due.len());
         for &index in &due {
             let Slot::Active(active) = &mut self.slots[index].1 else { continue };
             let (rows, dead) = active.reader.take();
-            taken.push((index, active.claim, rows, dead, active.reader.next(), active.reader.fence().clone()));
+            // Not due again until this flush finishes or a new row waits.
+            active.first_pending = None;
+            taken.push(Taken {
+                index,
+                claim: active.claim,
+                rows,
+                dead,
+                next: active.reader.next(),
+                fence: active.reader.fence().clone(),
+            });
         }
         let sink = self.sink.clone();
         let producer = self.producer.clone();
         let dead_topic = self.config.dead_letter_topic.clone();
-        let result = self.runtime.block_on(async {
-            // Dead letters first: the resume point never passes a record
-            // whose dead letter is not acknowledged.
-            for letter in taken.iter().flat_map(|t| t.3.iter()) {
-                let bytes = Codec::global().encode(letter).map_err(|e| format!("encoding a dead letter: {e}"))?;
-                let key = letter.key.clone().unwrap_or_default();
-                producer
-                    .send(FutureRecord::to(&dead_topic).key(&key).payload(&bytes), Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| format!("producing a dead letter to {dead_topic}: {e}"))?;
-            }
-            let batches: Vec<Batch<'_>> = taken
-                .iter()
-                .map(|(_, claim, rows, _, next, fence)| Batch {
-                    claim: *claim,
-                    rows,
-                    next: *next,
-                    fence: fence.clone(),
-                })
-                .collect();
-            sink.flush(&batches, faults::point).await.map_err(|e| e.to_string())
+        let handle = self.runtime.spawn(async move {
+            let result = write(&sink, &producer, &dead_topic, &taken).await;
+            let done: Vec<(usize, Claim, i64)> = taken.iter().map(|t| (t.index, t.claim, t.next)).collect();
+            (done, result)
         });
+        self.in_flight = Some(InFlight { started: Instant::now(), handle });
+        changed
+    }
+
+    /// Applies the outcome of the flush in flight, if there is one and it
+    /// has finished (or waits for it, `wait`). Returns whether the set of
+    /// active partitions changed.
+    fn finish_flush(&mut self, wait: bool) -> bool {
+        let Some(in_flight) = self.in_flight.take() else { return false };
+        if !wait && !in_flight.handle.is_finished() {
+            self.in_flight = Some(in_flight);
+            return false;
+        }
+        let started = in_flight.started;
+        let (done, result) = match self.runtime.block_on(in_flight.handle) {
+            Ok(finished) => finished,
+            // A panic in the flush task: its outcome is unknown like any
+            // failed INSERT's, and recovery is the answer to both.
+            Err(error) => (Vec::new(), Err(format!("the flush task failed: {error}"))),
+        };
         let mut changed = false;
         match result {
             Ok(outcome) => {
@@ -327,7 +355,7 @@ impl Aggregator {
                 self.metrics.batches.inc();
                 self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.clickhouse_failing.set(0);
-                for (index, claim, _, _, next, _) in &taken {
+                for (index, claim, next) in &done {
                     let (partition, slot) = &mut self.slots[*index];
                     if outcome.superseded.contains(&claim.partition) {
                         tracing::error!(
@@ -339,7 +367,6 @@ impl Aggregator {
                     } else if let Slot::Active(active) = slot {
                         self.metrics.last_inserted_offset.with_label_values(&[&partition.to_string()]).set(*next);
                         active.recorded_next = *next;
-                        active.first_pending = None;
                         active.last_flush = Instant::now();
                     }
                 }
@@ -347,11 +374,20 @@ impl Aggregator {
             Err(error) => {
                 self.metrics.retries.inc();
                 self.metrics.clickhouse_failing.set(1);
-                for (index, claim, ..) in &taken {
-                    let (partition, slot) = &mut self.slots[*index];
+                // Every partition that was active goes back to recovery,
+                // including what was read meanwhile: it is read again from
+                // what ClickHouse holds.
+                let failed: Vec<usize> = if done.is_empty() {
+                    (0..self.slots.len()).collect()
+                } else {
+                    done.iter().map(|(index, ..)| *index).collect()
+                };
+                for index in failed {
+                    let (partition, slot) = &mut self.slots[index];
+                    let Slot::Active(active) = slot else { continue };
                     tracing::warn!(partition = *partition, %error, "flush failed; the partition resumes from what ClickHouse holds");
                     *slot = Slot::Recovering {
-                        claim: Some(*claim),
+                        claim: Some(active.claim),
                         retry_at: Instant::now() + self.config.retry_min,
                         backoff: self.config.retry_min * 2,
                         problem: Some(format!("ledger partition {partition}: {error}")),
@@ -384,6 +420,47 @@ impl Aggregator {
         health.set_problem(if problems.is_empty() { None } else { Some(problems.join("; ")) });
         health.set_ready(problems.is_empty());
     }
+}
+
+/// One partition's part of the flush in flight, owned by its task.
+struct Taken {
+    index: usize,
+    claim: Claim,
+    rows: Vec<(i64, tally_events::LedgerEntry)>,
+    dead: Vec<tally_events::DeadLetter>,
+    next: i64,
+    fence: tally_events::fence::Fence,
+}
+
+type FlushDone = (Vec<(usize, Claim, i64)>, Result<FlushOutcome, String>);
+
+/// The flush running on the runtime while the loop reads on.
+struct InFlight {
+    started: Instant,
+    handle: tokio::task::JoinHandle<FlushDone>,
+}
+
+/// One flush: dead letters first (the resume point never passes a record
+/// whose dead letter is not acknowledged), then the sink's INSERTs.
+async fn write(
+    sink: &Sink,
+    producer: &FutureProducer,
+    dead_topic: &str,
+    taken: &[Taken],
+) -> Result<FlushOutcome, String> {
+    for letter in taken.iter().flat_map(|t| t.dead.iter()) {
+        let bytes = Codec::global().encode(letter).map_err(|e| format!("encoding a dead letter: {e}"))?;
+        let key = letter.key.clone().unwrap_or_default();
+        producer
+            .send(FutureRecord::to(dead_topic).key(&key).payload(&bytes), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| format!("producing a dead letter to {dead_topic}: {e}"))?;
+    }
+    let batches: Vec<Batch<'_>> = taken
+        .iter()
+        .map(|t| Batch { claim: t.claim, rows: &t.rows, next: t.next, fence: t.fence.clone() })
+        .collect();
+    sink.flush(&batches, faults::point).await.map_err(|e| e.to_string())
 }
 
 impl Service for Aggregator {
@@ -426,7 +503,9 @@ impl Service for Aggregator {
             }
         }
         tracing::info!("stopping: flushing the batch in hand and releasing claims");
+        self.finish_flush(true);
         self.flush(true);
+        self.finish_flush(true);
         for (partition, slot) in &self.slots {
             if let Slot::Active(active) = slot {
                 if let Err(error) = self.runtime.block_on(self.sink.release(&active.claim)) {
