@@ -303,6 +303,7 @@ impl Sink {
         batches: &[Batch<'_>],
         mut between: impl FnMut(&'static str),
     ) -> Result<FlushOutcome, WarehouseError> {
+        let started = Instant::now();
         let mut live: Vec<Claim> = batches.iter().map(|b| b.claim).collect();
         let mut lost = Vec::new();
         let check = |lost: &mut Vec<i32>, live: &mut Vec<Claim>, gone: Vec<i32>| {
@@ -310,6 +311,7 @@ impl Sink {
             lost.extend(gone);
         };
         let gone = self.superseded(&live).await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "flush: claims checked");
         check(&mut lost, &mut live, gone);
         // Encoding cannot fail here: the partition reader dead-letters what
         // does not encode before it queues a row.
@@ -361,6 +363,7 @@ impl Sink {
                 .await?;
             inserted += count;
             inserts += 1;
+            tracing::debug!(month, rows = count, ms = started.elapsed().as_millis() as u64, "flush: rows inserted");
         }
         between("after_insert");
         let gone = self.superseded(&live).await?;
@@ -391,6 +394,7 @@ impl Sink {
                 .await?;
         }
         between("after_progress");
+        tracing::debug!(rows = inserted, ms = started.elapsed().as_millis() as u64, "flush: resume points written");
         Ok(FlushOutcome { rows: inserted, inserts, superseded: lost })
     }
 }
