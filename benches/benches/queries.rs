@@ -158,6 +158,17 @@ fn main() -> Result<()> {
                 ]
             }),
         ),
+        (
+            "usage",
+            "one account, per day, 90 days",
+            Box::new(move |r| {
+                vec![
+                    ("account".into(), account(r)),
+                    ("from".into(), "2026-09-01".into()),
+                    ("to".into(), "2026-11-29".into()),
+                ]
+            }),
+        ),
         ("finance_day", "all accounts", Box::new(move |r| vec![("date".into(), day(r).to_string())])),
     ];
     let mut lines = Vec::new();

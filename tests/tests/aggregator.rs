@@ -375,6 +375,11 @@ fn named_queries_answer_from_known_data(clickhouse: &ClickHouse) -> Result<()> {
     let usage = query(clickhouse, "usage", &["from=2026-11-30", "to=2026-12-01", "bucket=day"])?;
     let jobs: Vec<i64> = usage.iter().map(|r| field(r, "jobs").as_i64().unwrap_or(-1)).collect();
     assert_eq!(jobs, [149, 150]);
+    // One account's usage reads its raw entries: acct-a's last is on 12-01.
+    let usage = query(clickhouse, "usage", &["from=2026-11-30", "to=2026-12-01", "bucket=day", "account=acct-a"])?;
+    let jobs: Vec<i64> = usage.iter().map(|r| field(r, "jobs").as_i64().unwrap_or(-1)).collect();
+    assert_eq!(jobs, [149, 1], "{usage:?}");
+    assert_eq!(dec(field(&usage[0], "credits")), d("745"), "149 x 5");
     let finance = query(clickhouse, "finance_day", &["date=2026-11-30"])?;
     let a: Vec<&serde_json::Value> = finance.iter().filter(|r| field(r, "account_id") == "acct-a").collect();
     assert_eq!(a.len(), 2, "one ADD row and one consume row");
@@ -411,12 +416,12 @@ fn rollups_are_checked_and_rebuilt(clickhouse: &mut ClickHouse) -> Result<()> {
     assert!(migrate(&["--check-rollups"])?.status.success(), "clean rollups pass");
     // A rollup row altered behind the aggregator's back.
     clickhouse.query(
-        "INSERT INTO tally.usage_hourly (ledger_partition, hour, account_id, service, engine, entries, successes, credits) \
-         VALUES (0, '2026-11-30 23:00:00', 'acct-a', 'ai_image_to_video', 'kling', 1, 1, 5)",
+        "INSERT INTO tally.service_hourly (ledger_partition, hour, service, engine, entries, successes, credits) \
+         VALUES (0, '2026-11-30 23:00:00', 'ai_image_to_video', 'kling', 1, 1, 5)",
     )?;
     let check = migrate(&["--check-rollups"])?;
     assert!(!check.status.success(), "an altered rollup is caught");
-    assert!(String::from_utf8_lossy(&check.stdout).contains("usage_hourly         DIFFERS"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("service_hourly       DIFFERS"));
     let rebuild = migrate(&["--rebuild-rollups", "--from", "2026-11-01", "--to", "2026-12-31", "--check-rollups"])?;
     assert!(rebuild.status.success(), "rebuilt: {}", String::from_utf8_lossy(&rebuild.stderr));
     clickhouse.kill()?;

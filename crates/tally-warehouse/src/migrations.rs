@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollup_part_lifetime",
         sql: include_str!("../../../schemas/clickhouse/migrations/003_rollup_part_lifetime.sql"),
     },
+    Migration {
+        version: 4,
+        name: "service_hourly",
+        sql: include_str!("../../../schemas/clickhouse/migrations/004_service_hourly.sql"),
+    },
 ];
 
 /// A migration whose text holds this recreates rollup tables: `migrate`

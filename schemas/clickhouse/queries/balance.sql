@@ -1,5 +1,10 @@
 -- An account's current balance (exact, and rounded down to the cent), its plan tier, and whether its AI features are paused.
 -- param account: String
+--
+-- Read from the raw table: ordered by account first, it answers for one
+-- account in a few ms (queries bench: p99 17 ms on 10M rows), where
+-- merging account_daily's aggregate states took p99 60 ms while its parts
+-- were unmerged.
 SELECT
     account_id,
     current_balance AS balance,
@@ -12,12 +17,12 @@ FROM
 (
     SELECT
         account_id,
-        argMaxMerge(balance) AS current_balance,
-        argMaxMerge(tier) AS current_tier,
-        argMaxMerge(paused) AS current_paused,
-        argMaxMerge(threshold) AS current_threshold,
-        maxMerge(last_sequence) AS last
-    FROM account_daily
+        argMax(balance_after, sequence) AS current_balance,
+        argMax(toString(tier), sequence) AS current_tier,
+        argMax(paused, sequence) AS current_paused,
+        argMax(low_balance_threshold, sequence) AS current_threshold,
+        max(sequence) AS last
+    FROM ledger_entries
     WHERE account_id = {account}
     GROUP BY account_id
 ) AS merged
