@@ -262,18 +262,30 @@ impl Aggregator {
     fn take_record(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> bool {
         let Some(index) = self.slots.iter().position(|(p, _)| *p == partition) else { return false };
         let Slot::Active(active) = &mut self.slots[index].1 else { return false };
-        if !active.seen && offset > active.reader.next() && active.reader.next() > 0 {
-            // Some brokers answer a fetch from inside a record batch with
-            // the next batch: read again from further back.
-            if let Some(start) = active.reread.next_start(active.reader.next()) {
-                tracing::debug!(partition, offset, start, "fetch skipped records; re-reading");
+        let next = active.reader.next();
+        if offset > next && (active.seen || next > 0) {
+            // Records were skipped. Some brokers answer a fetch from inside
+            // a record batch with the next batch; the ledger topic has no
+            // gaps of its own (no transactions, no compaction), so a skip
+            // in the middle of a read is the same fault, not a gap to
+            // accept: read again from further back. Only a read from
+            // offset 0 that still comes back past `next` is a real gap.
+            if let Some(start) = active.reread.next_start(next) {
+                if active.seen {
+                    tracing::warn!(partition, offset, next, start, "the fetch skipped records mid-read; re-reading");
+                } else {
+                    tracing::debug!(partition, offset, start, "fetch skipped records; re-reading");
+                }
                 let mut list = TopicPartitionList::new();
                 let _ = list.add_partition_offset(&self.config.ledger_topic, partition, Offset::Offset(start));
                 let _ = self.consumer.seek_partitions(list, Duration::from_secs(5));
                 return false;
             }
         }
-        if offset <= active.reader.next() {
+        if offset == next {
+            active.reread.reset();
+        }
+        if offset <= next {
             active.seen = true;
         }
         let gaps = active.reader.tally().gaps;
