@@ -13,9 +13,7 @@ use std::{
 use chrono::TimeDelta;
 use support::*;
 use tally_client::{input_id, AlertWatcher, AlertWatcherConfig};
-use tally_events::{names::topics, Codec, CreditPurchase, Epoch, Input, SourceOffset};
-use tally_ledger::{Ledger, LedgerConfig};
-use tally_metering::step::{step, Step};
+use tally_events::{names::topics, Codec, CreditPurchase, Input};
 use tally_simulator::{Intent, SimConfig, SimMessage, Simulator};
 use tally_testkit::{create_topics, Broker};
 
@@ -31,20 +29,22 @@ fn final_paused(expected: &Expected) -> BTreeMap<String, bool> {
     last.into_iter().map(|(account, (_, paused))| (account, paused)).collect()
 }
 
-/// How many accounts a workload leaves paused, priced in one ledger with
-/// each message stamped at its input's time (a first estimate: the check
-/// that matters reads the broker's records in `expected`).
+/// How many accounts a workload leaves paused, priced offline as if all
+/// of it were in one partition and appended at each input's time (a first
+/// estimate: the check that matters reads the broker's records).
 fn paused_offline(messages: &[SimMessage]) -> usize {
-    let mut ledger = Ledger::new(rates(), LedgerConfig::default());
-    let mut last: BTreeMap<String, bool> = BTreeMap::new();
-    for (offset, m) in messages.iter().enumerate() {
-        let source = SourceOffset { topic: INPUTS.into(), partition: 0, offset: offset as i64 };
-        let stamp = m.input.as_ref().map(|i| i.occurred_at().timestamp_millis());
-        if let Step::Entry { entry, .. } = step(&mut ledger, Some(&m.key), Some(&m.payload), stamp, &source, Epoch(0)) {
-            last.insert(entry.account_id.to_string(), entry.content().paused);
-        }
-    }
-    last.values().filter(|paused| **paused).count()
+    let records: Vec<tally_testkit::Record> = messages
+        .iter()
+        .enumerate()
+        .map(|(offset, m)| tally_testkit::Record {
+            partition: 0,
+            offset: offset as i64,
+            key: Some(m.key.clone()),
+            payload: Some(m.payload.clone()),
+            timestamp: m.input.as_ref().map(|i| i.occurred_at().timestamp_millis()),
+        })
+        .collect();
+    final_paused(&expected_of(&records)).values().filter(|paused| **paused).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -366,11 +366,17 @@ impl Expected {
 /// until it sees them all).
 pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
     let records = read_topic_at_least(bootstrap, INPUTS, published, Duration::from_secs(120))?;
+    Ok(expected_of(&records))
+}
+
+/// The ledger the core computes from these input records, one ledger per
+/// partition, as metering applies them.
+pub fn expected_of(records: &[tally_testkit::Record]) -> Expected {
     let rates = rates();
     let mut ledgers: BTreeMap<i32, Ledger> = BTreeMap::new();
     let mut out =
         Expected { inputs: records.len(), entries: BTreeMap::new(), dead_letters: BTreeMap::new(), duplicates: 0 };
-    for record in &records {
+    for record in records {
         let ledger =
             ledgers.entry(record.partition).or_insert_with(|| Ledger::new(rates.clone(), LedgerConfig::default()));
         let source = SourceOffset { topic: INPUTS.into(), partition: record.partition, offset: record.offset };
@@ -384,7 +390,7 @@ pub fn expected(bootstrap: &str, published: usize) -> Result<Expected> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// What the broker holds, read under the fence.
