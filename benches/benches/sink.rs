@@ -335,6 +335,7 @@ fn freshness(
     );
     let _ = child.kill();
     let _ = child.wait();
+    clickhouse.query(&format!("DROP DATABASE IF EXISTS {database}"))?;
     let floor_seen = floor.join().map_err(|_| anyhow::anyhow!("floor thread"))?;
     let mut agg: Vec<f64> = visible_at
         .iter()
@@ -368,7 +369,6 @@ fn freshness_runs(bootstrap: &str, clickhouse: &ClickHouse, rate: f64, reps: usi
         p99.push(percentile(&agg, 0.99));
         floor.push(percentile(&bare, 0.99));
         over.push(percentile(&agg, 0.99) - percentile(&bare, 0.99));
-        clickhouse.query(&format!("DROP DATABASE IF EXISTS bench_fresh_{rep}"))?;
     }
     Ok(format!(
         "freshness at {rate:.0}/s, append -> visible in ClickHouse: p50 {} ms, p99 {} ms; broker append -> poll p99 {} ms; p99 over the floor {} ms (goal < 1000)",

@@ -64,8 +64,6 @@ pub struct Aggregator {
     lag: LagContext,
     producer: FutureProducer,
     slots: Vec<(i32, Slot)>,
-    /// The partitions the consumer is assigned.
-    assigned: Vec<i32>,
     in_flight: Option<InFlight>,
 }
 
@@ -118,18 +116,7 @@ impl Aggregator {
             instance = %instance,
             "aggregator owns these ledger partitions"
         );
-        Ok(Aggregator {
-            config,
-            metrics,
-            runtime,
-            sink,
-            consumer,
-            lag,
-            producer,
-            slots,
-            assigned: Vec::new(),
-            in_flight: None,
-        })
+        Ok(Aggregator { config, metrics, runtime, sink, consumer, lag, producer, slots, in_flight: None })
     }
 
     /// Brings the consumer's assignment in line with the active
@@ -141,12 +128,13 @@ impl Aggregator {
     /// batch, and the rest of the batch was skipped (found by the
     /// aggregator fault test: six rows missing after another partition's
     /// resume re-assigned every partition).
-    fn assign(&mut self) -> Result<(), AggregatorError> {
+    fn assign(&self) -> Result<(), AggregatorError> {
         let kafka = |source| AggregatorError::Kafka { what: "assigning ledger partitions", source };
+        let current = self.consumer.assignment().map_err(kafka)?;
         let mut add = TopicPartitionList::new();
         let mut remove = TopicPartitionList::new();
         for (p, slot) in &self.slots {
-            let assigned = self.assigned.contains(p);
+            let assigned = current.elements().iter().any(|e| e.partition() == *p);
             match slot {
                 Slot::Active(active) if !assigned => {
                     add.add_partition_offset(&self.config.ledger_topic, *p, Offset::Offset(active.reader.next()))
@@ -161,13 +149,9 @@ impl Aggregator {
         }
         if remove.count() > 0 {
             self.consumer.incremental_unassign(&remove).map_err(kafka)?;
-            for element in remove.elements() {
-                self.assigned.retain(|p| *p != element.partition());
-            }
         }
         if add.count() > 0 {
             self.consumer.incremental_assign(&add).map_err(kafka)?;
-            self.assigned.extend(add.elements().iter().map(|e| e.partition()));
         }
         Ok(())
     }
@@ -337,9 +321,14 @@ impl Aggregator {
         unread >= self.config.batch_rows_max as i64
     }
 
+    /// Whether the rows read and not yet flushed make a full batch.
+    fn full(&self) -> bool {
+        self.pending_rows() >= self.config.batch_rows_max
+    }
+
     /// The partitions whose batch is due (or all with work, `force`).
     fn due(&self, force: bool) -> Vec<usize> {
-        let full = self.pending_rows() >= self.config.batch_rows_max;
+        let full = self.full();
         let mut due: Vec<usize> = Vec::new();
         for (index, (_, slot)) in self.slots.iter().enumerate() {
             let Slot::Active(active) = slot else { continue };
@@ -368,7 +357,7 @@ impl Aggregator {
         }
         changed |= self.finish_flush(true);
         // Finishing may have sent partitions back to recovery.
-        let full = self.pending_rows() >= self.config.batch_rows_max;
+        let full = self.full();
         let due = self.due(force);
         if due.is_empty() {
             return changed;
@@ -558,7 +547,7 @@ impl Service for Aggregator {
             }
             // Read until a batch is due: full, or waited long enough.
             let until = Instant::now() + self.config.batch_wait.max(Duration::from_millis(5));
-            while Instant::now() < until && self.pending_rows() < self.config.batch_rows_max {
+            while Instant::now() < until && !self.full() {
                 match self.consumer.poll(Duration::from_millis(5)) {
                     None => {}
                     Some(Err(error)) => tracing::debug!(%error, "ledger consumer error (retried by the client)"),
@@ -580,7 +569,6 @@ impl Service for Aggregator {
             }
         }
         tracing::info!("stopping: flushing the batch in hand and releasing claims");
-        self.finish_flush(true);
         self.flush(true);
         self.finish_flush(true);
         for (partition, slot) in &self.slots {
