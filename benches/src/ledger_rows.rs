@@ -128,6 +128,7 @@ impl Iterator for LedgerRows {
             source: SourceOffset { topic: "tally.inputs".into(), partition, offset: self.made as i64 },
             booth_id: format!("booth-{}", account % 97),
             input_digest: None,
+            booked_at: None,
         };
         Some((partition, entry))
     }

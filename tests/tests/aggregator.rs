@@ -135,6 +135,7 @@ fn entry(account: &str, sequence: i64, epoch: i64, at: &str, credits: &str) -> L
         source: SourceOffset { topic: INPUTS.into(), partition: 0, offset: sequence },
         booth_id: "booth-1".into(),
         input_digest: None,
+        booked_at: Some(occurred_at),
     }
 }
 

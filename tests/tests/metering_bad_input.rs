@@ -400,6 +400,7 @@ fn sample_entry() -> Vec<u8> {
         source: tally_events::SourceOffset { topic: "x".into(), partition: 0, offset: 0 },
         booth_id: String::new(),
         input_digest: None,
+        booked_at: None,
     };
     Codec::global().encode(&entry).expect("encode")
 }

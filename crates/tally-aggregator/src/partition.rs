@@ -233,6 +233,7 @@ mod tests {
             source: SourceOffset { topic: "tally.inputs".into(), partition: 0, offset: sequence },
             booth_id: String::new(),
             input_digest: None,
+            booked_at: None,
         };
         Codec::global().encode(&entry).expect("encode")
     }

@@ -104,6 +104,7 @@ impl RecordKind {
             ],
             RecordKind::LedgerEntry => &[
                 include_str!("../../../schemas/avro/ledger_entry.avsc"),
+                include_str!("../../../schemas/avro/previous/ledger_entry.v3.avsc"),
                 include_str!("../../../schemas/avro/previous/ledger_entry.v2.avsc"),
                 include_str!("../../../schemas/avro/previous/ledger_entry.v1.avsc"),
             ],
@@ -119,6 +120,7 @@ impl RecordKind {
             RecordKind::LedgerMarker => &[include_str!("../../../schemas/avro/ledger_marker.avsc")],
             RecordKind::PartitionSnapshot => &[
                 include_str!("../../../schemas/avro/partition_snapshot.avsc"),
+                include_str!("../../../schemas/avro/previous/partition_snapshot.v2.avsc"),
                 include_str!("../../../schemas/avro/previous/partition_snapshot.v1.avsc"),
             ],
         }

@@ -300,6 +300,13 @@ pub struct LedgerEntry {
     /// entries written before).
     #[serde(default, with = "digest_bytes")]
     pub input_digest: Option<InputDigest>,
+    /// Booking time: the latest `occurred_at`, truncated to the second,
+    /// of this entry and every earlier entry of the account, so it never
+    /// decreases along the account's sequence (the rule is
+    /// `tally_ledger::rules::booked_at`). Finance books days by it (v4;
+    /// `None` in entries written before).
+    #[serde(default, with = "chrono::serde::ts_milliseconds_option")]
+    pub booked_at: Option<DateTime<Utc>>,
 }
 
 impl LedgerEntry {
@@ -413,6 +420,10 @@ pub struct SnapshotAccount {
     pub paused: bool,
     /// Deleted.
     pub deleted: bool,
+    /// Booking time of the latest entry, seconds since 1970 (v3; 0 in
+    /// snapshots written before).
+    #[serde(default)]
+    pub booked_at: i64,
 }
 
 /// Alert kind.

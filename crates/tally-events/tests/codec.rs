@@ -72,6 +72,7 @@ fn entry() -> LedgerEntry {
         source: SourceOffset { topic: "tally.inputs".into(), partition: 2, offset: 991 },
         booth_id: "booth-1".into(),
         input_digest: Some(InputDigest([7; 16])),
+        booked_at: Some(at(1_767_225_601_000)),
     }
 }
 
@@ -216,20 +217,45 @@ fn previous_schema_versions_still_decode() {
                 "{} version -{version} and current must differ",
                 kind.name()
             );
-            let Schema::Record(shape) = &previous else { panic!("a record schema") };
-            let known: Vec<&str> = shape.fields.iter().map(|f| f.name.as_str()).collect();
-            let missing: Vec<String> =
-                full.iter().map(|(name, _)| name.clone()).filter(|name| !known.contains(&name.as_str())).collect();
+            let mut missing = Vec::new();
+            let old_value = fit(Value::Record(full.clone()), &previous, "", &mut missing);
             assert!(!missing.is_empty(), "{} version -{version} lacks no field", kind.name());
-            let fields: Vec<(String, Value)> =
-                full.iter().filter(|(name, _)| known.contains(&name.as_str())).cloned().collect();
-            let old_bytes = encode_with_schema(&previous, Value::Record(fields)).expect("old encode");
+            let old_bytes = encode_with_schema(&previous, old_value).expect("old encode");
             let decoded = codec.decode_any(&old_bytes).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
             assert_eq!(decoded, with_defaults(record.clone(), &missing), "{} version -{version}", kind.name());
             checked += 1;
         }
     }
     assert!(checked >= 9, "{checked} older versions checked");
+}
+
+/// `value` with only the fields `schema` knows, at any depth (records in
+/// records and arrays); the fields left out are pushed to `missing` by
+/// dotted path.
+fn fit(value: Value, schema: &Schema, path: &str, missing: &mut Vec<String>) -> Value {
+    match (value, schema) {
+        (Value::Record(fields), Schema::Record(shape)) => {
+            let mut kept = Vec::new();
+            for (name, field) in fields {
+                let at = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                match shape.fields.iter().find(|f| f.name == name) {
+                    Some(known) => kept.push((name, fit(field, &known.schema, &at, missing))),
+                    None => missing.push(at),
+                }
+            }
+            Value::Record(kept)
+        }
+        (Value::Array(items), Schema::Array(array)) => {
+            let before = missing.len();
+            let items = items.into_iter().map(|item| fit(item, &array.items, path, missing)).collect();
+            // One path per field, however many items lack it.
+            let mut seen: Vec<String> = missing.drain(before..).collect();
+            seen.dedup();
+            missing.extend(seen);
+            Value::Array(items)
+        }
+        (value, _) => value,
+    }
 }
 
 /// One record of each kind, every field set to a non-default value.
@@ -300,6 +326,8 @@ fn with_defaults(mut message: Message, fields: &[String]) -> Message {
             (Message::Input(Input::Account(c)), "reason") => c.reason = None,
             (Message::Ledger(l), "booth_id") => l.booth_id.clear(),
             (Message::Ledger(l), "input_digest") => l.input_digest = None,
+            (Message::Ledger(l), "booked_at") => l.booked_at = None,
+            (Message::Snapshot(s), "accounts.booked_at") => s.accounts.iter_mut().for_each(|a| a.booked_at = 0),
             (Message::Alert(a), "message") => a.message.clear(),
             (Message::DeadLetter(d), "input_id") => d.input_id.clear(),
             (Message::DeadLetter(d), "original_key_bytes") => d.original_key_bytes = -1,
@@ -507,6 +535,7 @@ fn snapshot() -> PartitionSnapshot {
         low_balance_threshold: "50".parse().expect("decimal"),
         paused: false,
         deleted: true,
+        booked_at: 1_767_225_601,
     };
     let mut ids = Uuid::from_u128(77).as_bytes().to_vec();
     ids.extend_from_slice(&1_767_225_600_123i64.to_be_bytes());

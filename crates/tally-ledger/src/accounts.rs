@@ -58,6 +58,7 @@ const VACANT: Slot = Slot {
         low_balance_threshold: Credits::ZERO,
         paused: false,
         deleted: false,
+        booked: 0,
     },
     key: [EMPTY; 16],
 };

@@ -15,7 +15,10 @@
 //! 4. nothing debited while paused: a successful CONSUME follows an entry
 //!    that left the account not paused; and an account is resumed only by a
 //!    successful ADD;
-//! 5. conservation: final balance = added − consumed (successful) − forfeited.
+//! 5. conservation: final balance = added − consumed (successful) − forfeited;
+//! 6. booking: an entry's `booked_at` is the booking rule applied to the
+//!    previous entry's ([`crate::booking::booked`]: never decreasing, never
+//!    before its `occurred_at`); entries written before v4 carry none.
 //!
 //! ```
 //! use tally_ledger::invariants::{gapless_sequence, Previous};
@@ -25,13 +28,14 @@
 //! assert!(gapless_sequence(&Previous::START, &account, Sequence(2)).is_err());
 //! ```
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_events::{
     records::{EntryStatus, EntryType, LedgerEntry},
     AccountId, Credits, Sequence,
 };
 
-use crate::state::AccountState;
+use crate::{booking, state::AccountState};
 
 /// What an entry follows: the account as the previous entry left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,21 +46,29 @@ pub struct Previous {
     pub balance: Credits,
     /// Paused after it.
     pub paused: bool,
+    /// Its booking time in seconds ([`crate::booking`]; 0 before the first).
+    pub booked: u32,
 }
 
 impl Previous {
     /// Before an account's first entry.
-    pub const START: Previous = Previous { sequence: Sequence::BEFORE_FIRST, balance: Credits::ZERO, paused: false };
+    pub const START: Previous =
+        Previous { sequence: Sequence::BEFORE_FIRST, balance: Credits::ZERO, paused: false, booked: 0 };
 
     /// The account as `entry` left it.
     pub fn after(entry: &LedgerEntry) -> Previous {
-        Previous { sequence: entry.sequence, balance: entry.balance_after, paused: entry.paused }
+        Previous {
+            sequence: entry.sequence,
+            balance: entry.balance_after,
+            paused: entry.paused,
+            booked: booking::of_entry(entry),
+        }
     }
 }
 
 impl From<&AccountState> for Previous {
     fn from(state: &AccountState) -> Previous {
-        Previous { sequence: state.last_sequence, balance: state.balance, paused: state.paused }
+        Previous { sequence: state.last_sequence, balance: state.balance, paused: state.paused, booked: state.booked }
     }
 }
 
@@ -147,6 +159,18 @@ pub enum Violation {
         /// Credits forfeited.
         forfeited: Credits,
     },
+    /// `booked_at` is not what the booking rule gives.
+    #[error("account {account_id}: entry {sequence} is booked at {found}, expected {expected} (booking rule)")]
+    Booking {
+        /// Account.
+        account_id: AccountId,
+        /// Entry.
+        sequence: Sequence,
+        /// What the rule gives.
+        expected: DateTime<Utc>,
+        /// The entry's booked_at.
+        found: DateTime<Utc>,
+    },
     /// A slice given as one account's entries holds another account's entry.
     #[error("entries of account {expected} include entry {sequence} of account {found}")]
     MixedAccounts {
@@ -234,13 +258,28 @@ pub fn resume_only_by_purchase(previous: &Previous, entry: &LedgerEntry) -> Resu
     Ok(())
 }
 
-/// Every per-entry invariant (1–4) of `entry` following `previous`.
+/// Invariant 6: `booked_at` follows the booking rule (checked when the
+/// entry has one: entries written before v4 do not).
+pub fn booked_by_rule(previous: &Previous, entry: &LedgerEntry) -> Result<(), Violation> {
+    let Some(found) = entry.booked_at else {
+        return Ok(());
+    };
+    let expected = booking::instant(booking::booked(previous.booked, entry.occurred_at));
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Violation::Booking { account_id: entry.account_id.clone(), sequence: entry.sequence, expected, found })
+    }
+}
+
+/// Every per-entry invariant (1–4, 6) of `entry` following `previous`.
 pub fn check_entry(previous: &Previous, entry: &LedgerEntry) -> Result<(), Violation> {
     gapless_sequence(previous, &entry.account_id, entry.sequence)?;
     never_negative(entry)?;
     balance_chain(previous, entry)?;
     no_debit_while_paused(previous, entry)?;
-    resume_only_by_purchase(previous, entry)
+    resume_only_by_purchase(previous, entry)?;
+    booked_by_rule(previous, entry)
 }
 
 /// Invariant 5 over all of one account's entries (in any order): the last

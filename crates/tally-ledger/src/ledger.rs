@@ -70,6 +70,7 @@ use uuid::Uuid;
 pub use crate::rules::{alert_id, entry_id};
 use crate::{
     accounts::Accounts,
+    booking,
     dedup::{Dedup, Found, Probe},
     digest::{differing_fields, digest},
     invariants::{self, Previous},
@@ -179,10 +180,12 @@ impl Ledger {
                 }
             },
         };
-        let Decision { draft, previous, after, alerts } = match decide(rates, slot.as_deref(), input) {
+        let Decision { draft, previous, mut after, alerts } = match decide(rates, slot.as_deref(), input) {
             Ok(decision) => decision,
             Err(Rejection { reason, detail }) => return Applied::Rejected { reason, detail },
         };
+        // The booking rule, for every kind of entry alike.
+        after.booked = booking::booked(previous.booked, draft.occurred_at);
         // Built in place: an entry is ~400 bytes, and each move of it was a
         // visible share of the cost of an input.
         let mut applied = Applied::Entry { entry: draft.build(&after, source, epoch, content), alerts: Vec::new() };
@@ -245,6 +248,7 @@ impl Ledger {
             low_balance_threshold: entry.low_balance_threshold,
             paused: entry.paused,
             deleted: entry.entry_type == EntryType::Forfeit,
+            booked: booking::of_entry(entry),
         };
         self.accounts.insert(&entry.account_id, after);
         self.remember(entry.input_id, entry.occurred_at, held_digest(entry.input_digest), entry.source.offset, None);

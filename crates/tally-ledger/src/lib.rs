@@ -12,6 +12,8 @@
 //!   validation;
 //! - [`pricing`]: exact credit and dollar arithmetic, and its one rounding
 //!   per kind;
+//! - [`booking`]: the booking rule (the time finance books an entry at,
+//!   never decreasing along an account's sequence);
 //! - [`digest`]: an input's content digest, which tells a duplicate from a
 //!   conflicting reuse of its id;
 //! - [`ledger`]: one input partition: the order the rules run in
@@ -29,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod accounts;
+pub mod booking;
 mod dedup;
 pub mod digest;
 mod entry_id;

@@ -117,6 +117,7 @@ impl Draft<'_> {
             source: source.clone(),
             booth_id,
             input_digest: Some(digest),
+            booked_at: Some(crate::booking::instant(after.booked)),
         }
     }
 }
@@ -391,6 +392,8 @@ pub(crate) fn open<'a>(
         low_balance_threshold: threshold,
         paused: false,
         deleted: false,
+        // Set by the booking rule in `Ledger::apply`, like every entry's.
+        booked: 0,
     };
     Ok(change_decision(rates, change, EntryType::Open, Credits::ZERO, NO_DOLLARS, Previous::START, after))
 }

@@ -48,6 +48,9 @@ pub struct AccountState {
     pub paused: bool,
     /// Deleted: kept as a tombstone so that later inputs are rejected.
     pub deleted: bool,
+    /// Booking time of the latest entry, seconds since 1970
+    /// ([`crate::booking`]; 0 before the first entry).
+    pub booked: u32,
 }
 
 /// What [`crate::Ledger::apply`] made of an input.

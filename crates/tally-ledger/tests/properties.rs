@@ -619,6 +619,14 @@ proptest! {
         for account in ACCOUNTS {
             let mine: Vec<LedgerEntry> = all.iter().filter(|e| e.account_id == account).cloned().collect();
             prop_assert!(invariants::check_account(&mine).is_ok(), "{:?}", invariants::check_account(&mine));
+            // Booking: the running maximum of occurred_at to the second,
+            // computed here independently of the booking rule's code.
+            let mut latest: Option<DateTime<Utc>> = None;
+            for entry in &mine {
+                let occurred = DateTime::from_timestamp(entry.occurred_at.timestamp(), 0).expect("in range");
+                latest = Some(latest.map_or(occurred, |l| l.max(occurred)));
+                prop_assert_eq!(entry.booked_at, latest, "booking of {} #{}", account, entry.sequence.0);
+            }
             if let Some(last) = mine.last() {
                 let state = ledger.account(account).expect("an account with entries exists");
                 prop_assert_eq!((state.balance, state.last_sequence, state.paused), (last.balance_after, last.sequence, last.paused));

@@ -68,6 +68,7 @@ pub fn chunks(state: &LedgerSnapshot, point: &SnapshotPoint, snapshot_id: Uuid) 
             low_balance_threshold: a.low_balance_threshold,
             paused: a.paused,
             deleted: a.deleted,
+            booked_at: i64::from(a.booked),
         })
         .collect();
     let mut bodies: Vec<(Vec<SnapshotAccount>, Vec<u8>, Vec<u8>)> =
@@ -137,6 +138,16 @@ pub enum SnapshotError {
         len: usize,
         /// Ids in the chunk.
         ids: usize,
+    },
+    /// A booking time outside 1970-2106 (whole seconds in a `u32`).
+    #[error("snapshot {snapshot_id}: account {account_id} has booked_at {booked_at} s, outside 0..=4294967295")]
+    BadBooking {
+        /// Snapshot.
+        snapshot_id: Uuid,
+        /// Account.
+        account_id: String,
+        /// The value.
+        booked_at: i64,
     },
     /// A timestamp out of chrono's range.
     #[error("snapshot {snapshot_id}: occurred_at {ms} ms is out of range")]
@@ -231,6 +242,12 @@ impl Assembler {
                     low_balance_threshold: a.low_balance_threshold,
                     paused: a.paused,
                     deleted: a.deleted,
+                    // Range-checked: a forged value must not wrap.
+                    booked: u32::try_from(a.booked_at).map_err(|_| SnapshotError::BadBooking {
+                        snapshot_id: chunk.snapshot_id,
+                        account_id: a.account_id.to_string(),
+                        booked_at: a.booked_at,
+                    })?,
                 };
                 state.accounts.insert(a.account_id.to_string(), account);
             }
@@ -300,6 +317,7 @@ mod tests {
             low_balance_threshold: Credits::new(Decimal::from(10 + i as i64)),
             paused: i % 2 == 0,
             deleted: i % 7 == 0,
+            booked: 1_796_083_200 + i as u32,
         };
         LedgerSnapshot {
             accounts: (0..accounts).map(|i| (format!("acct-{i:06}"), account(i))).collect::<BTreeMap<_, _>>(),
