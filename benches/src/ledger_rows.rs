@@ -44,6 +44,8 @@ pub struct LedgerRows {
     span_ms: i64,
     sequences: Vec<i64>,
     balances: Vec<Decimal>,
+    /// Booking time of each account's latest entry, s (the booking rule).
+    booked: Vec<i64>,
 }
 
 impl LedgerRows {
@@ -60,6 +62,7 @@ impl LedgerRows {
             span_ms: days * 86_400_000,
             sequences: vec![0; accounts],
             balances: vec![Decimal::ZERO; accounts],
+            booked: vec![0; accounts],
         }
     }
 }
@@ -104,6 +107,8 @@ impl Iterator for LedgerRows {
         let price = [Decimal::new(12, 2), Decimal::new(10, 2), Decimal::new(8, 2)][account % 3];
         let id = uuid::Uuid::from_u128(((account as u128) << 64) | sequence as u128);
         let partition = (account % self.partitions as usize) as i32;
+        let occurred_at = self.start + TimeDelta::milliseconds(at_ms);
+        self.booked[account] = self.booked[account].max(occurred_at.timestamp());
         let entry = LedgerEntry {
             entry_id: id,
             account_id: AccountId::new_unchecked(crate::account_id(account)),
@@ -124,18 +129,19 @@ impl Iterator for LedgerRows {
             balance_after: Credits::new(self.balances[account]),
             low_balance_threshold: Credits::new(Decimal::from(50)),
             paused: false,
-            occurred_at: self.start + TimeDelta::milliseconds(at_ms),
+            occurred_at,
             source: SourceOffset { topic: "tally.inputs".into(), partition, offset: self.made as i64 },
             booth_id: format!("booth-{}", account % 97),
             input_digest: None,
-            booked_at: None,
+            booked_at: DateTime::from_timestamp(self.booked[account], 0),
         };
         Some((partition, entry))
     }
 }
 
 /// The entry as one TabSeparated line of `ledger_entries`, columns in
-/// table order (the migration's), with its ledger coordinates.
+/// table order (the migrations': booked_at, added by 005, is last), with
+/// its ledger coordinates.
 pub fn tsv_line(out: &mut String, entry: &LedgerEntry, partition: i32, offset: i64) {
     use std::fmt::Write;
     let kind = entry.entry_type.name();
@@ -143,7 +149,7 @@ pub fn tsv_line(out: &mut String, entry: &LedgerEntry, partition: i32, offset: i
     let at = entry.occurred_at;
     let _ = writeln!(
         out,
-        "{partition}\t{offset}\t{}\t{}\t{}\t{}\t{kind}\t{status}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t",
+        "{partition}\t{offset}\t{}\t{}\t{}\t{}\t{kind}\t{status}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t\t{}",
         entry.entry_id,
         entry.account_id,
         entry.sequence.0,
@@ -167,5 +173,6 @@ pub fn tsv_line(out: &mut String, entry: &LedgerEntry, partition: i32, offset: i
         entry.source.topic,
         entry.source.partition,
         entry.source.offset,
+        entry.booked_at.unwrap_or(at).format("%Y-%m-%d %H:%M:%S"),
     );
 }

@@ -388,6 +388,19 @@ fn named_queries_answer_from_known_data(clickhouse: &ClickHouse) -> Result<()> {
         a.iter().filter(|r| field(r, "type") == "Consume").map(|r| dec(field(r, "credits"))).sum();
     assert_eq!(consumed, d("745"), "149 x 5");
     assert_eq!(dec(field(a[0], "closing_balance")), d("255"), "after entry 150");
+    // The handmade ADD of 5 credits leaves 1000 (it is not a real
+    // purchase), so the balance before it is 1000 - 5: opening is the
+    // balance before the day's first entry.
+    assert_eq!(dec(field(a[0], "opening_balance")), d("995"), "before the ADD, its first entry");
+    // The next day opens with that closing balance (booked days chain).
+    let next = query(clickhouse, "finance_day", &["date=2026-12-01"])?;
+    let a: Vec<&serde_json::Value> = next.iter().filter(|r| field(r, "account_id") == "acct-a").collect();
+    assert_eq!(a.len(), 1, "{next:?}");
+    assert_eq!(
+        (dec(field(a[0], "opening_balance")), dec(field(a[0], "closing_balance"))),
+        (d("255"), d("250")),
+        "entry 151 alone"
+    );
     let refused = std::process::Command::new(tally_testkit::tally_binary()?)
         .args(["query", "activity", "--clickhouse-url", &clickhouse.url(), "--param", "status=maybe"])
         .env("RUST_BACKTRACE", "0")

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "service_hourly",
         sql: include_str!("../../../schemas/clickhouse/migrations/004_service_hourly.sql"),
     },
+    Migration {
+        version: 5,
+        name: "booked_days",
+        sql: include_str!("../../../schemas/clickhouse/migrations/005_booked_days.sql"),
+    },
 ];
 
 /// A migration whose text holds this recreates rollup tables: `migrate`
@@ -75,6 +80,30 @@ impl Migration {
 pub fn statements(sql: &str) -> Vec<String> {
     let text: Vec<&str> = sql.lines().filter(|line| !line.trim_start().starts_with("--")).collect();
     text.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// The table and column of an `ALTER TABLE t ADD COLUMN c ...` statement:
+/// 18.16 has no `IF NOT EXISTS` there, so [`migrate`] asks
+/// `system.columns` first and a migration run again after a crash skips it.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take(2).collect();
+    if head != ["ALTER", "TABLE"] {
+        return None;
+    }
+    let table = words.next()?;
+    let verb: Vec<&str> = words.by_ref().take(2).collect();
+    if verb != ["ADD", "COLUMN"] {
+        return None;
+    }
+    Some((table, words.next()?))
+}
+
+async fn has_column(warehouse: &Warehouse, table: &str, column: &str) -> Result<bool, WarehouseError> {
+    let sql = "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?";
+    let query = warehouse.client().query(sql).bind(&warehouse.config().database).bind(table).bind(column);
+    let found: Vec<u64> = warehouse.fetch_all(sql, query).await?;
+    Ok(found.first().copied().unwrap_or(0) > 0)
 }
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS tally_migrations \
@@ -137,6 +166,13 @@ pub async fn migrate(warehouse: &Warehouse, mut progress: impl FnMut(&str)) -> R
         }
         progress(&format!("applying {:03}_{}", migration.version, migration.name));
         for statement in migration.statements() {
+            if let Some((table, column)) = added_column(&statement) {
+                if has_column(warehouse, table, column).await? {
+                    // Added by an earlier run that stopped before the
+                    // migration was recorded.
+                    continue;
+                }
+            }
             warehouse.execute(&statement).await?;
         }
         if migration.sql.contains(REBUILDS_ROLLUPS) {
@@ -227,6 +263,12 @@ mod tests {
             }
         }
         assert_eq!(statements("-- a; b\nCREATE x;\n\nCREATE y"), ["CREATE x", "CREATE y"]);
+        assert_eq!(
+            added_column("ALTER TABLE ledger_entries ADD COLUMN booked_at DateTime('UTC') DEFAULT occurred_at"),
+            Some(("ledger_entries", "booked_at"))
+        );
+        assert_eq!(added_column("ALTER TABLE t DROP PARTITION 1"), None);
+        assert_eq!(added_column("CREATE TABLE t (a UInt8) ENGINE = Log"), None);
     }
 
     #[test]

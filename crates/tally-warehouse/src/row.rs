@@ -78,6 +78,9 @@ pub struct LedgerRow<'a> {
     input_offset: i64,
     #[serde(with = "serde_bytes_as_string")]
     input_digest: &'a [u8],
+    /// Whole seconds (the booking rule truncates); `occurred_at`'s for an
+    /// entry written before ledger entry v4, which has none.
+    booked_at: u32,
 }
 
 /// `Enum8` value of an entry type (append-only; see the migration).
@@ -134,6 +137,9 @@ impl<'a> LedgerRow<'a> {
         let millis = entry.occurred_at.timestamp_millis();
         let seconds =
             u32::try_from(millis.div_euclid(1000)).map_err(|_| RowError::Time(entry.occurred_at.to_rfc3339()))?;
+        let booked = entry.booked_at.map_or(millis.div_euclid(1000), |at| at.timestamp());
+        let booked_at = u32::try_from(booked)
+            .map_err(|_| RowError::Time(entry.booked_at.unwrap_or(entry.occurred_at).to_rfc3339()))?;
         Ok(LedgerRow {
             ledger_partition: partition,
             ledger_offset: offset,
@@ -163,6 +169,7 @@ impl<'a> LedgerRow<'a> {
             input_partition: entry.source.partition,
             input_offset: entry.source.offset,
             input_digest: entry.input_digest.as_ref().map_or(&[][..], |d| &d.0[..]),
+            booked_at,
         })
     }
 
