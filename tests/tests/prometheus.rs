@@ -268,6 +268,49 @@ fn readme_metrics_table_follows_the_conventions() -> Result<()> {
     Ok(())
 }
 
+/// The metric names a service's `metrics.rs` registers, with its prefix:
+/// every lowercase string literal there once the registry prefix and the
+/// label lists (`&[...]`) are taken out (help texts have spaces).
+fn registered(krate: &str, prefix: &str) -> Result<BTreeSet<String>> {
+    let source = std::fs::read_to_string(root().join("crates").join(krate).join("src/metrics.rs"))?;
+    let mut code = String::new();
+    let mut rest = source.as_str();
+    while let Some(start) = rest.find("&[") {
+        code.push_str(&rest[..start]);
+        rest = rest[start..].split_once(']').map_or("", |(_, after)| after);
+    }
+    code.push_str(rest);
+    let names: BTreeSet<String> = code
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|lit| !lit.is_empty() && lit.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|lit| *lit != prefix)
+        .map(|lit| format!("{prefix}_{lit}"))
+        .collect();
+    assert!(names.len() >= 10, "found only {names:?} in {krate}/src/metrics.rs");
+    Ok(names)
+}
+
+/// The README table's metering and aggregator rows are exactly what their
+/// `metrics.rs` registers: nothing missing (labelled metrics are not
+/// exported before their first sample, so the scrape test cannot see them
+/// all), nothing stale.
+#[test]
+fn readme_metrics_table_is_what_the_services_register() -> Result<()> {
+    let documented = readme_metrics()?;
+    for (krate, prefix) in [("tally-metering", "tally_metering"), ("tally-aggregator", "tally_aggregator")] {
+        let registered = registered(krate, prefix)?;
+        let rows: BTreeSet<String> =
+            documented.iter().filter(|n| n.starts_with(&format!("{prefix}_"))).cloned().collect();
+        let missing: Vec<_> = registered.difference(&rows).collect();
+        let stale: Vec<_> = rows.difference(&registered).collect();
+        assert!(missing.is_empty(), "{krate} registers metrics the README's Metrics table lacks: {missing:?}");
+        assert!(stale.is_empty(), "the README's Metrics table lists metrics {krate} does not register: {stale:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_every_service_and_loads_the_rules() -> Result<()> {
     let started = Instant::now();
@@ -276,7 +319,7 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() -> Result<()> {
     let clickhouse = ClickHouse::start()?;
     migrate(&clickhouse)?;
     create_topics(&bootstrap, &[(INPUTS, 4)]).await?;
-    let metering = MeteringProcess::spawn(&bootstrap, "prometheus", &[])?;
+    let mut metering = MeteringProcess::spawn(&bootstrap, "prometheus", &[])?;
     let aggregator = MeteringProcess::aggregator(&bootstrap, &clickhouse.url(), "prometheus", &[])?;
     // Some traffic, with bad inputs, so the labelled metrics (dead letters
     // by reason, entries by type) have samples to export.
@@ -362,6 +405,24 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() -> Result<()> {
         exported.contains("tally_metering_dead_letters_total") && exported.contains("tally_aggregator_insert_seconds"),
         "expected dead letters and insert latency among {exported:?}"
     );
+
+    // A service that dies is seen: TallyServiceDown goes pending for its
+    // job at the next evaluation (it fires after its `for` of 2 minutes).
+    metering.kill();
+    let mut last = String::new();
+    let down = wait_until("TallyServiceDown pending for tally-metering", Duration::from_secs(20), || {
+        let alerts = prometheus.api("/api/v1/alerts")?;
+        let alerts = alerts["alerts"].as_array().cloned().unwrap_or_default();
+        last = format!("{alerts:?}");
+        Ok(alerts.iter().any(|a| {
+            a["labels"]["alertname"] == "TallyServiceDown"
+                && a["labels"]["job"] == "tally-metering"
+                && a["state"] == "pending"
+        }))
+    });
+    if let Err(e) = down {
+        bail!("{e}: alerts {last}");
+    }
     eprintln!("[prometheus] done in {:?}", started.elapsed());
     Ok(())
 }
