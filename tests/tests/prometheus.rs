@@ -108,6 +108,47 @@ fn promtool_unit_tests_pass_and_cover_every_alert() -> Result<()> {
     Ok(())
 }
 
+/// `promtool check metrics` on a text exposition: its lint of the naming
+/// conventions (`_total` on counters only, base units, help texts).
+fn lint_metrics(what: &str, exposition: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run promtool ({e}): install it with `deploy/local/install.sh prometheus`")
+        })?;
+    child.stdin.take().context("promtool stdin")?.write_all(exposition.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "promtool check metrics finds problems in {what}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The file reconcile is to write for node_exporter's textfile collector
+/// (an example until `tally reconcile` exists) passes promtool's lint and
+/// holds the three names its rules use.
+#[test]
+fn reconcile_textfile_example_follows_the_conventions() -> Result<()> {
+    let text = std::fs::read_to_string(prometheus_dir().join("tally_reconcile.prom.example"))?;
+    lint_metrics("tally_reconcile.prom.example", &text)?;
+    let rules = std::fs::read_to_string(prometheus_dir().join("rules/reconcile.yml"))?;
+    for name in
+        ["tally_reconcile_last_run_timestamp_seconds", "tally_reconcile_mismatches", "tally_reconcile_could_not_check"]
+    {
+        assert!(text.contains(&format!("# TYPE {name} gauge\n")), "the example has no gauge {name}");
+        assert!(rules.contains(name), "rules/reconcile.yml does not use {name}");
+    }
+    Ok(())
+}
+
 /// GET `path` from 127.0.0.1:`port`. HTTP/1.0, so the answer is never
 /// chunked and the connection closes at its end.
 fn http_get(port: u16, path: &str) -> Result<String> {
@@ -331,6 +372,10 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() -> Result<()> {
         Ok(aggregator.metric_sum("tally_aggregator_rows_inserted_total") > 0.0)
     })
     .with_context(|| format!("metering log:\n{}\naggregator log:\n{}", metering.log_tail(), aggregator.log_tail()))?;
+
+    // What they serve follows the naming conventions.
+    lint_metrics("metering's /metrics", &metering.metrics()?)?;
+    lint_metrics("the aggregator's /metrics", &aggregator.metrics()?)?;
 
     let prometheus = Prometheus::start(&test_config(metering.metrics_port, aggregator.metrics_port)?)?;
     let jobs = ["tally-metering", "tally-aggregator"];
