@@ -8,6 +8,8 @@
 #     wire-format interop test (tests/tests/avro_interop.rs), and chdb
 #     (current ClickHouse embedded), on which tests/tests/clickhouse_current.rs
 #     runs every migration and named query.
+#   - Prometheus and promtool from Debian's package, for the rule checks and
+#     the scrape test of deploy/prometheus (tests/tests/prometheus.rs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=env.sh
@@ -49,6 +51,26 @@ install_clickhouse() {
   command -v clickhouse-server >/dev/null || { log "clickhouse-server did not install"; exit 1; }
 }
 
+install_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    log "prometheus and promtool already installed"
+    return
+  fi
+  log "installing prometheus (with promtool) from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # As for ClickHouse: keep the package from starting a system Prometheus on
+  # :9090; tests start their own on free ports. No recommends: node_exporter
+  # is only needed where reconcile's textfile is served.
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $sudo rm -f /usr/sbin/policy-rc.d
+  command -v promtool >/dev/null || { log "prometheus did not install promtool"; exit 1; }
+}
+
 install_python() {
   if [ -x "$PYTHON_ENV/bin/python" ] && "$PYTHON_ENV/bin/python" -c "import fastavro, chdb" 2>/dev/null; then
     log "python with fastavro and chdb already at $PYTHON_ENV"
@@ -66,6 +88,7 @@ case "${1:-all}" in
   tansu) install_tansu ;;
   clickhouse) install_clickhouse ;;
   python) install_python ;;
-  all) install_clickhouse; install_python; install_tansu ;;
-  *) echo "usage: $0 [all|tansu|clickhouse|python]" >&2; exit 2 ;;
+  prometheus) install_prometheus ;;
+  all) install_clickhouse; install_prometheus; install_python; install_tansu ;;
+  *) echo "usage: $0 [all|tansu|clickhouse|prometheus|python]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 # The local stack: a Tansu broker and a ClickHouse server on loopback.
 #
 #   stack.sh up [--storage memory|sqlite] [--no-broker]
-#                                           install (cached) and start both, wait until they answer
+#                                           install (cached; also prometheus/promtool for the
+#                                           rule tests) and start both, wait until they answer
 #   stack.sh down                           stop both cleanly
 #   stack.sh status                         say what runs
 #

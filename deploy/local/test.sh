@@ -16,6 +16,11 @@ trap '"$root/deploy/local/stack.sh" down' EXIT
 . "$root/deploy/local/env.sh"
 # The Avro interop test's independent peer (installed by stack.sh up).
 export TALLY_PYTHON="$PYTHON_ENV/bin/python"
+# The prometheus test needs both (installed by stack.sh up); say so here
+# rather than deep in a test's output.
+for tool in promtool prometheus; do
+  command -v "$tool" >/dev/null || { log "$tool is missing: run deploy/local/install.sh prometheus"; exit 1; }
+done
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
