@@ -105,6 +105,74 @@ async fn clickhouse_holds_the_fenced_ledger_exactly_once_through_faults() -> Res
     let owned =
         first.metric_sum("tally_aggregator_partitions_owned") + second.metric_sum("tally_aggregator_partitions_owned");
     assert_eq!(owned, 4.0, "the two aggregators own the four ledger partitions between them");
+    finance_days_tie_out(&clickhouse)?;
+    Ok(())
+}
+
+/// `tally finance daily` over the whole run (real metering output, late
+/// events included): every booked day ties out in UTC and in another zone,
+/// its totals equal the raw table's, days by occurred_at are reported as
+/// not chaining where events came late, and a doubled row is caught and
+/// named. Runs last: it corrupts the raw table.
+fn finance_days_tie_out(clickhouse: &ClickHouse) -> Result<()> {
+    let finance = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(tally_testkit::tally_binary()?)
+            .args(["finance", "daily", "--clickhouse-url", &clickhouse.url()])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()?)
+    };
+    let range = clickhouse.query("SELECT min(toDate(booked_at)), max(toDate(booked_at)) FROM tally.ledger_entries")?;
+    let (from, to) = range.trim().split_once('\t').expect("two dates");
+    let (from, to) = (from.to_string(), to.to_string());
+    for zone in ["UTC", "America/New_York"] {
+        let out = finance(&["--from", &from, "--to", &to, "--tz", zone, "--format", "json"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "booked days tie out in {zone}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let consumed: rust_decimal::Decimal =
+            report["accounts"].as_array().expect("accounts").iter().map(|a| dec(&a["consumed"])).sum();
+        let raw = clickhouse.query(
+            "SELECT toString(sumIf(credits, entry_type = 'Consume' AND status = 'Success')) FROM tally.ledger_entries",
+        )?;
+        let lines = report["accounts"].as_array().map_or(0, Vec::len);
+        eprintln!("[finance] {zone}: {lines} account-days from {from} to {to}, {consumed} credits consumed");
+        if zone == "UTC" {
+            // The range is every booked UTC day: all of the raw table.
+            let raw: rust_decimal::Decimal = raw.trim().parse()?;
+            assert_eq!(consumed, raw, "the report's consumption is the raw table's");
+        }
+        assert!(lines >= 60, "each of the 60 accounts has a day ({lines})");
+    }
+    let late: u64 = clickhouse
+        .query("SELECT count() FROM tally.ledger_entries WHERE toDate(booked_at) != toDate(occurred_at)")?
+        .trim()
+        .parse()?;
+    let occurred = finance(&["--from", &from, "--to", &to, "--days", "occurred"])?;
+    let stderr = String::from_utf8_lossy(&occurred.stderr);
+    assert!(occurred.status.success(), "the occurred view is a report: {stderr}");
+    eprintln!("[finance] {late} entries booked on a later day than they occurred");
+    if late > 0 {
+        assert!(stderr.contains("do not chain by occurred_at"), "late entries break occurred days: {stderr}");
+    }
+    // A row doubled in ClickHouse: its account's day no longer ties out.
+    clickhouse.query(
+        "INSERT INTO tally.ledger_entries SELECT * FROM tally.ledger_entries \
+         WHERE entry_type = 'Consume' AND status = 'Success' ORDER BY account_id, sequence LIMIT 1",
+    )?;
+    let doubled = clickhouse.query(
+        "SELECT account_id, toString(toDate(booked_at)) FROM tally.ledger_entries \
+         GROUP BY account_id, sequence, booked_at HAVING count() > 1",
+    )?;
+    let (account, day) = doubled.trim().split_once('\t').expect("one doubled row");
+    let out = finance(&["--date", day])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a doubled row fails the day");
+    assert!(
+        stderr.contains(account) && stdout.contains(&format!("DOES NOT TIE OUT {day}: {account}")),
+        "{stdout}\n{stderr}"
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod aggregator;
+mod finance;
 mod inspect;
 mod metering;
 mod rates;
@@ -40,6 +41,11 @@ enum Command {
     Aggregator(aggregator::Args),
     /// Create or upgrade the ClickHouse schema; rebuild rollups from the raw table.
     Migrate(warehouse::MigrateArgs),
+    /// Finance from ClickHouse: daily per-account totals that must tie out.
+    Finance {
+        #[command(subcommand)]
+        command: finance::Command,
+    },
     /// Run a named ClickHouse query (balance, activity, timeline, ...; --list shows them).
     Query(warehouse::QueryArgs),
 }
@@ -65,5 +71,6 @@ fn main() -> Result<()> {
         Command::Aggregator(args) => aggregator::run(args, &runtime),
         Command::Migrate(args) => runtime.block_on(warehouse::migrate(args)),
         Command::Query(args) => runtime.block_on(warehouse::query(args)),
+        Command::Finance { command } => runtime.block_on(finance::run(command)),
     }
 }

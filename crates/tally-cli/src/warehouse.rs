@@ -16,7 +16,7 @@ use tally_warehouse::{
 pub struct Connection {
     /// ClickHouse HTTP URL.
     #[arg(long, env = "TALLY_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
-    clickhouse_url: String,
+    pub(crate) clickhouse_url: String,
     /// Database.
     #[arg(long, env = "TALLY_CLICKHOUSE_DATABASE", default_value = "tally")]
     database: String,
@@ -32,7 +32,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn warehouse(&self) -> Warehouse {
+    pub(crate) fn warehouse(&self) -> Warehouse {
         Warehouse::new(WarehouseConfig {
             url: self.clickhouse_url.clone(),
             database: self.database.clone(),
@@ -172,7 +172,7 @@ fn is_number(kind: &str) -> bool {
 
 /// JSON rows: integers as numbers; decimals as strings, exact (a JSON
 /// number is a double for most readers, which would round money).
-pub fn to_json(answer: &Answer) -> String {
+pub(crate) fn to_json(answer: &Answer) -> String {
     let rows: Vec<serde_json::Value> = answer
         .rows
         .iter()
@@ -193,7 +193,7 @@ pub fn to_json(answer: &Answer) -> String {
     serde_json::Value::Array(rows).to_string()
 }
 
-fn write_csv(out: &mut impl Write, answer: &Answer) -> Result<()> {
+pub(crate) fn write_csv(out: &mut impl Write, answer: &Answer) -> Result<()> {
     let quote = |s: &str| {
         if s.contains([',', '"', '\n']) {
             format!("\"{}\"", s.replace('"', "\"\""))
@@ -208,7 +208,7 @@ fn write_csv(out: &mut impl Write, answer: &Answer) -> Result<()> {
     Ok(())
 }
 
-fn write_table(out: &mut impl Write, answer: &Answer) -> Result<()> {
+pub(crate) fn write_table(out: &mut impl Write, answer: &Answer) -> Result<()> {
     let widths: Vec<usize> = (0..answer.names.len())
         .map(|i| {
             answer

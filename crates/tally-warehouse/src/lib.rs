@@ -10,12 +10,15 @@
 //! - [`queries`]: the named, parameterised questions in
 //!   `schemas/clickhouse/queries/`, with typed parameters bound by the
 //!   client (never spliced);
+//! - [`finance`]: finance's day per account (opening, added, consumed,
+//!   forfeited, closing) in any zone, and the checks that it ties out;
 //! - [`client`]: the connection and its typed, retry-aware errors.
 //!
 //! The SQL runs unchanged on ClickHouse 18.16 and on current versions: see
 //! the comments of each migration for the choices that makes.
 
 pub mod client;
+pub mod finance;
 pub mod migrations;
 pub mod queries;
 pub mod rollups;
