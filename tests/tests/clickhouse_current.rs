@@ -22,7 +22,11 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use rust_decimal::Decimal;
 use tally_testkit::ClickHouse;
-use tally_warehouse::{migrations::MIGRATIONS, queries, rollups, Warehouse, WarehouseConfig};
+use tally_warehouse::{
+    finance::{self, DayBasis},
+    migrations::MIGRATIONS,
+    queries, rollups, Warehouse, WarehouseConfig,
+};
 
 fn python() -> Result<PathBuf> {
     let python = match std::env::var_os("TALLY_PYTHON") {
@@ -124,6 +128,13 @@ fn plan(warehouse: &Warehouse) -> Result<Vec<(String, String)>> {
         let (bound, _) = query.prepare(warehouse.client(), &given, today)?;
         steps.push((format!("query {name} {params:?}"), bound.sql_display().to_string()));
     }
+    // tally finance daily's queries, booked and occurred days, two zones.
+    for (basis, zone) in [(DayBasis::Booked, "UTC"), (DayBasis::Occurred, "Europe/Berlin")] {
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?;
+        for (i, query) in finance::day_queries(warehouse.client(), date, zone, basis)?.iter().enumerate() {
+            steps.push((format!("query finance day {basis:?} {zone} #{i}"), query.sql_display().to_string()));
+        }
+    }
     // Every named query is in the plan.
     for (name, _) in queries::FILES {
         ensure!(cases.iter().any(|(n, _)| n == name), "query {name} has no case");
@@ -214,7 +225,7 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
     if !problems.is_empty() {
         bail!("the engines differ:\n  {}", problems.join("\n  "));
     }
-    assert_eq!(queries_compared, 14);
+    assert_eq!(queries_compared, 18, "14 named-query cases and 4 finance queries");
     // Every rollup has a part in the partition rebuilt with rows, on both.
     assert!(parts_seen >= 2 * rollups::rollups().len(), "parts of the rebuilt partitions seen: {parts_seen}");
     Ok(())

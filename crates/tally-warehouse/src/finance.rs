@@ -272,15 +272,15 @@ pub fn check_zone(zone: &str) -> Result<(), WarehouseError> {
 const SIGNED: &str = "multiIf(status = 'Success' AND entry_type = 'Add', credits, \
      status = 'Success' AND (entry_type = 'Consume' OR entry_type = 'Forfeit'), -credits, toDecimal128(0, 6))";
 
-/// Every account's day `date` in zone `zone`, and its consumption by
-/// service and engine, from the raw table (so any zone, and the same
-/// answer the rollups must give in UTC).
-pub async fn read_day(
-    warehouse: &Warehouse,
+/// The two queries of [`read_day`], parameters bound: the accounts' day,
+/// then their consumption by service and engine (public so that a test
+/// runs them on both ClickHouse versions).
+pub fn day_queries(
+    client: &clickhouse::Client,
     date: chrono::NaiveDate,
     zone: &str,
     basis: DayBasis,
-) -> Result<(Vec<AccountDay>, Vec<Consumption>), WarehouseError> {
+) -> Result<[clickhouse::query::Query; 2], WarehouseError> {
     check_zone(zone)?;
     let column = basis.column();
     let day = date.format("%Y-%m-%d").to_string();
@@ -288,7 +288,7 @@ pub async fn read_day(
     // second), whatever the zone: lets the server skip later months.
     let end = (date + chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
     let filter = format!("toDate({column}, ?) = toDate(?) AND occurred_at < toDateTime(toDate(?))");
-    let sql = format!(
+    let accounts = format!(
         "SELECT account_id, \
          toString(argMin(balance_after - {SIGNED}, sequence)) AS opening, \
          toString(sumIf(credits, entry_type = 'Add' AND status = 'Success')) AS added, \
@@ -301,8 +301,29 @@ pub async fn read_day(
          min(sequence) AS first_sequence, max(sequence) AS last_sequence, count() AS entries \
          FROM ledger_entries WHERE {filter} GROUP BY account_id ORDER BY account_id"
     );
-    let query = warehouse.client().query(&sql).bind(zone).bind(&day).bind(&end);
-    let rows: Vec<AccountRow> = warehouse.fetch_all(&sql, query).await?;
+    let consumption = format!(
+        "SELECT account_id, service, engine, count() AS jobs, countIf(status = 'Success') AS successes, \
+         toString(sumIf(credits, status = 'Success')) AS credits, \
+         toString(sumIf(dollars, status = 'Success')) AS dollars \
+         FROM ledger_entries WHERE entry_type = 'Consume' AND {filter} \
+         GROUP BY account_id, service, engine ORDER BY account_id, service, engine"
+    );
+    let bind = |sql: &str| client.query(sql).bind(zone).bind(&day).bind(&end);
+    Ok([bind(&accounts), bind(&consumption)])
+}
+
+/// Every account's day `date` in zone `zone`, and its consumption by
+/// service and engine, from the raw table (so any zone, and the same
+/// answer the rollups must give in UTC).
+pub async fn read_day(
+    warehouse: &Warehouse,
+    date: chrono::NaiveDate,
+    zone: &str,
+    basis: DayBasis,
+) -> Result<(Vec<AccountDay>, Vec<Consumption>), WarehouseError> {
+    let [accounts_query, consumption_query] = day_queries(warehouse.client(), date, zone, basis)?;
+    let what = format!("finance day {date}");
+    let rows: Vec<AccountRow> = warehouse.fetch_all(&what, accounts_query).await?;
     let mut accounts = Vec::with_capacity(rows.len());
     for r in rows {
         accounts.push(AccountDay {
@@ -320,15 +341,7 @@ pub async fn read_day(
             account_id: r.account_id,
         });
     }
-    let sql = format!(
-        "SELECT account_id, service, engine, count() AS jobs, countIf(status = 'Success') AS successes, \
-         toString(sumIf(credits, status = 'Success')) AS credits, \
-         toString(sumIf(dollars, status = 'Success')) AS dollars \
-         FROM ledger_entries WHERE entry_type = 'Consume' AND {filter} \
-         GROUP BY account_id, service, engine ORDER BY account_id, service, engine"
-    );
-    let query = warehouse.client().query(&sql).bind(zone).bind(&day).bind(&end);
-    let rows: Vec<ConsumptionRow> = warehouse.fetch_all(&sql, query).await?;
+    let rows: Vec<ConsumptionRow> = warehouse.fetch_all(&what, consumption_query).await?;
     let mut consumption = Vec::with_capacity(rows.len());
     for r in rows {
         consumption.push(Consumption {
