@@ -189,6 +189,31 @@ fn main() -> Result<()> {
         worst = worst.max(p99);
         lines.push(format!("{:<15} {:<30} p50 {:>7.1} ms  p99 {:>7.1} ms", name, label, percentile(&times, 0.5), p99));
     }
+    // finance_day answers every account of a day: how much of its time is
+    // the server's work, and how much moving the answer (rows counted).
+    {
+        let query = queries::find("finance_day")?;
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for run in 0..=runs {
+            let given: BTreeMap<String, String> = [("date".to_string(), day(&mut rng).to_string())].into();
+            let (bound, _) = query.prepare(warehouse.client(), &given, today)?;
+            let sql = format!("SELECT count() FROM ({})", bound.sql_display());
+            let started = Instant::now();
+            let answer = rt.block_on(warehouse.fetch_tsv(warehouse.client().query(&sql), &sql))?;
+            if run > 0 {
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            rows = answer.lines().nth(2).and_then(|l| l.trim().parse::<u64>().ok()).unwrap_or(0);
+        }
+        times.sort_by(f64::total_cmp);
+        lines.push(format!(
+            "{:<46} p50 {:>7.1} ms  p99 {:>7.1} ms  ({rows} rows a day, not sent)",
+            "finance_day counted on the server",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99)
+        ));
+    }
     // What the rollups save: the same questions of the raw table.
     let raw: [(&str, &str); 3] = [
         (

@@ -124,6 +124,11 @@ echo
 echo "-- photo-booth event $event, credits by engine: tally query event_credits"
 "$tally" query event_credits --param event="$event"
 echo
+booked_first=$(ch "SELECT toString(toDate(min(booked_at))) FROM tally.ledger_entries")
+booked_last=$(ch "SELECT toString(toDate(max(booked_at))) FROM tally.ledger_entries")
+echo "-- finance, booked days $booked_first to $booked_last (every account must tie out): tally finance daily"
+"$tally" finance daily --from "$booked_first" --to "$booked_last" | sed -n '/^== platform totals/,$p'
+echo
 echo "== From the ledger topic (tally summary), for comparison"
 printf '%s\n' "$summary"
 log "done. The stack is still up (deploy/local/stack.sh down stops it). To look closer:"
