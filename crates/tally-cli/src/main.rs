@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod aggregator;
 mod inspect;
 mod metering;
+mod notify;
 mod rates;
 mod simulate;
 mod summary;
@@ -38,6 +39,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run the aggregator: the ledger topic into ClickHouse, exactly once.
     Aggregator(aggregator::Args),
+    /// Run the notifier: alerts to signed HTTP webhooks, in order per account, once per alert.
+    Notify(notify::Args),
     /// Create or upgrade the ClickHouse schema; rebuild rollups from the raw table.
     Migrate(warehouse::MigrateArgs),
     /// Run a named ClickHouse query (balance, activity, timeline, ...; --list shows them).
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         Command::Summary(args) => summary::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Aggregator(args) => aggregator::run(args, &runtime),
+        Command::Notify(args) => notify::run(args, &runtime),
         Command::Migrate(args) => runtime.block_on(warehouse::migrate(args)),
         Command::Query(args) => runtime.block_on(warehouse::query(args)),
     }
