@@ -226,14 +226,16 @@ mod tests {
         assert_eq!(main.secret, b"a-local-test-secret-000");
         assert_eq!(main.backoff.retry_for, Duration::from_secs(86_400), "a day of retries by default");
         // Everything but the endpoints is the built-in default.
-        let mut raw = RawConfig::default();
-        raw.endpoints = Some(BTreeMap::from([(
-            "main".to_string(),
-            RawEndpoint {
-                url: Some("http://127.0.0.1:8080/tally/alerts".into()),
-                secret: Some("a-local-test-secret-000".into()),
-            },
-        )]));
+        let raw = RawConfig {
+            endpoints: Some(BTreeMap::from([(
+                "main".to_string(),
+                RawEndpoint {
+                    url: Some("http://127.0.0.1:8080/tally/alerts".into()),
+                    secret: Some("a-local-test-secret-000".into()),
+                },
+            )])),
+            ..RawConfig::default()
+        };
         let mut defaults = NotifyConfig::validate(raw, String::new()).expect("defaults");
         config.origin.clear();
         defaults.origin.clear();

@@ -84,7 +84,7 @@ pub enum Accept {
     Duplicate,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Track {
     /// Last finished sequence and what was finished there.
     done_sequence: i64,
@@ -95,9 +95,11 @@ struct Track {
     attempting: Option<Uuid>,
 }
 
-impl Track {
-    fn new() -> Self {
-        Track { done_sequence: -1, accepted_sequence: -1, ..Track::default() }
+impl Default for Track {
+    /// Nothing finished nor accepted: sequences start at -1, below every
+    /// ledger sequence.
+    fn default() -> Self {
+        Track { done_sequence: -1, done: Vec::new(), accepted_sequence: -1, accepted: Vec::new(), attempting: None }
     }
 }
 
@@ -141,7 +143,7 @@ impl Tracker {
 
     /// An alert read from the alerts topic: new (queue it) or a duplicate.
     pub fn accept(&mut self, alert: &Alert) -> Accept {
-        let track = self.accounts.entry(alert.account_id.to_string()).or_insert_with(Track::new);
+        let track = self.accounts.entry(alert.account_id.to_string()).or_default();
         let sequence = alert.sequence.0;
         if sequence < track.accepted_sequence
             || (sequence == track.accepted_sequence && track.accepted.contains(&alert.alert_id))
@@ -161,7 +163,7 @@ impl Tracker {
     /// being attempted when that run stopped).
     pub fn start(&mut self, alert: &Alert) -> (AccountRecord, bool) {
         let account = alert.account_id.to_string();
-        let track = self.accounts.entry(account.clone()).or_insert_with(Track::new);
+        let track = self.accounts.entry(account.clone()).or_default();
         let possibly_delivered = track.attempting == Some(alert.alert_id);
         track.attempting = Some(alert.alert_id);
         (record(&account, track), possibly_delivered)
@@ -171,7 +173,7 @@ impl Tracker {
     /// next alert starts).
     pub fn finish(&mut self, alert: &Alert, outcome: Outcome) -> AccountRecord {
         let account = alert.account_id.to_string();
-        let track = self.accounts.entry(account.clone()).or_insert_with(Track::new);
+        let track = self.accounts.entry(account.clone()).or_default();
         let sequence = alert.sequence.0;
         if sequence > track.done_sequence {
             track.done_sequence = sequence;

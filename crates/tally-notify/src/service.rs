@@ -345,7 +345,7 @@ async fn deliver(shared: &Shared, alert: &Alert, read_at: Instant) -> Result<boo
     write_log(shared, &record).await?;
     faults::point("notify_after_attempting");
     let permits = shared.permits.get(&endpoint.name).cloned().unwrap_or_else(|| Arc::new(Semaphore::new(1)));
-    let first_attempt_at = chrono::Utc::now();
+    let first_attempt_at = wall_clock();
     let started = Instant::now();
     let mut failures = 0u32;
     let mut maybe_received = possibly_delivered;
@@ -408,7 +408,7 @@ async fn deliver(shared: &Shared, alert: &Alert, read_at: Instant) -> Result<boo
                     url: endpoint.url.clone(),
                     attempts: failures,
                     first_attempt_at: first_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    last_attempt_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    last_attempt_at: wall_clock().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     last_error: truncate(&error.to_string(), LAST_ERROR_MAX),
                 };
                 let payload = serde_json::to_vec(&letter).map_err(|e| e.to_string())?;
@@ -446,7 +446,7 @@ fn headers(
     attempt: u32,
     maybe_received: bool,
 ) -> Vec<(&'static str, String)> {
-    let now = chrono::Utc::now().timestamp();
+    let now = wall_clock().timestamp();
     let mut headers = vec![
         (signing::HEADER, signing::sign(&endpoint.secret, now, body)),
         (ALERT_ID_HEADER, alert.alert_id.to_string()),
@@ -457,6 +457,14 @@ fn headers(
         headers.push((POSSIBLE_DUPLICATE_HEADER, "true".to_string()));
     }
     headers
+}
+
+/// The wall clock: a signature's `t` must be the receiver's idea of now
+/// (it checks the tolerance against its own clock), and a dead letter's
+/// attempt times are when the POSTs happened. Never used for ledger time.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
 }
 
 /// Writes an account's delivery record and waits for the broker's ack.
