@@ -16,6 +16,17 @@
 //! - [`service`]: the loop; [`config`], [`metrics`]; [`faults`]: crash
 //!   points for the fault tests (feature `fault-injection` only).
 //!
+//! The guarantee, in short: per account, alerts are POSTed one at a time
+//! in ledger order; each is recorded in a compacted delivery log (keyed by
+//! account: one sequence and a few ids per account, so memory is bounded
+//! by accounts) as `attempting` before its first POST and `delivered` or
+//! `dead_lettered` after; the log is read to its end before anything is
+//! delivered. After a restart no alert the log calls finished is POSTed
+//! again. The one window (a crash between the receiver's 2xx and the log's
+//! ack) makes one more POST possible, always with
+//! `Tally-Possible-Duplicate: true` and the same `Tally-Alert-Id`, which a
+//! receiver deduplicates on.
+//!
 //! It depends on no other service: only on `tally-events` (the alert
 //! record) and `tally-service` (config, Kafka, HTTP, lifecycle).
 
