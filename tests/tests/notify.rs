@@ -12,9 +12,10 @@
 //! - killed (abort, as kill -9) right after a receiver's 2xx and before the
 //!   delivery log says so, then restarted: every alert id reaches the
 //!   receiver; an id is POSTed again only if it was in flight at a stop
-//!   (at most once more per stop), and then each repeat says `Tally-Possible-Duplicate:
-//!   //!   true`; every other id is POSTed exactly once; then a real kill -9
-//!   while POSTs are in flight to a slow receiver, the same;
+//!   (at most once more per stop), and each repeat says
+//!   `Tally-Possible-Duplicate: true`; every other id is POSTed exactly
+//!   once. Stops: the abort above, then a real kill -9 while POSTs wait on
+//!   a slow receiver;
 //! - an endpoint that always fails: the other endpoint's accounts are all
 //!   delivered while it still fails, and its account's alerts land in the
 //!   dead-letter topic, in order, with the attempts and the last error.
