@@ -9,6 +9,7 @@ mod aggregator;
 mod finance;
 mod inspect;
 mod metering;
+mod notify;
 mod rates;
 mod simulate;
 mod summary;
@@ -39,6 +40,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run the aggregator: the ledger topic into ClickHouse, exactly once.
     Aggregator(aggregator::Args),
+    /// Run the notifier: alerts to signed HTTP webhooks, in order per account, once per alert.
+    Notify(notify::Args),
     /// Create or upgrade the ClickHouse schema; rebuild rollups from the raw table.
     Migrate(warehouse::MigrateArgs),
     /// Finance from ClickHouse: daily per-account totals that must tie out.
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
         Command::Summary(args) => summary::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Aggregator(args) => aggregator::run(args, &runtime),
+        Command::Notify(args) => notify::run(args, &runtime),
         Command::Migrate(args) => runtime.block_on(warehouse::migrate(args)),
         Command::Query(args) => runtime.block_on(warehouse::query(args)),
         Command::Finance { command } => runtime.block_on(finance::run(command)),

@@ -65,8 +65,10 @@ pub fn seed() -> u64 {
 /// only settings a test gives are where things are (broker, rate table,
 /// metrics port) and what its scenario is about, passed in `env`.
 pub struct MeteringProcess {
-    /// `metering` or `aggregator`.
+    /// `metering`, `aggregator` or `notify`.
     service: &'static str,
+    /// Arguments after the subcommand.
+    args: Vec<String>,
     child: Option<Child>,
     pub metrics_port: u16,
     pub log: PathBuf,
@@ -90,10 +92,26 @@ impl MeteringProcess {
         Self::spawn_service("aggregator", bootstrap, name, &all)
     }
 
+    /// A `tally notify --config <config>` child process, told where the
+    /// broker is (and what `env` adds: secrets, short retry windows).
+    pub fn notify(bootstrap: &str, config: &Path, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut process = Self::unstarted("notify", bootstrap, name, env);
+        process.args = vec!["--config".into(), config.display().to_string()];
+        process.start()?;
+        Ok(process)
+    }
+
     fn spawn_service(service: &'static str, bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut process = Self::unstarted(service, bootstrap, name, env);
+        process.start()?;
+        Ok(process)
+    }
+
+    fn unstarted(service: &'static str, bootstrap: &str, name: &str, env: &[(&str, &str)]) -> Self {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut process = MeteringProcess {
+        MeteringProcess {
             service,
+            args: Vec::new(),
             child: None,
             metrics_port: 0,
             log: PathBuf::new(),
@@ -101,9 +119,7 @@ impl MeteringProcess {
             name: name.to_string(),
             env,
             restarts: 0,
-        };
-        process.start()?;
-        Ok(process)
+        }
     }
 
     fn start(&mut self) -> Result<()> {
@@ -114,6 +130,7 @@ impl MeteringProcess {
         let prefix = format!("TALLY_{}__", self.service.to_uppercase());
         command
             .args([self.service])
+            .args(&self.args)
             .env(format!("{prefix}BROKERS"), &self.bootstrap)
             .env(format!("{prefix}METRICS_ADDRESS"), format!("127.0.0.1:{}", self.metrics_port));
         if self.service == "metering" {
