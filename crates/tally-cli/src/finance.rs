@@ -231,18 +231,33 @@ fn types(names: &[&str]) -> Vec<String> {
     names.iter().map(|t| t.to_string()).collect()
 }
 
+/// Credits as exact text, trailing zeros dropped.
+fn credits(value: Decimal) -> String {
+    value.normalize().to_string()
+}
+
+/// Dollars as exact text with at least the cents (adding zeros is exact;
+/// nothing is ever rounded away).
+fn dollars(value: Decimal) -> String {
+    let mut value = value.normalize();
+    if value.scale() < 2 {
+        value.rescale(2);
+    }
+    value.to_string()
+}
+
 fn account_row(day: chrono::NaiveDate, a: &AccountDay, flagged: bool) -> Vec<String> {
     vec![
         day.to_string(),
         a.account_id.clone(),
-        a.opening.to_string(),
-        a.added.to_string(),
-        a.paid.to_string(),
-        a.consumed.to_string(),
-        a.consumed_dollars.to_string(),
-        a.forfeited.to_string(),
-        a.forfeited_dollars.to_string(),
-        a.closing.to_string(),
+        credits(a.opening),
+        credits(a.added),
+        dollars(a.paid),
+        credits(a.consumed),
+        dollars(a.consumed_dollars),
+        credits(a.forfeited),
+        dollars(a.forfeited_dollars),
+        credits(a.closing),
         a.first_sequence.to_string(),
         a.last_sequence.to_string(),
         if flagged { "MISMATCH".into() } else { "ok".into() },
@@ -257,8 +272,8 @@ fn consumption_row(day: chrono::NaiveDate, c: &Consumption) -> Vec<String> {
         c.engine.clone(),
         c.jobs.to_string(),
         c.successes.to_string(),
-        c.credits.to_string(),
-        c.dollars.to_string(),
+        credits(c.credits),
+        dollars(c.dollars),
     ]
 }
 
@@ -267,5 +282,17 @@ fn problem_account(problem: &Problem) -> &str {
         Problem::Identity { account_id, .. }
         | Problem::NotContiguous { account_id, .. }
         | Problem::Chain { account_id, .. } => account_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn money_prints_exactly_with_cents() {
+        let d = |s: &str| s.parse::<rust_decimal::Decimal>().expect("decimal");
+        assert_eq!(super::dollars(d("520.5")), "520.50");
+        assert_eq!(super::dollars(d("3735.000")), "3735.00");
+        assert_eq!(super::dollars(d("0.125")), "0.125", "never rounded");
+        assert_eq!(super::credits(d("1530.000000")), "1530");
     }
 }
