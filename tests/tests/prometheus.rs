@@ -243,25 +243,27 @@ impl Drop for Prometheus {
 
 /// The shipped `deploy/prometheus/prometheus.yml` pointed at this test's
 /// services: same job names and rules, their ports, a 1 s scrape and
-/// evaluation interval. The notifier's job (`tally notify` is built on
-/// another branch; it joins this test when the branches merge) and
-/// node_exporter's (for reconcile's textfile; reconcile is not built) are
-/// cut: nothing here serves them.
-fn test_config(metering_port: u16, aggregator_port: u16) -> Result<String> {
+/// evaluation interval. node_exporter's job (for reconcile's textfile;
+/// reconcile is not built) is cut: nothing here serves it.
+fn test_config(metering_port: u16, aggregator_port: u16, notify_port: u16) -> Result<String> {
     let shipped = std::fs::read_to_string(prometheus_dir().join("prometheus.yml"))?;
     let cut = shipped
-        .find("  - job_name: tally-notify")
-        .context("prometheus.yml: expected the tally-notify job after metering's and the aggregator's")?;
+        .find("  # node_exporter's textfile collector")
+        .context("prometheus.yml: expected node_exporter's job after the tally services'")?;
     let config = shipped[..cut]
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
         .replace("- rules/*.yml", &format!("- {}/rules/*.yml", prometheus_dir().display()))
         .replace("127.0.0.1:9464", &format!("127.0.0.1:{metering_port}"))
-        .replace("127.0.0.1:9465", &format!("127.0.0.1:{aggregator_port}"));
+        .replace("127.0.0.1:9465", &format!("127.0.0.1:{aggregator_port}"))
+        .replace("127.0.0.1:9466", &format!("127.0.0.1:{notify_port}"));
     for expected in ["scrape_interval: 1s", "evaluation_interval: 1s", "rules/*.yml", "job_name: tally-metering"] {
         assert!(config.contains(expected), "prometheus.yml changed shape: no {expected:?} in\n{config}");
     }
-    assert!(!config.contains(":9464") && !config.contains(":9465"), "prometheus.yml: default ports left in\n{config}");
+    assert!(
+        !config.contains(":9464") && !config.contains(":9465") && !config.contains(":9466"),
+        "prometheus.yml: default ports left in\n{config}"
+    );
     Ok(config)
 }
 
@@ -312,7 +314,7 @@ fn readme_metrics_table_follows_the_conventions() -> Result<()> {
 /// The metric names a service's `metrics.rs` registers, with its prefix:
 /// every lowercase string literal there once the registry prefix and the
 /// label lists (`&[...]`) are taken out (help texts have spaces).
-fn registered(krate: &str, prefix: &str) -> Result<BTreeSet<String>> {
+fn registered(krate: &str, prefix: &str, at_least: usize) -> Result<BTreeSet<String>> {
     let source = std::fs::read_to_string(root().join("crates").join(krate).join("src/metrics.rs"))?;
     let mut code = String::new();
     let mut rest = source.as_str();
@@ -329,19 +331,24 @@ fn registered(krate: &str, prefix: &str) -> Result<BTreeSet<String>> {
         .filter(|lit| *lit != prefix)
         .map(|lit| format!("{prefix}_{lit}"))
         .collect();
-    assert!(names.len() >= 10, "found only {names:?} in {krate}/src/metrics.rs");
+    assert!(names.len() >= at_least, "found only {names:?} in {krate}/src/metrics.rs");
     Ok(names)
 }
 
-/// The README table's metering and aggregator rows are exactly what their
+/// The README table's metering, aggregator and notifier rows are exactly what their
 /// `metrics.rs` registers: nothing missing (labelled metrics are not
 /// exported before their first sample, so the scrape test cannot see them
 /// all), nothing stale.
 #[test]
 fn readme_metrics_table_is_what_the_services_register() -> Result<()> {
     let documented = readme_metrics()?;
-    for (krate, prefix) in [("tally-metering", "tally_metering"), ("tally-aggregator", "tally_aggregator")] {
-        let registered = registered(krate, prefix)?;
+    let services = [
+        ("tally-metering", "tally_metering", 10),
+        ("tally-aggregator", "tally_aggregator", 10),
+        ("tally-notify", "tally_notify", 5),
+    ];
+    for (krate, prefix, at_least) in services {
+        let registered = registered(krate, prefix, at_least)?;
         let rows: BTreeSet<String> =
             documented.iter().filter(|n| n.starts_with(&format!("{prefix}_"))).cloned().collect();
         let missing: Vec<_> = registered.difference(&rows).collect();
@@ -373,12 +380,28 @@ async fn prometheus_scrapes_every_service_and_loads_the_rules() -> Result<()> {
     })
     .with_context(|| format!("metering log:\n{}\naggregator log:\n{}", metering.log_tail(), aggregator.log_tail()))?;
 
+    // The notifier, following the alerts metering writes, towards an
+    // endpoint nobody listens on (its deliveries retry; it serves metrics).
+    let notify_config = std::env::temp_dir().join(format!("tally-prometheus-notify-{}.toml", std::process::id()));
+    std::fs::write(
+        &notify_config,
+        "version = 1\ndefault_endpoint = \"main\"\n[endpoints.main]\nurl = \"http://127.0.0.1:9/alerts\"\n",
+    )?;
+    let secret = [("TALLY_NOTIFY__ENDPOINTS__MAIN__SECRET", "prometheus-test-secret")];
+    let notifier = MeteringProcess::notify(&bootstrap, &notify_config, "prometheus", &secret)?;
+    wait_until("the notifier to serve /metrics", Duration::from_secs(30), || {
+        Ok(notifier.metrics().is_ok_and(|m| m.contains("tally_notify_")))
+    })
+    .with_context(|| format!("notifier log:\n{}", notifier.log_tail()))?;
+
     // What they serve follows the naming conventions.
     lint_metrics("metering's /metrics", &metering.metrics()?)?;
     lint_metrics("the aggregator's /metrics", &aggregator.metrics()?)?;
+    lint_metrics("the notifier's /metrics", &notifier.metrics()?)?;
 
-    let prometheus = Prometheus::start(&test_config(metering.metrics_port, aggregator.metrics_port)?)?;
-    let jobs = ["tally-metering", "tally-aggregator"];
+    let prometheus =
+        Prometheus::start(&test_config(metering.metrics_port, aggregator.metrics_port, notifier.metrics_port)?)?;
+    let jobs = ["tally-metering", "tally-aggregator", "tally-notify"];
     let mut last = String::new();
     let up = wait_until("every job up in Prometheus, with tally metrics", Duration::from_secs(30), || {
         let up = match prometheus.query("up") {

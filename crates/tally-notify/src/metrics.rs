@@ -40,8 +40,9 @@ impl Metrics {
         registry.register(Box::new(deliveries.clone()))?;
         // Every outcome shows from the start (0), so rates and absent()
         // alerts work before the first of each.
-        for outcome in ["delivered", "dead_lettered", "skipped_duplicate"] {
-            deliveries.with_label_values(&[outcome]);
+        // (A label list in `&[...]`, as the README table's test expects.)
+        for outcome in &["delivered", "dead_lettered", "skipped_duplicate"] {
+            deliveries.with_label_values(&[*outcome]);
         }
         let retries = IntCounter::new("retries_total", "Failed POSTs scheduled again after a backoff")?;
         registry.register(Box::new(retries.clone()))?;
