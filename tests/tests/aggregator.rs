@@ -105,7 +105,7 @@ async fn clickhouse_holds_the_fenced_ledger_exactly_once_through_faults() -> Res
     let owned =
         first.metric_sum("tally_aggregator_partitions_owned") + second.metric_sum("tally_aggregator_partitions_owned");
     assert_eq!(owned, 4.0, "the two aggregators own the four ledger partitions between them");
-    finance_days_tie_out(&clickhouse)?;
+    finance_days_tie_out(&clickhouse, &bootstrap, eq.expected)?;
     Ok(())
 }
 
@@ -113,8 +113,9 @@ async fn clickhouse_holds_the_fenced_ledger_exactly_once_through_faults() -> Res
 /// events included): every booked day ties out in UTC and in another zone,
 /// its totals equal the raw table's, days by occurred_at are reported as
 /// not chaining where events came late, and a doubled row is caught and
-/// named. Runs last: it corrupts the raw table.
-fn finance_days_tie_out(clickhouse: &ClickHouse) -> Result<()> {
+/// named; `tally reconcile` agrees on the clean data and names each
+/// injected corruption. Runs last: it corrupts the raw table.
+fn finance_days_tie_out(clickhouse: &ClickHouse, bootstrap: &str, entries: usize) -> Result<()> {
     let finance = |args: &[&str]| -> Result<std::process::Output> {
         Ok(std::process::Command::new(tally_testkit::tally_binary()?)
             .args(["finance", "daily", "--clickhouse-url", &clickhouse.url()])
@@ -155,6 +156,36 @@ fn finance_days_tie_out(clickhouse: &ClickHouse) -> Result<()> {
     if late > 0 {
         assert!(stderr.contains("do not chain by occurred_at"), "late entries break occurred days: {stderr}");
     }
+    let reconcile = |url: &str, args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(tally_testkit::tally_binary()?)
+            .args(["reconcile", "--clickhouse-url", url, "--brokers", bootstrap])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()?)
+    };
+    let json = std::env::temp_dir().join(format!("tally-reconcile-{}.json", std::process::id()));
+    let metrics = std::env::temp_dir().join(format!("tally-reconcile-{}.prom", std::process::id()));
+    let (json_arg, metrics_arg) = (json.display().to_string(), metrics.display().to_string());
+    let clean = reconcile(
+        &clickhouse.url(),
+        &["--from", &from, "--to", &to, "--json", &json_arg, "--metrics-file", &metrics_arg],
+    )?;
+    let stdout = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "clean data reconciles: {stdout}\n{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(stdout.contains("ledger, ClickHouse and rollups agree"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(report["ledger_entries"].as_u64(), Some(entries as u64), "every counted entry read: {report}");
+    assert!(std::fs::read_to_string(&metrics)?.contains("tally_reconcile_mismatches 0"));
+    // ClickHouse unreachable: "could not check", not "mismatch".
+    let closed = format!("http://127.0.0.1:{}", tally_testkit::free_port()?);
+    let down = reconcile(&closed, &["--date", &from, "--metrics-file", &metrics_arg])?;
+    assert_eq!(down.status.code(), Some(2), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(std::fs::read_to_string(&metrics)?.contains("tally_reconcile_could_not_check 1"));
     // A row doubled in ClickHouse: its account's day no longer ties out.
     clickhouse.query(
         "INSERT INTO tally.ledger_entries SELECT * FROM tally.ledger_entries \
@@ -173,6 +204,19 @@ fn finance_days_tie_out(clickhouse: &ClickHouse) -> Result<()> {
         stderr.contains(account) && stdout.contains(&format!("DOES NOT TIE OUT {day}: {account}")),
         "{stdout}\n{stderr}"
     );
+    let caught = reconcile(&clickhouse.url(), &["--date", day])?;
+    let stdout = String::from_utf8_lossy(&caught.stdout);
+    assert_eq!(caught.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("DIFFERENCE {day} {account}")) && stdout.contains("entries ledger"), "{stdout}");
+    // A rollup row altered behind the aggregator's back.
+    clickhouse.query(
+        "INSERT INTO tally.service_hourly (ledger_partition, hour, service, engine, entries, successes, credits) \
+         VALUES (0, toDateTime('2026-07-01 00:00:00', 'UTC'), 'sms', 'standard', 1, 1, 5)",
+    )?;
+    let rollup = reconcile(&clickhouse.url(), &["--date", day])?;
+    let stdout = String::from_utf8_lossy(&rollup.stdout);
+    assert_eq!(rollup.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ROLLUP UNEQUAL service_hourly"), "{stdout}");
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod inspect;
 mod metering;
 mod notify;
 mod rates;
+mod reconcile;
 mod simulate;
 mod summary;
 mod warehouse;
@@ -49,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: finance::Command,
     },
+    /// Check the ledger topic against ClickHouse and its rollups (exit 1: mismatch, 2: could not check).
+    Reconcile(reconcile::Args),
     /// Run a named ClickHouse query (balance, activity, timeline, ...; --list shows them).
     Query(warehouse::QueryArgs),
 }
@@ -76,5 +79,6 @@ fn main() -> Result<()> {
         Command::Migrate(args) => runtime.block_on(warehouse::migrate(args)),
         Command::Query(args) => runtime.block_on(warehouse::query(args)),
         Command::Finance { command } => runtime.block_on(finance::run(command)),
+        Command::Reconcile(args) => runtime.block_on(reconcile::run(args)),
     }
 }

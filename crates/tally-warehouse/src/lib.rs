@@ -12,6 +12,8 @@
 //!   client (never spliced);
 //! - [`finance`]: finance's day per account (opening, added, consumed,
 //!   forfeited, closing) in any zone, and the checks that it ties out;
+//! - [`reconcile`]: the ledger topic's tallies per booked day, account and
+//!   service against the raw table's, every difference named;
 //! - [`client`]: the connection and its typed, retry-aware errors.
 //!
 //! The SQL runs unchanged on ClickHouse 18.16 and on current versions: see
@@ -21,6 +23,7 @@ pub mod client;
 pub mod finance;
 pub mod migrations;
 pub mod queries;
+pub mod reconcile;
 pub mod rollups;
 pub mod row;
 

@@ -1,0 +1,212 @@
+//! Reconciliation: the ledger topic (the source of truth, read through the
+//! one fenced reader by the caller) against the ClickHouse raw table, per
+//! booked UTC day, account and service: entry counts, credit and dollar
+//! sums, the last sequence and the balance after it.
+//!
+//! The caller tallies the ledger's counted entries with [`Tallies::add`];
+//! [`clickhouse_day`] tallies one day of the raw table the same way in
+//! SQL; [`compare`] names every difference with both values. Pure except
+//! for [`clickhouse_day`]. Money is `rust_decimal`, read as decimal text,
+//! compared exactly (normalized: `2.50` equals `2.5`).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use tally_events::LedgerEntry;
+
+use crate::client::{Warehouse, WarehouseError};
+
+/// What is tallied: a booked UTC day, an account, a service ('' for
+/// entries that are not usage).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Booked day (UTC).
+    pub day: chrono::NaiveDate,
+    /// Account.
+    pub account_id: String,
+    /// Service code, '' for OPEN, ADD, UPDATE, FORFEIT.
+    pub service: String,
+}
+
+/// The tally of one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Entries.
+    pub entries: u64,
+    /// Sum of credits (every entry, whatever its status).
+    pub credits: Decimal,
+    /// Sum of dollars.
+    pub dollars: Decimal,
+    /// Highest sequence.
+    pub last_sequence: i64,
+    /// Balance after it.
+    pub last_balance: Decimal,
+}
+
+/// Tallies by key.
+pub type Tallies = BTreeMap<Key, Totals>;
+
+/// The key of `entry` (booked day by [`tally_events`]' `booked_at`, or
+/// `occurred_at` for an entry written before ledger entry v4, as the raw
+/// table's DEFAULT does).
+pub fn key_of(entry: &LedgerEntry) -> Key {
+    let booked = entry.booked_at.unwrap_or(entry.occurred_at);
+    Key { day: booked.date_naive(), account_id: entry.account_id.to_string(), service: entry.service.clone() }
+}
+
+/// Adds `entry` to `tallies`.
+pub fn add(tallies: &mut Tallies, entry: &LedgerEntry) {
+    let totals = tallies.entry(key_of(entry)).or_default();
+    totals.entries += 1;
+    totals.credits = (totals.credits + entry.credits.decimal()).normalize();
+    totals.dollars = (totals.dollars + entry.dollars.decimal()).normalize();
+    if entry.sequence.0 > totals.last_sequence {
+        totals.last_sequence = entry.sequence.0;
+        totals.last_balance = entry.balance_after.decimal().normalize();
+    }
+}
+
+/// One difference between the ledger and ClickHouse.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    /// Booked day.
+    pub day: String,
+    /// Account.
+    pub account_id: String,
+    /// Service ('' for non-usage entries).
+    pub service: String,
+    /// What differs: `entries`, `credits`, `dollars`, `last_sequence`,
+    /// `last_balance`, or `present` (a key only one side has).
+    pub field: String,
+    /// The ledger topic's value.
+    pub ledger: String,
+    /// ClickHouse's value.
+    pub clickhouse: String,
+}
+
+/// Every difference between `ledger` and `clickhouse`, in key order.
+pub fn compare(ledger: &Tallies, clickhouse: &Tallies) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let diff = |key: &Key, field: &str, ledger: String, clickhouse: String| Difference {
+        day: key.day.to_string(),
+        account_id: key.account_id.clone(),
+        service: key.service.clone(),
+        field: field.into(),
+        ledger,
+        clickhouse,
+    };
+    for (key, l) in ledger {
+        let Some(c) = clickhouse.get(key) else {
+            out.push(diff(key, "present", format!("{} entries", l.entries), "none".into()));
+            continue;
+        };
+        let fields = [
+            ("entries", l.entries.to_string(), c.entries.to_string()),
+            ("credits", l.credits.to_string(), c.credits.to_string()),
+            ("dollars", l.dollars.to_string(), c.dollars.to_string()),
+            ("last_sequence", l.last_sequence.to_string(), c.last_sequence.to_string()),
+            ("last_balance", l.last_balance.to_string(), c.last_balance.to_string()),
+        ];
+        for (field, lv, cv) in fields {
+            if lv != cv {
+                out.push(diff(key, field, lv, cv));
+            }
+        }
+    }
+    for (key, c) in clickhouse {
+        if !ledger.contains_key(key) {
+            out.push(diff(key, "present", "none".into(), format!("{} entries", c.entries)));
+        }
+    }
+    out
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct TotalsRow {
+    account_id: String,
+    service: String,
+    entries: u64,
+    credits: String,
+    dollars: String,
+    last_sequence: i64,
+    last_balance: String,
+}
+
+fn decimal(column: &str, text: &str) -> Result<Decimal, WarehouseError> {
+    text.parse::<Decimal>()
+        .map(|d| d.normalize())
+        .map_err(|e| WarehouseError::Query(format!("{column} {text:?} is not exact decimal text: {e}")))
+}
+
+/// The raw table's tallies of booked UTC day `day`.
+pub async fn clickhouse_day(warehouse: &Warehouse, day: chrono::NaiveDate) -> Result<Tallies, WarehouseError> {
+    let sql = "SELECT account_id, service, count() AS entries, toString(sum(credits)) AS credits, \
+               toString(sum(dollars)) AS dollars, max(sequence) AS last_sequence, \
+               toString(argMax(balance_after, sequence)) AS last_balance \
+               FROM ledger_entries WHERE toDate(booked_at) = toDate(?) AND occurred_at < toDateTime(toDate(?)) \
+               GROUP BY account_id, service";
+    let text = day.format("%Y-%m-%d").to_string();
+    let end = (day + chrono::TimeDelta::days(1)).format("%Y-%m-%d").to_string();
+    let query = warehouse.client().query(sql).bind(&text).bind(&end);
+    let rows: Vec<TotalsRow> = warehouse.fetch_all(sql, query).await?;
+    let mut tallies = Tallies::new();
+    for r in rows {
+        tallies.insert(
+            Key { day, account_id: r.account_id, service: r.service },
+            Totals {
+                entries: r.entries,
+                credits: decimal("credits", &r.credits)?,
+                dollars: decimal("dollars", &r.dollars)?,
+                last_sequence: r.last_sequence,
+                last_balance: decimal("last_balance", &r.last_balance)?,
+            },
+        );
+    }
+    Ok(tallies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(account: &str) -> Key {
+        Key {
+            day: chrono::NaiveDate::from_ymd_opt(2026, 12, 1).expect("day"),
+            account_id: account.into(),
+            service: "sms".into(),
+        }
+    }
+
+    fn totals(entries: u64, credits: &str) -> Totals {
+        Totals {
+            entries,
+            credits: credits.parse().expect("decimal"),
+            dollars: Decimal::ZERO,
+            last_sequence: 4,
+            last_balance: Decimal::TEN,
+        }
+    }
+
+    #[test]
+    fn every_difference_is_named_with_both_values() {
+        let ledger =
+            Tallies::from([(key("a"), totals(2, "1.5")), (key("b"), totals(1, "1")), (key("c"), totals(1, "1"))]);
+        let clickhouse =
+            Tallies::from([(key("a"), totals(3, "1.5")), (key("c"), totals(1, "2")), (key("d"), totals(1, "1"))]);
+        let found = compare(&ledger, &clickhouse);
+        let named: Vec<(&str, &str, &str, &str)> = found
+            .iter()
+            .map(|d| (d.account_id.as_str(), d.field.as_str(), d.ledger.as_str(), d.clickhouse.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("a", "entries", "2", "3"),
+                ("b", "present", "1 entries", "none"),
+                ("c", "credits", "1", "2"),
+                ("d", "present", "none", "1 entries")
+            ]
+        );
+        assert!(compare(&ledger, &ledger).is_empty(), "no false alarm on equal data");
+    }
+}
