@@ -244,7 +244,7 @@ impl Drop for Prometheus {
 /// The shipped `deploy/prometheus/prometheus.yml` pointed at this test's
 /// services: same job names and rules, their ports, a 1 s scrape and
 /// evaluation interval. node_exporter's job (for reconcile's textfile;
-/// reconcile is not built) is cut: nothing here serves it.
+/// no node_exporter runs here) is cut: nothing here serves it.
 fn test_config(metering_port: u16, aggregator_port: u16, notify_port: u16) -> Result<String> {
     let shipped = std::fs::read_to_string(prometheus_dir().join("prometheus.yml"))?;
     let cut = shipped
