@@ -122,13 +122,30 @@ def decode(schema_dir):
         }))
 
 
+def dropped_fields(value, schema, path=""):
+    """Fields of value that schema lacks, at any depth (records in records
+    and arrays), as dotted paths (from_json leaves them out)."""
+    found = set()
+    if isinstance(schema, dict) and schema.get("type") == "record" and isinstance(value, dict):
+        fields = {f["name"]: f["type"] for f in schema["fields"]}
+        for name, inner in value.items():
+            at = f"{path}.{name}" if path else name
+            if name in fields:
+                found |= dropped_fields(inner, fields[name], at)
+            else:
+                found.add(at)
+    elif isinstance(schema, dict) and schema.get("type") == "array" and isinstance(value, list):
+        for item in value:
+            found |= dropped_fields(item, schema["items"], path)
+    return found
+
+
 def encode(schema_file):
     schema, fp = load(schema_file)
-    names = {f["name"] for f in schema["fields"]}
     for line in sys.stdin:
         value = json.loads(line)
-        dropped = sorted(set(value) - names)
-        record = from_json({k: v for k, v in value.items() if k in names}, schema)
+        dropped = sorted(dropped_fields(value, schema))
+        record = from_json(value, schema)
         out = io.BytesIO()
         schemaless_writer(out, schema, record)
         print(json.dumps({"hex": (MAGIC + fp + out.getvalue()).hex(), "dropped": dropped}))
