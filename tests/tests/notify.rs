@@ -408,6 +408,9 @@ fn check_deliveries(posts: &[Post], alerts: &[Alert], low: &[String], paused: &[
         assert_eq!(post.json["sequence"], alert.sequence.0);
         assert_eq!(post.json["balance"], alert.balance.to_string());
         assert_eq!(post.json["threshold"], alert.threshold.to_string());
+        let tier = alert.tier.map(|t| t.name().to_ascii_uppercase());
+        assert_eq!(post.json["tier"].as_str().map(String::from), tier, "metering's alert carries the tier");
+        assert!(tier.is_some(), "alerts metering writes now have a tier");
         assert!(post.json["occurred_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", post.json);
     }
     let by_account = first_posts_by_account(posts);

@@ -211,6 +211,7 @@ mod tests {
             threshold: tally_events::Credits::new(Decimal::TEN),
             occurred_at: DateTime::from_timestamp_millis(0).unwrap_or_default(),
             message: String::new(),
+            tier: None,
         }
     }
 

@@ -110,6 +110,7 @@ impl RecordKind {
             ],
             RecordKind::Alert => &[
                 include_str!("../../../schemas/avro/alert.avsc"),
+                include_str!("../../../schemas/avro/previous/alert.v2.avsc"),
                 include_str!("../../../schemas/avro/previous/alert.v1.avsc"),
             ],
             RecordKind::DeadLetter => &[

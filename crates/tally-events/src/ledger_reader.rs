@@ -317,6 +317,7 @@ mod tests {
             threshold: Credits::ZERO,
             occurred_at: chrono::DateTime::from_timestamp_millis(0).expect("time"),
             message: String::new(),
+            tier: None,
         };
         let bytes = Codec::global().encode(&alert).expect("encode");
         assert!(matches!(reader.read(1, &bytes), Err(LedgerReadError::NotLedger { found: "alert", .. })));

@@ -460,6 +460,10 @@ pub struct Alert {
     /// Human-readable summary (v2).
     #[serde(default)]
     pub message: String,
+    /// The account's plan tier after the entry (v3; `None` in alerts
+    /// written before).
+    #[serde(default)]
+    pub tier: Option<PlanTier>,
 }
 
 /// An input that could not be applied.

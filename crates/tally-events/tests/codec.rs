@@ -169,6 +169,7 @@ fn every_record_round_trips() {
         threshold: "10".parse().expect("decimal"),
         occurred_at: at(3),
         message: "low".into(),
+        tier: Some(PlanTier::Payg),
     };
     assert_eq!(codec.decode::<Alert>(&codec.encode(&a).expect("encode")).expect("decode"), a);
 
@@ -288,6 +289,7 @@ fn sample(kind: RecordKind) -> Message {
             threshold: Credits::new(Decimal::TEN),
             occurred_at: at(10),
             message: "paused".into(),
+            tier: Some(PlanTier::Pro),
         }),
         RecordKind::DeadLetter => Message::DeadLetter(dead_letter()),
         RecordKind::LedgerMarker => Message::Marker(LedgerMarker {
@@ -329,6 +331,7 @@ fn with_defaults(mut message: Message, fields: &[String]) -> Message {
             (Message::Ledger(l), "booked_at") => l.booked_at = None,
             (Message::Snapshot(s), "accounts.booked_at") => s.accounts.iter_mut().for_each(|a| a.booked_at = 0),
             (Message::Alert(a), "message") => a.message.clear(),
+            (Message::Alert(a), "tier") => a.tier = None,
             (Message::DeadLetter(d), "input_id") => d.input_id.clear(),
             (Message::DeadLetter(d), "original_key_bytes") => d.original_key_bytes = -1,
             (Message::DeadLetter(d), "original_payload_bytes") => d.original_payload_bytes = -1,
@@ -493,6 +496,7 @@ fn direct_encoding_matches_the_generic_value_path() {
             threshold: "10".parse().expect("decimal"),
             occurred_at: at(3),
             message: "low".into(),
+            tier: Some(PlanTier::Basic),
         };
         assert_eq!(codec.encode(&a).expect("encode"), via_value(&a));
     }

@@ -508,5 +508,6 @@ pub(crate) fn alert(entry: &LedgerEntry, kind: AlertKind) -> Alert {
         threshold: entry.low_balance_threshold,
         occurred_at: entry.occurred_at,
         message,
+        tier: Some(entry.tier),
     }
 }

@@ -30,6 +30,9 @@ pub struct AlertBody {
     pub sequence: i64,
     /// Human-readable summary.
     pub message: String,
+    /// The account's plan tier after the entry (`PAYG`, `BASIC`, `PRO`;
+    /// null for an alert written before alert v3).
+    pub tier: Option<String>,
 }
 
 /// The text of an alert kind on the wire.
@@ -38,6 +41,15 @@ pub fn kind_text(kind: AlertKind) -> &'static str {
         AlertKind::LowBalance => "LOW_BALANCE",
         AlertKind::Paused => "PAUSED",
         AlertKind::Resumed => "RESUMED",
+    }
+}
+
+/// The text of a plan tier on the wire (the Avro symbol).
+pub fn tier_text(tier: tally_events::PlanTier) -> &'static str {
+    match tier {
+        tally_events::PlanTier::Payg => "PAYG",
+        tally_events::PlanTier::Basic => "BASIC",
+        tally_events::PlanTier::Pro => "PRO",
     }
 }
 
@@ -53,6 +65,7 @@ impl AlertBody {
             occurred_at: alert.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sequence: alert.sequence.0,
             message: alert.message.clone(),
+            tier: alert.tier.map(|t| tier_text(t).to_string()),
         }
     }
 
@@ -118,6 +131,7 @@ mod tests {
             threshold: "10".parse::<Credits>().expect("credits"),
             occurred_at: DateTime::from_timestamp_millis(1_782_820_800_123).expect("time"),
             message: "low".into(),
+            tier: Some(tally_events::PlanTier::Pro),
         };
         let json: serde_json::Value = serde_json::from_slice(&AlertBody::of(&alert).to_bytes()).expect("json");
         assert_eq!(
@@ -131,6 +145,7 @@ mod tests {
                 "occurred_at": "2026-06-30T12:00:00.123Z",
                 "sequence": 42,
                 "message": "low",
+                "tier": "PRO",
             })
         );
     }

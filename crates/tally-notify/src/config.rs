@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
-use tally_events::names::topics;
+use tally_events::{names::topics, PlanTier};
 use tally_service::config::{load, ConfigError, Problems};
 
 use crate::{backoff::Backoff, routing::Endpoint, routing::Routes};
@@ -49,6 +49,9 @@ pub struct RawConfig {
     pub endpoints: Option<BTreeMap<String, RawEndpoint>>,
     /// Account id -> endpoint name.
     pub accounts: Option<BTreeMap<String, String>>,
+    /// Tier (`payg`, `basic`, `pro`) -> endpoint, for accounts not in
+    /// `accounts`.
+    pub tiers: Option<BTreeMap<String, String>>,
     /// Bound on one POST (connect, send, answer), in ms.
     pub request_timeout_ms: Option<u64>,
     /// First wait after a failed POST, in ms.
@@ -168,6 +171,24 @@ impl NotifyConfig {
                 check.bad(&format!("accounts.{account}"), format!("{name:?} is not in [endpoints] ({names:?})"));
             }
         }
+        let mut tiers = BTreeMap::new();
+        for (tier, name) in raw.tiers.unwrap_or_default() {
+            let parsed = match tier.to_ascii_lowercase().as_str() {
+                "payg" => Some(PlanTier::Payg),
+                "basic" => Some(PlanTier::Basic),
+                "pro" => Some(PlanTier::Pro),
+                _ => None,
+            };
+            match parsed {
+                None => check.bad(&format!("tiers.{tier}"), "is not a tier (payg, basic or pro)"),
+                Some(_) if !names.contains(&name.as_str()) => {
+                    check.bad(&format!("tiers.{tier}"), format!("{name:?} is not in [endpoints] ({names:?})"))
+                }
+                Some(parsed) => {
+                    tiers.insert(parsed, name);
+                }
+            }
+        }
         let metrics_address =
             raw.metrics_address.unwrap_or_else(|| "127.0.0.1:9466".into()).parse().unwrap_or_else(|_| {
                 check.bad("metrics_address", "must be an address like 127.0.0.1:9466");
@@ -178,7 +199,7 @@ impl NotifyConfig {
         let max_backlog = check.in_range("max_backlog", raw.max_backlog, 100_000, 1..=10_000_000);
         let drain_timeout_s = check.in_range("drain_timeout_s", raw.drain_timeout_s, 30, 1..=3_600);
         let brokers = check.non_empty("brokers", raw.brokers, "127.0.0.1:9092");
-        let Some(routes) = Routes::new(endpoints, &default_endpoint, &accounts) else {
+        let Some(routes) = Routes::new(endpoints, &default_endpoint, &accounts, &tiers) else {
             // Reported above (an unknown default or account endpoint):
             // finish gives every problem.
             let unknown = ConfigError::field(&origin, "default_endpoint", "names an endpoint not in [endpoints]");
@@ -221,7 +242,7 @@ mod tests {
         assert_eq!(config.alerts_topic, "tally.alerts");
         assert_eq!(config.deliveries_topic, DELIVERIES_TOPIC);
         assert_eq!(config.dead_letter_topic, DEAD_LETTER_TOPIC);
-        let main = config.routes.route("any-account");
+        let main = config.routes.route("any-account", None);
         assert_eq!(main.name, "main");
         assert_eq!(main.secret, b"a-local-test-secret-000");
         assert_eq!(main.backoff.retry_for, Duration::from_secs(86_400), "a day of retries by default");
@@ -261,6 +282,9 @@ url = "ftp://x"
 secret = "0123456789abcdef0123"
 [accounts]
 "acct-1" = "missing"
+[tiers]
+pro = "absent"
+gold = "main"
 "#,
         )
         .expect("write");
@@ -273,6 +297,8 @@ secret = "0123456789abcdef0123"
             "endpoints.Bad-Name",
             "endpoints.Bad-Name.url",
             "accounts.acct-1",
+            "tiers.pro",
+            "tiers.gold",
         ] {
             assert!(error.contains(part), "{part} in {error}");
         }

@@ -216,6 +216,7 @@ mod tests {
             threshold: Credits::ZERO,
             occurred_at: DateTime::from_timestamp_millis(0).unwrap_or_default(),
             message: String::new(),
+            tier: None,
         }
     }
 

@@ -1,17 +1,18 @@
 //! Which endpoint an account's alerts go to.
 //!
-//! An account named in `[accounts]` goes to its endpoint; every other
-//! account goes to `default_endpoint`. Both are checked at load against
-//! `[endpoints]`, so every alert has exactly one endpoint and routing
-//! cannot fail at run time.
-//!
-//! Routing by plan tier is not supported: alerts carry no tier, and the
-//! tier of an account is known only from its account changes on the input
-//! topic (a second input to follow and keep per account, with its own
-//! ordering against the alerts). An endpoint per tier is expressed today
-//! by listing the tier's accounts.
+//! An account named in `[accounts]` goes to its endpoint; else an alert
+//! whose tier (alert v3 carries the account's plan tier after the entry)
+//! is named in `[tiers]` goes to that tier's endpoint; every other goes to
+//! `default_endpoint` (alerts written before v3 have no tier, and go to
+//! the default unless their account is named). Every name is checked at
+//! load against `[endpoints]`, so every alert has exactly one endpoint and
+//! routing cannot fail at run time. An account that changes tier routes by
+//! the tier of each alert: its alerts may then go to two endpoints, each
+//! in order.
 
 use std::{collections::BTreeMap, sync::Arc};
+
+use tally_events::PlanTier;
 
 use crate::backoff::Backoff;
 
@@ -44,14 +45,20 @@ impl std::fmt::Debug for Endpoint {
 pub struct Routes {
     default: Arc<Endpoint>,
     accounts: BTreeMap<String, Arc<Endpoint>>,
+    tiers: BTreeMap<PlanTier, Arc<Endpoint>>,
     all: Vec<Arc<Endpoint>>,
 }
 
 impl Routes {
-    /// Routes with `default` for every account not in `accounts`
-    /// (account -> endpoint name; names must be in `endpoints`, which the
-    /// config checks).
-    pub fn new(endpoints: Vec<Endpoint>, default: &str, accounts: &BTreeMap<String, String>) -> Option<Self> {
+    /// Routes: `accounts` (account -> endpoint name) first, then `tiers`
+    /// (tier -> endpoint name), then `default`; names must be in
+    /// `endpoints`, which the config checks (`None` otherwise).
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        default: &str,
+        accounts: &BTreeMap<String, String>,
+        tiers: &BTreeMap<PlanTier, String>,
+    ) -> Option<Self> {
         let all: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         let find = |name: &str| all.iter().find(|e| e.name == name).cloned();
         let default = find(default)?;
@@ -59,12 +66,14 @@ impl Routes {
             .iter()
             .map(|(account, name)| find(name).map(|e| (account.clone(), e)))
             .collect::<Option<BTreeMap<_, _>>>()?;
-        Some(Routes { default, accounts, all })
+        let tiers =
+            tiers.iter().map(|(tier, name)| find(name).map(|e| (*tier, e))).collect::<Option<BTreeMap<_, _>>>()?;
+        Some(Routes { default, accounts, tiers, all })
     }
 
-    /// The endpoint of `account`'s alerts.
-    pub fn route(&self, account: &str) -> &Arc<Endpoint> {
-        self.accounts.get(account).unwrap_or(&self.default)
+    /// The endpoint of an alert of `account` at `tier`.
+    pub fn route(&self, account: &str, tier: Option<PlanTier>) -> &Arc<Endpoint> {
+        self.accounts.get(account).or_else(|| tier.and_then(|t| self.tiers.get(&t))).unwrap_or(&self.default)
     }
 
     /// Every endpoint.
@@ -95,14 +104,29 @@ mod tests {
     #[test]
     fn named_accounts_go_to_their_endpoint_and_the_rest_to_the_default() {
         let accounts = BTreeMap::from([("acct-vip".to_string(), "vip".to_string())]);
-        let routes = Routes::new(vec![endpoint("main"), endpoint("vip")], "main", &accounts).expect("routes");
-        assert_eq!(routes.route("acct-vip").name, "vip");
-        assert_eq!(routes.route("acct-other").name, "main");
-        assert_eq!(routes.route("").name, "main");
+        let none = BTreeMap::new();
+        let routes = Routes::new(vec![endpoint("main"), endpoint("vip")], "main", &accounts, &none).expect("routes");
+        assert_eq!(routes.route("acct-vip", None).name, "vip");
+        assert_eq!(routes.route("acct-other", Some(PlanTier::Pro)).name, "main");
+        assert_eq!(routes.route("", None).name, "main");
         assert_eq!(routes.endpoints().len(), 2);
         // Unknown names are refused (the config reports them first).
-        assert!(Routes::new(vec![endpoint("main")], "nope", &BTreeMap::new()).is_none());
-        assert!(Routes::new(vec![endpoint("main")], "main", &accounts).is_none());
+        assert!(Routes::new(vec![endpoint("main")], "nope", &BTreeMap::new(), &none).is_none());
+        assert!(Routes::new(vec![endpoint("main")], "main", &accounts, &none).is_none());
+        let tiers = BTreeMap::from([(PlanTier::Pro, "nope".to_string())]);
+        assert!(Routes::new(vec![endpoint("main")], "main", &BTreeMap::new(), &tiers).is_none());
+    }
+
+    #[test]
+    fn an_account_named_beats_its_tier_and_a_tier_beats_the_default() {
+        let accounts = BTreeMap::from([("acct-vip".to_string(), "vip".to_string())]);
+        let tiers = BTreeMap::from([(PlanTier::Pro, "pro".to_string())]);
+        let endpoints = vec![endpoint("main"), endpoint("vip"), endpoint("pro")];
+        let routes = Routes::new(endpoints, "main", &accounts, &tiers).expect("routes");
+        assert_eq!(routes.route("acct-vip", Some(PlanTier::Pro)).name, "vip");
+        assert_eq!(routes.route("acct-2", Some(PlanTier::Pro)).name, "pro");
+        assert_eq!(routes.route("acct-2", Some(PlanTier::Basic)).name, "main");
+        assert_eq!(routes.route("acct-2", None).name, "main", "an alert written before v3 has no tier");
     }
 
     #[test]

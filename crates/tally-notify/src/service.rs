@@ -335,7 +335,7 @@ async fn deliver_account(shared: Arc<Shared>, account: String) {
 /// Ok(false): the service is stopping and the alert is left unfinished;
 /// Err: the delivery log or the dead-letter topic could not be written.
 async fn deliver(shared: &Shared, alert: &Alert, read_at: Instant) -> Result<bool, String> {
-    let endpoint = shared.config.routes.route(alert.account_id.as_str()).clone();
+    let endpoint = shared.config.routes.route(alert.account_id.as_str(), alert.tier).clone();
     let body = AlertBody::of(alert);
     let bytes = Bytes::from(body.to_bytes());
     let (record, possibly_delivered) = match shared.tracker.lock() {
