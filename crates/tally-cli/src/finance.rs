@@ -12,7 +12,7 @@ use tally_warehouse::{
     queries::Answer,
 };
 
-use crate::warehouse::{to_json, write_csv, write_table, Connection};
+use crate::warehouse::{to_json, write_csv, write_table, Connection, Days};
 
 /// `tally finance ...`.
 #[derive(clap::Subcommand)]
@@ -29,15 +29,9 @@ pub enum Command {
 pub struct DailyArgs {
     #[command(flatten)]
     connection: Connection,
-    /// The day (YYYY-MM-DD), in --tz.
-    #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present_all = ["from", "to"])]
-    date: Option<chrono::NaiveDate>,
-    /// First day of a range (a month-end close).
-    #[arg(long, requires = "to")]
-    from: Option<chrono::NaiveDate>,
-    /// Last day of the range, inclusive.
-    #[arg(long, requires = "from")]
-    to: Option<chrono::NaiveDate>,
+    /// The days, in --tz.
+    #[command(flatten)]
+    days_asked: Days,
     /// IANA time zone the days are in.
     #[arg(long, default_value = "UTC")]
     tz: String,
@@ -68,14 +62,7 @@ struct Total {
 }
 
 async fn daily(args: DailyArgs) -> Result<()> {
-    let (from, to) = match (args.date, args.from, args.to) {
-        (Some(day), _, _) => (day, day),
-        (None, Some(from), Some(to)) => (from, to),
-        _ => bail!("give --date D, or --from D --to D"),
-    };
-    if to < from {
-        bail!("--to {to} is before --from {from}");
-    }
+    let (from, to) = args.days_asked.range()?;
     finance::check_zone(&args.tz)?;
     let basis = if args.days == "occurred" { DayBasis::Occurred } else { DayBasis::Booked };
     let warehouse = args.connection.warehouse();

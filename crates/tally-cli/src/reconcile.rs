@@ -31,7 +31,7 @@ use tally_warehouse::{
     rollups,
 };
 
-use crate::warehouse::Connection;
+use crate::warehouse::{Connection, Days};
 
 /// Options of `tally reconcile`.
 #[derive(clap::Args)]
@@ -44,15 +44,9 @@ pub struct Args {
     /// Ledger topic.
     #[arg(long, default_value = topics::LEDGER)]
     ledger_topic: String,
-    /// The booked UTC day to reconcile.
-    #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present_all = ["from", "to"])]
-    date: Option<chrono::NaiveDate>,
-    /// First day of a range.
-    #[arg(long, requires = "to")]
-    from: Option<chrono::NaiveDate>,
-    /// Last day of the range, inclusive.
-    #[arg(long, requires = "from")]
-    to: Option<chrono::NaiveDate>,
+    /// The booked UTC days to reconcile.
+    #[command(flatten)]
+    days: Days,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -95,11 +89,7 @@ impl Report {
 
 /// Runs `tally reconcile`; exits 1 on a mismatch, 2 when it could not check.
 pub async fn run(args: Args) -> Result<()> {
-    let (from, to) = match (args.date, args.from, args.to) {
-        (Some(day), _, _) => (day, day),
-        (None, Some(from), Some(to)) if from <= to => (from, to),
-        _ => anyhow::bail!("give --date D, or --from D --to D with D in order"),
-    };
+    let (from, to) = args.days.range()?;
     let mut report = Report { from: from.to_string(), to: to.to_string(), ..Report::default() };
     if let Err(e) = check(&args, from, to, &mut report).await {
         report.could_not_check = Some(format!("{e:#}"));

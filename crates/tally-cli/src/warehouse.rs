@@ -43,6 +43,33 @@ impl Connection {
     }
 }
 
+/// One day (`--date`) or a range (`--from`, `--to`, inclusive), for
+/// `tally finance daily` and `tally reconcile`.
+#[derive(clap::Args)]
+pub struct Days {
+    /// The day (YYYY-MM-DD).
+    #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present_all = ["from", "to"])]
+    date: Option<chrono::NaiveDate>,
+    /// First day of a range (a month-end close).
+    #[arg(long, requires = "to")]
+    from: Option<chrono::NaiveDate>,
+    /// Last day of the range, inclusive.
+    #[arg(long, requires = "from")]
+    to: Option<chrono::NaiveDate>,
+}
+
+impl Days {
+    /// The first and last day.
+    pub fn range(&self) -> Result<(chrono::NaiveDate, chrono::NaiveDate)> {
+        match (self.date, self.from, self.to) {
+            (Some(day), _, _) => Ok((day, day)),
+            (None, Some(from), Some(to)) if from <= to => Ok((from, to)),
+            (None, Some(from), Some(to)) => bail!("--to {to} is before --from {from}"),
+            _ => bail!("give --date D, or --from D --to D"),
+        }
+    }
+}
+
 /// Options of `tally migrate`.
 #[derive(clap::Args)]
 pub struct MigrateArgs {
