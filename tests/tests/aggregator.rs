@@ -208,6 +208,59 @@ fn finance_days_tie_out(clickhouse: &ClickHouse, bootstrap: &str, entries: usize
     let stdout = String::from_utf8_lossy(&caught.stdout);
     assert_eq!(caught.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(&format!("DIFFERENCE {day} {account}")) && stdout.contains("entries ledger"), "{stdout}");
+    // A row deleted, and another's credits altered (a copy with other
+    // credits in place of the original), in two other accounts.
+    let others = clickhouse.query(&format!(
+        "SELECT account_id, max(sequence), toString(toDate(argMax(booked_at, sequence))) FROM tally.ledger_entries \
+         WHERE account_id != '{account}' GROUP BY account_id ORDER BY account_id LIMIT 2"
+    ))?;
+    let others: Vec<Vec<&str>> = others.lines().map(|l| l.split('\t').collect()).collect();
+    let [deleted, altered] = [&others[0], &others[1]];
+    let gone = |who: &[&str], extra: &str| -> Result<bool> {
+        let left = clickhouse.query(&format!(
+            "SELECT count() FROM tally.ledger_entries WHERE account_id = '{}' AND sequence = {}{extra}",
+            who[0], who[1]
+        ))?;
+        Ok(left.trim() == "0")
+    };
+    clickhouse.query(&format!(
+        "ALTER TABLE tally.ledger_entries DELETE WHERE account_id = '{}' AND sequence = {}",
+        deleted[0], deleted[1]
+    ))?;
+    let columns =
+        clickhouse.query("SELECT name FROM system.columns WHERE database = 'tally' AND table = 'ledger_entries'")?;
+    let select: Vec<String> = columns
+        .lines()
+        .map(|c| if c == "credits" { "credits + toDecimal128(1, 6)".to_string() } else { c.to_string() })
+        .collect();
+    let original = clickhouse.query(&format!(
+        "SELECT toString(credits) FROM tally.ledger_entries WHERE account_id = '{}' AND sequence = {}",
+        altered[0], altered[1]
+    ))?;
+    clickhouse.query(&format!(
+        "INSERT INTO tally.ledger_entries SELECT {} FROM tally.ledger_entries WHERE account_id = '{}' AND sequence = {}",
+        select.join(", "),
+        altered[0],
+        altered[1]
+    ))?;
+    clickhouse.query(&format!(
+        "ALTER TABLE tally.ledger_entries DELETE WHERE account_id = '{}' AND sequence = {} AND credits = toDecimal128('{}', 6)",
+        altered[0],
+        altered[1],
+        original.trim()
+    ))?;
+    let only_copy = format!(" AND credits = toDecimal128('{}', 6)", original.trim());
+    wait_until("the two ALTER DELETE mutations to finish", Duration::from_secs(60), || {
+        Ok(gone(deleted, "")? && gone(altered, &only_copy)?)
+    })?;
+    for who in [deleted, altered] {
+        let out = reconcile(&clickhouse.url(), &["--date", who[2]])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains(&format!("DIFFERENCE {} {}", who[2], who[0])), "{} named: {stdout}", who[0]);
+    }
+    let out = String::from_utf8_lossy(&reconcile(&clickhouse.url(), &["--date", altered[2]])?.stdout).to_string();
+    assert!(out.contains("credits ledger"), "{out}");
     // A rollup row altered behind the aggregator's back.
     clickhouse.query(
         "INSERT INTO tally.service_hourly (ledger_partition, hour, service, engine, entries, successes, credits) \
