@@ -250,7 +250,8 @@ struct BalanceRow {
     balance_after: String,
 }
 
-fn decimal(column: &str, text: &str) -> Result<Decimal, WarehouseError> {
+/// Decimal text from ClickHouse (`toString` of a Decimal), exactly.
+pub(crate) fn decimal(column: &str, text: &str) -> Result<Decimal, WarehouseError> {
     text.parse::<Decimal>()
         .map(|d| d.normalize())
         .map_err(|e| WarehouseError::Query(format!("{column} {text:?} is not exact decimal text: {e}")))

@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use tally_events::LedgerEntry;
 
-use crate::client::{Warehouse, WarehouseError};
+use crate::{
+    client::{Warehouse, WarehouseError},
+    finance::decimal,
+};
 
 /// What is tallied: a booked UTC day, an account, a service ('' for
 /// entries that are not usage).
@@ -130,12 +133,6 @@ struct TotalsRow {
     dollars: String,
     last_sequence: i64,
     last_balance: String,
-}
-
-fn decimal(column: &str, text: &str) -> Result<Decimal, WarehouseError> {
-    text.parse::<Decimal>()
-        .map(|d| d.normalize())
-        .map_err(|e| WarehouseError::Query(format!("{column} {text:?} is not exact decimal text: {e}")))
 }
 
 /// The raw table's tallies of booked UTC day `day`.
