@@ -39,7 +39,7 @@ async fn clickhouse_holds_the_fenced_ledger_exactly_once_through_faults() -> Res
     create_topics(&bootstrap, &[(INPUTS, 4)]).await?;
     let config = SimConfig { seed: seed(), accounts: 60, usage_events: 24_000, ..SimConfig::default() };
     let messages: Vec<_> = Simulator::new(config).collect();
-    let _metering = MeteringProcess::spawn(&bootstrap, "agg-e2e", &[])?;
+    let mut metering = MeteringProcess::spawn(&bootstrap, "agg-e2e", &[])?;
     // Two aggregators split the four ledger partitions.
     let two =
         |i: &'static str| vec![("TALLY_AGGREGATOR__INSTANCE_COUNT", "2"), ("TALLY_AGGREGATOR__INSTANCE_INDEX", i)];
@@ -106,6 +106,8 @@ async fn clickhouse_holds_the_fenced_ledger_exactly_once_through_faults() -> Res
         first.metric_sum("tally_aggregator_partitions_owned") + second.metric_sum("tally_aggregator_partitions_owned");
     assert_eq!(owned, 4.0, "the two aggregators own the four ledger partitions between them");
     finance_days_tie_out(&clickhouse, &bootstrap, eq.expected)?;
+    metering.kill();
+    ledger_forgeries_are_named(&clickhouse, &bootstrap).await?;
     Ok(())
 }
 
@@ -181,6 +183,15 @@ fn finance_days_tie_out(clickhouse: &ClickHouse, bootstrap: &str, entries: usize
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     assert_eq!(report["ledger_entries"].as_u64(), Some(entries as u64), "every counted entry read: {report}");
     assert!(std::fs::read_to_string(&metrics)?.contains("tally_reconcile_mismatches 0"));
+    let inputs = &report["inputs"];
+    let count = |what: &str| inputs[what].as_u64().unwrap_or_default();
+    assert_eq!(count("applied"), entries as u64, "each counted entry is one applied input: {report}");
+    assert!(count("duplicates") > 0 && count("dead_lettered") > 0, "the run had duplicates and bad inputs: {inputs}");
+    assert_eq!(
+        count("applied") + count("duplicates") + count("dead_lettered"),
+        report["inputs_read"].as_u64().unwrap_or_default(),
+        "every input read is exactly one of the three: {report}"
+    );
     // ClickHouse unreachable: "could not check", not "mismatch".
     let closed = format!("http://127.0.0.1:{}", tally_testkit::free_port()?);
     let down = reconcile(&closed, &["--date", &from, "--metrics-file", &metrics_arg])?;
@@ -270,6 +281,114 @@ fn finance_days_tie_out(clickhouse: &ClickHouse, bootstrap: &str, entries: usize
     let stdout = String::from_utf8_lossy(&rollup.stdout);
     assert_eq!(rollup.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("ROLLUP UNEQUAL service_hourly"), "{stdout}");
+    Ok(())
+}
+
+/// Forgeries in the ledger topic itself, written with the owner's epoch
+/// after metering is killed, so that every reader counts them: a gap in an
+/// account's sequence, a wrong balance after, and an input that the
+/// ledger covers (a PROGRESS marker past it) with neither entry nor dead
+/// letter. `tally reconcile` names each.
+async fn ledger_forgeries_are_named(clickhouse: &ClickHouse, bootstrap: &str) -> Result<()> {
+    let codec = Codec::global();
+    // The owner's fence and the last counted entry of ledger partition 0.
+    let mut reader = tally_events::ledger_reader::FencedReader::new(0);
+    let mut last = None;
+    for record in read_topic(bootstrap, LEDGER, Duration::from_secs(120))?.into_iter().filter(|r| r.partition == 0) {
+        if let tally_events::ledger_reader::LedgerRecord::Entry(entry) =
+            reader.read(record.offset, record.payload.as_deref().unwrap_or_default())?
+        {
+            last = Some(entry);
+        }
+    }
+    let last = last.expect("ledger partition 0 has entries");
+    let (epoch, claim_id) = (reader.fence().epoch().expect("an owner"), reader.fence().claim_id().expect("a claim"));
+    // Three new usage inputs of its account, on its input partition, made
+    // from one metering applied.
+    let template = read_topic(bootstrap, INPUTS, Duration::from_secs(60))?
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .filter_map(|r| codec.decode_input(r.payload.as_deref().unwrap_or_default()).ok())
+        .find(|input| matches!(input, tally_events::Input::Usage(_)) && input.account_id() == last.account_id.as_str())
+        .expect("a usage input of the account");
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut forged_inputs = Vec::new();
+    for n in 0..3u128 {
+        let mut input = template.clone();
+        if let tally_events::Input::Usage(event) = &mut input {
+            event.event_id = uuid::Uuid::from_u128(0xf0f0_0000 + n);
+        }
+        let payload = codec.encode_input(&input)?;
+        let offset = producer
+            .send(
+                FutureRecord::to(INPUTS).partition(0).key(last.account_id.as_str()).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?
+            .offset;
+        forged_inputs.push((input.id(), offset));
+    }
+    let forge = |sequence: i64, (input_id, offset): (uuid::Uuid, i64)| {
+        let mut entry = last.clone();
+        entry.sequence = Sequence(sequence);
+        entry.entry_id = input_id;
+        entry.input_id = input_id;
+        entry.input_digest = None;
+        entry.source = SourceOffset { topic: INPUTS.into(), partition: 0, offset };
+        entry
+    };
+    // Sequence last + 2 (a gap), a failed entry, so the balance is right.
+    let mut gap = forge(last.sequence.0 + 2, forged_inputs[0]);
+    gap.entry_type = EntryType::Consume;
+    gap.status = EntryStatus::Failed;
+    gap.reason = "job_failed".into();
+    gap.balance_after = last.balance_after;
+    // Then a successful debit of 1 credit that leaves the balance as it was.
+    let mut wrong = forge(last.sequence.0 + 3, forged_inputs[1]);
+    wrong.entry_type = EntryType::Consume;
+    wrong.status = EntryStatus::Success;
+    wrong.reason = String::new();
+    wrong.credits = Credits::new(rust_decimal::Decimal::ONE);
+    wrong.balance_after = last.balance_after;
+    let covered = LedgerMarker {
+        kind: MarkerKind::Progress,
+        claim_id,
+        epoch,
+        instance: "forger".into(),
+        input_topic: INPUTS.into(),
+        input_partition: 0,
+        next_input_offset: forged_inputs[2].1 + 1,
+    };
+    for payload in [codec.encode(&gap)?, codec.encode(&wrong)?, codec.encode(&covered)?] {
+        producer
+            .send(
+                FutureRecord::to(LEDGER).partition(0).key(last.account_id.as_str()).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    let range = clickhouse.query("SELECT min(toDate(booked_at)), max(toDate(booked_at)) FROM tally.ledger_entries")?;
+    let (from, to) = range.trim().split_once('\t').expect("two dates");
+    let out = std::process::Command::new(tally_testkit::tally_binary()?)
+        .args(["reconcile", "--clickhouse-url", &clickhouse.url(), "--brokers", bootstrap, "--from", from, "--to", to])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let account = &last.account_id;
+    for wanted in [
+        format!("LEDGER INVARIANT account {account}: sequence {} follows {}", gap.sequence.0, last.sequence.0),
+        format!("LEDGER INVARIANT account {account}: entry {} has balance_after", wrong.sequence.0),
+        format!(
+            "INPUT input 0/{} (id {}) has neither an entry nor a dead letter",
+            forged_inputs[2].1, forged_inputs[2].0
+        ),
+    ] {
+        assert!(stdout.contains(&wanted), "{wanted:?} named: {stdout}");
+    }
+    eprintln!("[reconcile] a forged gap, a wrong balance and an unaccounted input are each named");
     Ok(())
 }
 

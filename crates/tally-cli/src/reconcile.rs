@@ -6,14 +6,17 @@
 //! (`tally_warehouse::reconcile`); the ledger's own per-account invariants
 //! (gapless sequences, balance chain, booking) over every entry; the raw
 //! table's days tie out and chain (`tally_warehouse::finance`); every
-//! rollup equals the raw table (`tally_warehouse::rollups::verify`).
+//! rollup equals the raw table (`tally_warehouse::rollups::verify`); and
+//! inputs against debits: every input offset below what the ledger covers
+//! is applied once, a duplicate, or dead-lettered (`tally_ledger::coverage`:
+//! the ledger partition, then its dead letters, then the input partition).
 //! Prints a report, writes it as JSON with `--json`, writes its result as
 //! Prometheus text with `--metrics-file` (for node_exporter's textfile
 //! collector), and exits 0 when all agree, 1 on any mismatch, 2 when it
 //! could not check (ClickHouse down, ledger unreadable).
 //!
-//! Not checked yet: inputs against debits (every input offset applied,
-//! duplicate or dead-lettered exactly once).
+//! Memory: the range's tallies (day x account x service), plus, one
+//! partition at a time, about 60 bytes per applied input.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -23,7 +26,11 @@ use tally_events::{
     names::topics,
     AccountId,
 };
-use tally_ledger::invariants::{self, Previous};
+use tally_events::{Codec, DeadLetter};
+use tally_ledger::{
+    coverage::{Classified, Coverage},
+    invariants::{self, Previous},
+};
 use tally_service::kafka::{partition_count, read_partition, Until};
 use tally_warehouse::{
     finance::{self, Chain, DayBasis},
@@ -44,6 +51,12 @@ pub struct Args {
     /// Ledger topic.
     #[arg(long, default_value = topics::LEDGER)]
     ledger_topic: String,
+    /// Input topic (inputs against debits).
+    #[arg(long, default_value = topics::INPUTS)]
+    inputs_topic: String,
+    /// Metering's dead-letter topic (inputs against debits).
+    #[arg(long, default_value = topics::DEAD_LETTERS)]
+    dead_letter_topic: String,
     /// The booked UTC days to reconcile.
     #[command(flatten)]
     days: Days,
@@ -69,6 +82,11 @@ struct Report {
     differences: Vec<reconcile::Difference>,
     /// Ledger invariants broken (account, what).
     ledger_violations: Vec<String>,
+    /// Inputs read, what they were, and every broken promise (input
+    /// partition/offset, what).
+    inputs_read: u64,
+    inputs: Classified,
+    input_problems: Vec<String>,
     /// Raw-table days that do not tie out (day: what).
     days_not_tying_out: Vec<String>,
     /// Rollups unequal to the raw table.
@@ -82,6 +100,7 @@ impl Report {
     fn mismatches(&self) -> usize {
         self.differences.len()
             + self.ledger_violations.len()
+            + self.input_problems.len()
             + self.days_not_tying_out.len()
             + self.rollups_unequal.len()
     }
@@ -148,7 +167,8 @@ async fn check(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
 }
 
 /// Every counted entry of the ledger topic, through the fenced reader:
-/// the range's tallies, and the ledger's own invariants per account.
+/// the range's tallies, the ledger's own invariants per account, and, per
+/// partition, inputs against debits.
 fn read_ledger(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, report: &mut Report) -> Result<Tallies> {
     let brokers = &args.brokers;
     let topic = &args.ledger_topic;
@@ -159,30 +179,87 @@ fn read_ledger(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
     let mut previous: BTreeMap<AccountId, Previous> = BTreeMap::new();
     for partition in 0..partitions {
         let mut reader = FencedReader::new(partition);
+        let mut coverage = Coverage::new(&args.inputs_topic, partition);
         let mut read = 0u64;
-        read_partition(brokers, topic, partition, 0, Until::End, Duration::from_secs(600), |m| {
+        read_partition(brokers, topic, partition, 0, Until::End, READ_TIMEOUT, |m| {
             use rdkafka::Message;
             read += 1;
-            let record = reader.read(m.offset(), m.payload().unwrap_or_default())?;
-            if let LedgerRecord::Entry(entry) = record {
-                report.ledger_entries += 1;
-                let before = previous.get(&entry.account_id).copied().unwrap_or(Previous::START);
-                if let Err(violation) = invariants::check_entry(&before, &entry) {
-                    report.ledger_violations.push(violation.to_string());
+            match reader.read(m.offset(), m.payload().unwrap_or_default())? {
+                LedgerRecord::Entry(entry) => {
+                    report.ledger_entries += 1;
+                    coverage.entry(&entry);
+                    let before = previous.get(&entry.account_id).copied().unwrap_or(Previous::START);
+                    if let Err(violation) = invariants::check_entry(&before, &entry) {
+                        report.ledger_violations.push(violation.to_string());
+                    }
+                    previous.insert(entry.account_id.clone(), Previous::after(&entry));
+                    let day = reconcile::key_of(&entry).day;
+                    if day >= from && day <= to {
+                        report.ledger_entries_in_range += 1;
+                        reconcile::add(&mut tallies, &entry);
+                    }
                 }
-                previous.insert(entry.account_id.clone(), Previous::after(&entry));
-                let day = reconcile::key_of(&entry).day;
-                if day >= from && day <= to {
-                    report.ledger_entries_in_range += 1;
-                    reconcile::add(&mut tallies, &entry);
-                }
+                LedgerRecord::Progress(marker) => coverage.progress(&marker),
+                LedgerRecord::Claim { .. } | LedgerRecord::Fenced(_) => {}
             }
             Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
         })
         .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
         eprintln!("[reconcile] ledger partition {partition}/{partitions}: {read} records read");
+        inputs_against_debits(args, coverage, report)?;
     }
     Ok(tallies)
+}
+
+/// How long one partition's read may take before reconcile gives up
+/// ("could not check").
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The dead letters, then the inputs below the ledger's watermark, of one
+/// partition (`tally_ledger::coverage`).
+fn inputs_against_debits(args: &Args, mut coverage: Coverage, report: &mut Report) -> Result<()> {
+    use rdkafka::Message;
+    let (brokers, partition) = (&args.brokers, coverage.partition());
+    let codec = Codec::global();
+    let letters = &args.dead_letter_topic;
+    let mut unreadable = Vec::new();
+    read_partition(brokers, letters, partition, 0, Until::End, READ_TIMEOUT, |m| {
+        match codec.decode::<DeadLetter>(m.payload().unwrap_or_default()) {
+            Ok(letter) => coverage.dead_letter(&letter.source.topic, letter.source.partition, letter.source.offset),
+            Err(e) => unreadable.push(format!("{letters} {partition}/{}: not a dead letter: {e}", m.offset())),
+        }
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .map_err(|e| anyhow::anyhow!("reading dead-letter partition {partition}: {e}"))?;
+    report.input_problems.extend(unreadable);
+    let watermark = coverage.watermark();
+    let mut read = 0u64;
+    if watermark > 0 {
+        read_partition(brokers, &args.inputs_topic, partition, 0, Until::Offset(watermark - 1), READ_TIMEOUT, |m| {
+            read += 1;
+            let payload = m.payload().unwrap_or_default();
+            coverage.input(m.offset(), || codec.decode_input(payload).map_err(|e| e.to_string()));
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .map_err(|e| anyhow::anyhow!("reading input partition {partition}: {e}"))?;
+    }
+    let (classified, problems) = coverage.finish();
+    eprintln!(
+        "[reconcile] input partition {partition}: {read} inputs below the ledger's watermark {watermark}: \
+         {} applied, {} duplicates, {} dead-lettered, {} problems",
+        classified.applied,
+        classified.duplicates,
+        classified.dead_lettered,
+        problems.len()
+    );
+    report.inputs_read += read;
+    let total = &mut report.inputs;
+    total.applied += classified.applied;
+    total.duplicates += classified.duplicates;
+    total.dead_lettered += classified.dead_lettered;
+    total.dead_letter_repeats += classified.dead_letter_repeats;
+    report.input_problems.extend(problems.iter().map(ToString::to_string));
+    Ok(())
 }
 
 fn print(report: &Report) -> Result<()> {
@@ -197,7 +274,7 @@ fn print(report: &Report) -> Result<()> {
         "ledger topic: {} counted entries, {} in the range ({} day x account x service keys); ClickHouse: {} keys",
         report.ledger_entries, report.ledger_entries_in_range, report.ledger_keys, report.clickhouse_keys
     )?;
-    writeln!(out, "checked: counts, credits, dollars, last sequence and balance per key; ledger invariants per account; raw days tie out and chain; {} rollups against raw", report.rollups_checked)?;
+    writeln!(out, "checked: counts, credits, dollars, last sequence and balance per key; ledger invariants per account; inputs against debits; raw days tie out and chain; {} rollups against raw", report.rollups_checked)?;
     for d in &report.differences {
         writeln!(
             out,
@@ -207,6 +284,15 @@ fn print(report: &Report) -> Result<()> {
     }
     for v in &report.ledger_violations {
         writeln!(out, "LEDGER INVARIANT {v}")?;
+    }
+    let inputs = &report.inputs;
+    writeln!(
+        out,
+        "inputs against debits: {} inputs read below the ledger's watermarks: {} applied, {} duplicates, {} dead-lettered ({} repeated dead letters)",
+        report.inputs_read, inputs.applied, inputs.duplicates, inputs.dead_lettered, inputs.dead_letter_repeats
+    )?;
+    for p in &report.input_problems {
+        writeln!(out, "INPUT {p}")?;
     }
     for p in &report.days_not_tying_out {
         writeln!(out, "DOES NOT TIE OUT {p}")?;

@@ -20,6 +20,8 @@
 //!   ([`Ledger::apply`]) and the rebuild of its state from the ledger topic
 //!   ([`Ledger::restore`]); the rules of each kind are in `rules`, the
 //!   state and settings types in [`state`];
+//! - [`coverage`]: inputs against debits (every input applied once,
+//!   a duplicate, or dead-lettered), for reconciliation;
 //! - [`invariants`]: one predicate per ledger invariant, shared by `apply`
 //!   (release asserts), `restore`, property tests and reconciliation.
 //!
@@ -32,6 +34,7 @@
 
 mod accounts;
 pub mod booking;
+pub mod coverage;
 mod dedup;
 pub mod digest;
 mod entry_id;
