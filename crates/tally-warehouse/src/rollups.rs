@@ -397,22 +397,22 @@ async fn finalized(warehouse: &Warehouse, table: &str, source: &str) -> Result<S
 }
 
 /// Compares every rollup with what its view's query gives over the raw
-/// table now (the invariant: they must be equal after any fault). Builds
-/// scratch copies from raw; costs a scan of the raw table per rollup.
+/// table now (the invariant: they must be equal after any fault): both
+/// finalized (states merged, sums summed per key) and fingerprinted in
+/// ClickHouse. The expected side is the view's query as a subquery, never
+/// written to a table: measured on 18.16 with 1M rows, INSERTing it into a
+/// scratch AggregatingMergeTree took 126 s where the subquery takes 1.5 s.
+/// Costs a scan of the raw table per rollup.
 pub async fn verify(warehouse: &Warehouse) -> Result<Vec<RollupCheck>, WarehouseError> {
     let mut checks = Vec::new();
     for rollup in rollups() {
-        let scratch = format!("{}_verify", rollup.table);
-        warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
-        warehouse.execute(&format!("CREATE TABLE {scratch} AS {}", rollup.table)).await?;
-        warehouse.execute(&format!("INSERT INTO {scratch} {}", rollup.select_where("1"))).await?;
+        let expected = format!("({}) AS expected", rollup.select_where("1"));
         let mut prints = Vec::new();
-        for source in [rollup.table.as_str(), scratch.as_str()] {
+        for source in [rollup.table.as_str(), expected.as_str()] {
             let sql = finalized(warehouse, &rollup.table, source).await?;
             let rows: Vec<Fingerprint> = warehouse.fetch_all(&sql, warehouse.client().query(&sql)).await?;
             prints.push(rows.into_iter().next().map_or((0, 0), |f| (f.rows, f.hash)));
         }
-        warehouse.execute(&format!("DROP TABLE IF EXISTS {scratch}")).await?;
         checks.push(RollupCheck {
             table: rollup.table.clone(),
             rows: prints[0].0,
