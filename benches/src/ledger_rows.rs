@@ -96,7 +96,12 @@ impl Iterator for LedgerRows {
                 let event = format!("event-{:04}", (account * 7 + self.rng.below(3)) % self.events);
                 (EntryType::Consume, service, engine, quantity, quantity * Decimal::from(per_unit), event)
             };
-        let failed = entry_type == EntryType::Consume && self.rng.below(20) == 0;
+        // 1 in 20 jobs fails; a debit the balance cannot cover is refused
+        // (as the ledger rules refuse it), so the rows keep every ledger
+        // invariant and `tally reconcile` finds them clean.
+        let job_failed = entry_type == EntryType::Consume && self.rng.below(20) == 0;
+        let refused = entry_type == EntryType::Consume && !job_failed && credits > self.balances[account];
+        let failed = job_failed || refused;
         let delta = match (entry_type, failed) {
             (_, true) => Decimal::ZERO,
             (EntryType::Add, _) => credits,
@@ -116,7 +121,13 @@ impl Iterator for LedgerRows {
             epoch: Epoch(0),
             entry_type,
             status: if failed { EntryStatus::Failed } else { EntryStatus::Success },
-            reason: if failed { "job_failed".into() } else { String::new() },
+            reason: if job_failed {
+                "job_failed".into()
+            } else if refused {
+                "insufficient_credits".into()
+            } else {
+                String::new()
+            },
             input_id: id,
             service: service.into(),
             engine: engine.into(),
