@@ -15,12 +15,16 @@
 //! collector), and exits 0 when all agree, 1 on any mismatch, 2 when it
 //! could not check (ClickHouse down, ledger unreadable).
 //!
-//! Memory: the range's tallies (day x account x service), plus, one
-//! partition at a time, about 60 bytes per applied input.
+//! The ledger side (ledger, dead-letter and input partitions, `--threads`
+//! partitions at a time) and the ClickHouse side (day by day, then the
+//! rollups) run at once; the tallies are compared when both are done.
+//! Memory: the range's tallies (day x account x service) twice, plus, per
+//! partition being read, its accounts and about 60 bytes per applied input.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::{Context, Result};
+use chrono::Datelike;
 use tally_events::{
     ledger_reader::{FencedReader, LedgerRecord},
     names::topics,
@@ -33,12 +37,26 @@ use tally_ledger::{
 };
 use tally_service::kafka::{partition_count, read_partition, Until};
 use tally_warehouse::{
-    finance::{self, Chain, DayBasis},
+    finance::{self, Chain},
     reconcile::{self, Tallies},
     rollups,
 };
 
 use crate::warehouse::{Connection, Days};
+
+/// When the run started, for progress lines.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, with the seconds since the run started.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "[reconcile {:>7.1}s] {}",
+            STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs_f64(),
+            format_args!($($arg)*)
+        )
+    };
+}
 
 /// Options of `tally reconcile`.
 #[derive(clap::Args)]
@@ -60,6 +78,10 @@ pub struct Args {
     /// The booked UTC days to reconcile.
     #[command(flatten)]
     days: Days,
+    /// Ledger partitions read at once (each on its own thread); default:
+    /// the machine's cores.
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, usize::from))]
+    threads: usize,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -108,6 +130,7 @@ impl Report {
 
 /// Runs `tally reconcile`; exits 1 on a mismatch, 2 when it could not check.
 pub async fn run(args: Args) -> Result<()> {
+    STARTED.get_or_init(std::time::Instant::now);
     let (from, to) = args.days.range()?;
     let mut report = Report { from: from.to_string(), to: to.to_string(), ..Report::default() };
     if let Err(e) = check(&args, from, to, &mut report).await {
@@ -138,24 +161,68 @@ async fn check(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
     let warehouse = args.connection.warehouse();
     // ClickHouse first: when it is down, say so before reading the ledger.
     warehouse.version().await.with_context(|| format!("ClickHouse at {}", args.connection.clickhouse_url))?;
-    let ledger = read_ledger(args, from, to, report)?;
-    report.ledger_keys = ledger.len();
+    // The ledger side (broker reads and decoding, on threads) and the
+    // ClickHouse side (queries the server answers) run at once.
+    let kafka = Kafka {
+        brokers: args.brokers.clone(),
+        ledger: args.ledger_topic.clone(),
+        inputs: args.inputs_topic.clone(),
+        dead_letters: args.dead_letter_topic.clone(),
+    };
+    let threads = args.threads.max(1);
+    let ledger_side = tokio::task::spawn_blocking(move || read_ledger(&kafka, threads, from, to));
+    let (ledger, clickhouse) = tokio::try_join!(
+        async { ledger_side.await.context("the ledger reader panicked")? },
+        clickhouse_side(&warehouse, from, to, report)
+    )?;
+    report.ledger_entries = ledger.entries;
+    report.ledger_entries_in_range = ledger.in_range;
+    report.ledger_keys = ledger.tallies.len();
+    report.ledger_violations = ledger.violations;
+    report.inputs_read = ledger.inputs_read;
+    report.inputs = ledger.inputs;
+    report.input_problems = ledger.input_problems;
+    report.differences = reconcile::compare(&ledger.tallies, &clickhouse);
+    Ok(())
+}
+
+/// The ClickHouse side: the range's tallies of the raw table, day by day;
+/// the raw days' tie-out and chain; every rollup against raw.
+async fn clickhouse_side(
+    warehouse: &tally_warehouse::Warehouse,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    report: &mut Report,
+) -> Result<Tallies> {
+    let mut tallies = Tallies::new();
     let mut chain = Chain::default();
-    for date in from.iter_days().take_while(|d| *d <= to) {
-        let clickhouse = reconcile::clickhouse_day(&warehouse, date)
+    // A month at a time: one scan each, answers bounded by a month.
+    let mut first = from;
+    while first <= to {
+        let next_month =
+            chrono::NaiveDate::from_ymd_opt(first.year() + i32::from(first.month() == 12), first.month() % 12 + 1, 1)
+                .context("a date past the calendar")?;
+        let last = to.min(next_month - chrono::TimeDelta::days(1));
+        let month = reconcile::clickhouse_days(warehouse, first, last)
             .await
-            .with_context(|| format!("reading {date} from ClickHouse"))?;
-        report.clickhouse_keys += clickhouse.len();
-        let ledger_day: Tallies =
-            ledger.iter().filter(|(k, _)| k.day == date).map(|(k, v)| (k.clone(), v.clone())).collect();
-        report.differences.extend(reconcile::compare(&ledger_day, &clickhouse));
-        let (accounts, _) = finance::read_day(&warehouse, date, "UTC", DayBasis::Booked).await?;
-        let looked_up = finance::balances_after(&warehouse, &chain.unknown_predecessors(&accounts)).await?;
-        report.days_not_tying_out.extend(chain.check_day(&accounts, &looked_up).iter().map(|p| format!("{date}: {p}")));
-        eprintln!("[reconcile] {date}: {} ledger keys, {} ClickHouse keys", ledger_day.len(), clickhouse.len());
+            .with_context(|| format!("reading {first} to {last} from ClickHouse"))?;
+        let keys = month.len();
+        report.clickhouse_keys += keys;
+        tallies.extend(month);
+        let days = finance::read_account_days(warehouse, first, last).await?;
+        let mut account_days = 0;
+        for (date, accounts) in &days {
+            account_days += accounts.len();
+            let looked_up = finance::balances_after(warehouse, &chain.unknown_predecessors(accounts)).await?;
+            report
+                .days_not_tying_out
+                .extend(chain.check_day(accounts, &looked_up).iter().map(|p| format!("{date}: {p}")));
+        }
+        progress!("ClickHouse {first} to {last}: {keys} day x account x service keys, {account_days} account days");
+        first = next_month;
     }
-    eprintln!("[reconcile] comparing every rollup with the raw table");
-    for check in rollups::verify(&warehouse).await? {
+    progress!("ClickHouse: comparing every rollup with the raw table");
+    for check in rollups::verify(warehouse).await? {
         report.rollups_checked += 1;
         if !check.equal {
             report
@@ -163,52 +230,124 @@ async fn check(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
                 .push(format!("{} ({} rows, {} from raw)", check.table, check.rows, check.expected_rows));
         }
     }
-    Ok(())
+    progress!("ClickHouse: {} rollups checked", report.rollups_checked);
+    Ok(tallies)
 }
 
-/// Every counted entry of the ledger topic, through the fenced reader:
-/// the range's tallies, the ledger's own invariants per account, and, per
-/// partition, inputs against debits.
-fn read_ledger(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, report: &mut Report) -> Result<Tallies> {
-    let brokers = &args.brokers;
-    let topic = &args.ledger_topic;
+/// Where the ledger side reads.
+#[derive(Clone)]
+struct Kafka {
+    brokers: String,
+    ledger: String,
+    inputs: String,
+    dead_letters: String,
+}
+
+/// What the ledger side found (of one partition, or merged).
+#[derive(Default)]
+struct LedgerSide {
+    tallies: Tallies,
+    entries: u64,
+    in_range: u64,
+    violations: Vec<String>,
+    inputs_read: u64,
+    inputs: Classified,
+    input_problems: Vec<String>,
+}
+
+impl LedgerSide {
+    fn merge(&mut self, other: LedgerSide) {
+        reconcile::merge(&mut self.tallies, other.tallies);
+        self.entries += other.entries;
+        self.in_range += other.in_range;
+        self.violations.extend(other.violations);
+        self.inputs_read += other.inputs_read;
+        let (total, one) = (&mut self.inputs, other.inputs);
+        total.applied += one.applied;
+        total.duplicates += one.duplicates;
+        total.dead_lettered += one.dead_lettered;
+        total.dead_letter_repeats += one.dead_letter_repeats;
+        self.input_problems.extend(other.input_problems);
+    }
+}
+
+/// Every partition of the ledger topic, `threads` at a time: merged in
+/// partition order, so the report does not depend on which finished first.
+fn read_ledger(kafka: &Kafka, threads: usize, from: chrono::NaiveDate, to: chrono::NaiveDate) -> Result<LedgerSide> {
+    let (brokers, topic) = (&kafka.brokers, &kafka.ledger);
     let partitions = partition_count(brokers, topic, Duration::from_secs(10))
         .with_context(|| format!("the broker at {brokers}"))?
         .with_context(|| format!("topic {topic} does not exist"))?;
-    let mut tallies = Tallies::new();
-    let mut previous: BTreeMap<AccountId, Previous> = BTreeMap::new();
-    for partition in 0..partitions {
-        let mut reader = FencedReader::new(partition);
-        let mut coverage = Coverage::new(&args.inputs_topic, partition);
-        let mut read = 0u64;
-        read_partition(brokers, topic, partition, 0, Until::End, READ_TIMEOUT, |m| {
-            use rdkafka::Message;
-            read += 1;
-            match reader.read(m.offset(), m.payload().unwrap_or_default())? {
-                LedgerRecord::Entry(entry) => {
-                    report.ledger_entries += 1;
-                    coverage.entry(&entry);
-                    let before = previous.get(&entry.account_id).copied().unwrap_or(Previous::START);
-                    if let Err(violation) = invariants::check_entry(&before, &entry) {
-                        report.ledger_violations.push(violation.to_string());
+    let next = std::sync::atomic::AtomicI32::new(0);
+    let mut done: Vec<(i32, Result<LedgerSide>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(partitions as usize))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let partition = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if partition >= partitions {
+                            return out;
+                        }
+                        out.push((partition, read_partition_side(kafka, partition, partitions, from, to)));
                     }
-                    previous.insert(entry.account_id.clone(), Previous::after(&entry));
-                    let day = reconcile::key_of(&entry).day;
-                    if day >= from && day <= to {
-                        report.ledger_entries_in_range += 1;
-                        reconcile::add(&mut tallies, &entry);
-                    }
-                }
-                LedgerRecord::Progress(marker) => coverage.progress(&marker),
-                LedgerRecord::Claim { .. } | LedgerRecord::Fenced(_) => {}
-            }
-            Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
-        })
-        .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
-        eprintln!("[reconcile] ledger partition {partition}/{partitions}: {read} records read");
-        inputs_against_debits(args, coverage, report)?;
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    if done.len() != partitions as usize {
+        anyhow::bail!("a ledger reader thread panicked");
     }
-    Ok(tallies)
+    done.sort_by_key(|(partition, _)| *partition);
+    let mut side = LedgerSide::default();
+    for (_, one) in done {
+        side.merge(one?);
+    }
+    Ok(side)
+}
+
+/// One ledger partition through the fenced reader: the range's tallies,
+/// the ledger's own invariants per account, then inputs against debits.
+fn read_partition_side(
+    kafka: &Kafka,
+    partition: i32,
+    partitions: i32,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+) -> Result<LedgerSide> {
+    let mut side = LedgerSide::default();
+    let mut previous: BTreeMap<AccountId, Previous> = BTreeMap::new();
+    let mut reader = FencedReader::new(partition);
+    let mut coverage = Coverage::new(&kafka.inputs, partition);
+    let mut read = 0u64;
+    read_partition(&kafka.brokers, &kafka.ledger, partition, 0, Until::End, READ_TIMEOUT, |m| {
+        use rdkafka::Message;
+        read += 1;
+        match reader.read(m.offset(), m.payload().unwrap_or_default())? {
+            LedgerRecord::Entry(entry) => {
+                side.entries += 1;
+                coverage.entry(&entry);
+                let before = previous.get(&entry.account_id).copied().unwrap_or(Previous::START);
+                if let Err(violation) = invariants::check_entry(&before, &entry) {
+                    side.violations.push(violation.to_string());
+                }
+                previous.insert(entry.account_id.clone(), Previous::after(&entry));
+                let day = reconcile::key_of(&entry).day;
+                if day >= from && day <= to {
+                    side.in_range += 1;
+                    reconcile::add(&mut side.tallies, &entry);
+                }
+            }
+            LedgerRecord::Progress(marker) => coverage.progress(&marker),
+            LedgerRecord::Claim { .. } | LedgerRecord::Fenced(_) => {}
+        }
+        Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
+    })
+    .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
+    progress!("ledger partition {partition} ({partitions} in all): {read} records read");
+    inputs_against_debits(kafka, coverage, &mut side)?;
+    Ok(side)
 }
 
 /// How long one partition's read may take before reconcile gives up
@@ -217,11 +356,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The dead letters, then the inputs below the ledger's watermark, of one
 /// partition (`tally_ledger::coverage`).
-fn inputs_against_debits(args: &Args, mut coverage: Coverage, report: &mut Report) -> Result<()> {
+fn inputs_against_debits(kafka: &Kafka, mut coverage: Coverage, side: &mut LedgerSide) -> Result<()> {
     use rdkafka::Message;
-    let (brokers, partition) = (&args.brokers, coverage.partition());
+    let (brokers, partition) = (&kafka.brokers, coverage.partition());
     let codec = Codec::global();
-    let letters = &args.dead_letter_topic;
+    let letters = &kafka.dead_letters;
     let mut unreadable = Vec::new();
     read_partition(brokers, letters, partition, 0, Until::End, READ_TIMEOUT, |m| {
         match codec.decode::<DeadLetter>(m.payload().unwrap_or_default()) {
@@ -231,11 +370,11 @@ fn inputs_against_debits(args: &Args, mut coverage: Coverage, report: &mut Repor
         Ok::<(), std::convert::Infallible>(())
     })
     .map_err(|e| anyhow::anyhow!("reading dead-letter partition {partition}: {e}"))?;
-    report.input_problems.extend(unreadable);
+    side.input_problems.extend(unreadable);
     let watermark = coverage.watermark();
     let mut read = 0u64;
     if watermark > 0 {
-        read_partition(brokers, &args.inputs_topic, partition, 0, Until::Offset(watermark - 1), READ_TIMEOUT, |m| {
+        read_partition(brokers, &kafka.inputs, partition, 0, Until::Offset(watermark - 1), READ_TIMEOUT, |m| {
             read += 1;
             let payload = m.payload().unwrap_or_default();
             coverage.input(m.offset(), || codec.decode_input(payload).map_err(|e| e.to_string()));
@@ -244,21 +383,17 @@ fn inputs_against_debits(args: &Args, mut coverage: Coverage, report: &mut Repor
         .map_err(|e| anyhow::anyhow!("reading input partition {partition}: {e}"))?;
     }
     let (classified, problems) = coverage.finish();
-    eprintln!(
-        "[reconcile] input partition {partition}: {read} inputs below the ledger's watermark {watermark}: \
+    progress!(
+        "input partition {partition}: {read} inputs below the ledger's watermark {watermark}: \
          {} applied, {} duplicates, {} dead-lettered, {} problems",
         classified.applied,
         classified.duplicates,
         classified.dead_lettered,
         problems.len()
     );
-    report.inputs_read += read;
-    let total = &mut report.inputs;
-    total.applied += classified.applied;
-    total.duplicates += classified.duplicates;
-    total.dead_lettered += classified.dead_lettered;
-    total.dead_letter_repeats += classified.dead_letter_repeats;
-    report.input_problems.extend(problems.iter().map(ToString::to_string));
+    side.inputs_read = read;
+    side.inputs = classified;
+    side.input_problems.extend(problems.iter().map(ToString::to_string));
     Ok(())
 }
 

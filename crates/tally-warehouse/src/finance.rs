@@ -273,6 +273,22 @@ pub fn check_zone(zone: &str) -> Result<(), WarehouseError> {
 const SIGNED: &str = "multiIf(status = 'Success' AND entry_type = 'Add', credits, \
      status = 'Success' AND (entry_type = 'Consume' OR entry_type = 'Forfeit'), -credits, toDecimal128(0, 6))";
 
+/// What an account's day sums up: the columns of [`AccountRow`] after
+/// `account_id`.
+fn account_day_columns() -> String {
+    format!(
+        "toString(argMin(balance_after - {SIGNED}, sequence)) AS opening, \
+         toString(sumIf(credits, entry_type = 'Add' AND status = 'Success')) AS added, \
+         toString(sumIf(dollars, entry_type = 'Add' AND status = 'Success')) AS paid, \
+         toString(sumIf(credits, entry_type = 'Consume' AND status = 'Success')) AS consumed, \
+         toString(sumIf(dollars, entry_type = 'Consume' AND status = 'Success')) AS consumed_dollars, \
+         toString(sumIf(credits, entry_type = 'Forfeit' AND status = 'Success')) AS forfeited, \
+         toString(sumIf(dollars, entry_type = 'Forfeit' AND status = 'Success')) AS forfeited_dollars, \
+         toString(argMax(balance_after, sequence)) AS closing, \
+         min(sequence) AS first_sequence, max(sequence) AS last_sequence, count() AS entries"
+    )
+}
+
 /// The two queries of [`read_day`], parameters bound: the accounts' day,
 /// then their consumption by service and engine (public so that a test
 /// runs them on both ClickHouse versions).
@@ -290,17 +306,9 @@ pub fn day_queries(
     let end = (date + chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
     let filter = format!("toDate({column}, ?) = toDate(?) AND occurred_at < toDateTime(toDate(?))");
     let accounts = format!(
-        "SELECT account_id, \
-         toString(argMin(balance_after - {SIGNED}, sequence)) AS opening, \
-         toString(sumIf(credits, entry_type = 'Add' AND status = 'Success')) AS added, \
-         toString(sumIf(dollars, entry_type = 'Add' AND status = 'Success')) AS paid, \
-         toString(sumIf(credits, entry_type = 'Consume' AND status = 'Success')) AS consumed, \
-         toString(sumIf(dollars, entry_type = 'Consume' AND status = 'Success')) AS consumed_dollars, \
-         toString(sumIf(credits, entry_type = 'Forfeit' AND status = 'Success')) AS forfeited, \
-         toString(sumIf(dollars, entry_type = 'Forfeit' AND status = 'Success')) AS forfeited_dollars, \
-         toString(argMax(balance_after, sequence)) AS closing, \
-         min(sequence) AS first_sequence, max(sequence) AS last_sequence, count() AS entries \
-         FROM ledger_entries WHERE {filter} GROUP BY account_id ORDER BY account_id"
+        "SELECT account_id, {} \
+         FROM ledger_entries WHERE {filter} GROUP BY account_id ORDER BY account_id",
+        account_day_columns()
     );
     let consumption = format!(
         "SELECT account_id, service, engine, count() AS jobs, countIf(status = 'Success') AS successes, \
@@ -324,24 +332,7 @@ pub async fn read_day(
 ) -> Result<(Vec<AccountDay>, Vec<Consumption>), WarehouseError> {
     let [accounts_query, consumption_query] = day_queries(warehouse.client(), date, zone, basis)?;
     let what = format!("finance day {date}");
-    let rows: Vec<AccountRow> = warehouse.fetch_all(&what, accounts_query).await?;
-    let mut accounts = Vec::with_capacity(rows.len());
-    for r in rows {
-        accounts.push(AccountDay {
-            opening: decimal("opening", &r.opening)?,
-            added: decimal("added", &r.added)?,
-            paid: decimal("paid", &r.paid)?,
-            consumed: decimal("consumed", &r.consumed)?,
-            consumed_dollars: decimal("consumed_dollars", &r.consumed_dollars)?,
-            forfeited: decimal("forfeited", &r.forfeited)?,
-            forfeited_dollars: decimal("forfeited_dollars", &r.forfeited_dollars)?,
-            closing: decimal("closing", &r.closing)?,
-            first_sequence: r.first_sequence,
-            last_sequence: r.last_sequence,
-            entries: r.entries,
-            account_id: r.account_id,
-        });
-    }
+    let accounts = account_days(warehouse, &what, accounts_query).await?;
     let rows: Vec<ConsumptionRow> = warehouse.fetch_all(&what, consumption_query).await?;
     let mut consumption = Vec::with_capacity(rows.len());
     for r in rows {
@@ -356,6 +347,92 @@ pub async fn read_day(
         });
     }
     Ok((accounts, consumption))
+}
+
+/// The accounts' days (UTC, booked) of `first` to `last` in one scan,
+/// by day in order: what reconciliation's tie-out checks need.
+pub async fn read_account_days(
+    warehouse: &Warehouse,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> Result<Vec<(chrono::NaiveDate, Vec<AccountDay>)>, WarehouseError> {
+    let sql = format!(
+        "SELECT account_id, {}, toString(toDate(booked_at)) AS day FROM ledger_entries \
+         WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
+         AND occurred_at < toDateTime(toDate(?)) GROUP BY day, account_id ORDER BY day, account_id",
+        account_day_columns()
+    );
+    let text = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let end = last + chrono::TimeDelta::days(1);
+    let query = warehouse.client().query(&sql).bind(text(first)).bind(text(last)).bind(text(end));
+    let rows: Vec<DatedAccountRow> = warehouse.fetch_all(&sql, query).await?;
+    let mut days: Vec<(chrono::NaiveDate, Vec<AccountDay>)> = Vec::new();
+    for row in rows {
+        let day: chrono::NaiveDate =
+            row.day.parse().map_err(|e| WarehouseError::Query(format!("day {:?} is not a date: {e}", row.day)))?;
+        let account = account_day(AccountRow {
+            account_id: row.account_id,
+            opening: row.opening,
+            added: row.added,
+            paid: row.paid,
+            consumed: row.consumed,
+            consumed_dollars: row.consumed_dollars,
+            forfeited: row.forfeited,
+            forfeited_dollars: row.forfeited_dollars,
+            closing: row.closing,
+            first_sequence: row.first_sequence,
+            last_sequence: row.last_sequence,
+            entries: row.entries,
+        })?;
+        match days.last_mut() {
+            Some((last, accounts)) if *last == day => accounts.push(account),
+            _ => days.push((day, vec![account])),
+        }
+    }
+    Ok(days)
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct DatedAccountRow {
+    account_id: String,
+    opening: String,
+    added: String,
+    paid: String,
+    consumed: String,
+    consumed_dollars: String,
+    forfeited: String,
+    forfeited_dollars: String,
+    closing: String,
+    first_sequence: i64,
+    last_sequence: i64,
+    entries: u64,
+    day: String,
+}
+
+fn account_day(r: AccountRow) -> Result<AccountDay, WarehouseError> {
+    Ok(AccountDay {
+        opening: decimal("opening", &r.opening)?,
+        added: decimal("added", &r.added)?,
+        paid: decimal("paid", &r.paid)?,
+        consumed: decimal("consumed", &r.consumed)?,
+        consumed_dollars: decimal("consumed_dollars", &r.consumed_dollars)?,
+        forfeited: decimal("forfeited", &r.forfeited)?,
+        forfeited_dollars: decimal("forfeited_dollars", &r.forfeited_dollars)?,
+        closing: decimal("closing", &r.closing)?,
+        first_sequence: r.first_sequence,
+        last_sequence: r.last_sequence,
+        entries: r.entries,
+        account_id: r.account_id,
+    })
+}
+
+async fn account_days(
+    warehouse: &Warehouse,
+    what: &str,
+    query: clickhouse::query::Query,
+) -> Result<Vec<AccountDay>, WarehouseError> {
+    let rows: Vec<AccountRow> = warehouse.fetch_all(what, query).await?;
+    rows.into_iter().map(account_day).collect()
 }
 
 /// The balance after each (account, sequence) asked, where the raw table

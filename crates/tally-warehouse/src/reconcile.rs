@@ -4,9 +4,9 @@
 //! sums, the last sequence and the balance after it.
 //!
 //! The caller tallies the ledger's counted entries with [`Tallies::add`];
-//! [`clickhouse_day`] tallies one day of the raw table the same way in
+//! [`clickhouse_days`] tallies days of the raw table the same way in
 //! SQL; [`compare`] names every difference with both values. Pure except
-//! for [`clickhouse_day`]. Money is `rust_decimal`, read as decimal text,
+//! for [`clickhouse_days`]. Money is `rust_decimal`, read as decimal text,
 //! compared exactly (normalized: `2.50` equals `2.5`).
 
 use std::collections::BTreeMap;
@@ -69,6 +69,30 @@ pub fn add(tallies: &mut Tallies, entry: &LedgerEntry) {
     }
 }
 
+/// Adds the tallies `other` (of another ledger partition) to `into`. An
+/// account lives in one partition, so keys do not meet; if they do (an
+/// account written to two partitions), they add up as one key would, so
+/// nothing read is lost from the comparison.
+pub fn merge(into: &mut Tallies, other: Tallies) {
+    for (key, theirs) in other {
+        match into.entry(key) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(theirs);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let ours = slot.get_mut();
+                ours.entries += theirs.entries;
+                ours.credits = (ours.credits + theirs.credits).normalize();
+                ours.dollars = (ours.dollars + theirs.dollars).normalize();
+                if theirs.last_sequence > ours.last_sequence {
+                    ours.last_sequence = theirs.last_sequence;
+                    ours.last_balance = theirs.last_balance;
+                }
+            }
+        }
+    }
+}
+
 /// One difference between the ledger and ClickHouse.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
@@ -126,6 +150,7 @@ pub fn compare(ledger: &Tallies, clickhouse: &Tallies) -> Vec<Difference> {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct TotalsRow {
+    day: String,
     account_id: String,
     service: String,
     entries: u64,
@@ -135,19 +160,28 @@ struct TotalsRow {
     last_balance: String,
 }
 
-/// The raw table's tallies of booked UTC day `day`.
-pub async fn clickhouse_day(warehouse: &Warehouse, day: chrono::NaiveDate) -> Result<Tallies, WarehouseError> {
-    let sql = "SELECT account_id, service, count() AS entries, toString(sum(credits)) AS credits, \
-               toString(sum(dollars)) AS dollars, max(sequence) AS last_sequence, \
-               toString(argMax(balance_after, sequence)) AS last_balance \
-               FROM ledger_entries WHERE toDate(booked_at) = toDate(?) AND occurred_at < toDateTime(toDate(?)) \
-               GROUP BY account_id, service";
-    let text = day.format("%Y-%m-%d").to_string();
-    let end = (day + chrono::TimeDelta::days(1)).format("%Y-%m-%d").to_string();
-    let query = warehouse.client().query(sql).bind(&text).bind(&end);
+/// The raw table's tallies of the booked UTC days `first` to `last`, in
+/// one scan (a range no longer than a month or so keeps the answer small:
+/// the caller chunks).
+pub async fn clickhouse_days(
+    warehouse: &Warehouse,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> Result<Tallies, WarehouseError> {
+    // An entry booked by a day occurred before its end: lets the server
+    // skip later months.
+    let sql = "SELECT toString(toDate(booked_at)) AS day, account_id, service, count() AS entries, \
+               toString(sum(credits)) AS credits, toString(sum(dollars)) AS dollars, \
+               max(sequence) AS last_sequence, toString(argMax(balance_after, sequence)) AS last_balance \
+               FROM ledger_entries WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
+               AND occurred_at < toDateTime(toDate(?)) GROUP BY day, account_id, service";
+    let text = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let end = last + chrono::TimeDelta::days(1);
+    let query = warehouse.client().query(sql).bind(text(first)).bind(text(last)).bind(text(end));
     let rows: Vec<TotalsRow> = warehouse.fetch_all(sql, query).await?;
     let mut tallies = Tallies::new();
     for r in rows {
+        let day = r.day.parse().map_err(|e| WarehouseError::Query(format!("day {:?} is not a date: {e}", r.day)))?;
         tallies.insert(
             Key { day, account_id: r.account_id, service: r.service },
             Totals {
