@@ -135,6 +135,15 @@ fn plan(warehouse: &Warehouse) -> Result<Vec<(String, String)>> {
             steps.push((format!("query finance day {basis:?} {zone} #{i}"), query.sql_display().to_string()));
         }
     }
+    // tally reconcile's range reads of the raw table.
+    let (first, last) = (
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 30).context("date")?,
+        chrono::NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?,
+    );
+    let days = tally_warehouse::reconcile::days_query(warehouse.client(), first, last);
+    steps.push(("query reconcile days".into(), days.sql_display().to_string()));
+    let accounts = finance::account_days_query(warehouse.client(), first, last);
+    steps.push(("query reconcile account days".into(), accounts.sql_display().to_string()));
     // Every named query is in the plan.
     for (name, _) in queries::FILES {
         ensure!(cases.iter().any(|(n, _)| n == name), "query {name} has no case");
@@ -225,7 +234,7 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
     if !problems.is_empty() {
         bail!("the engines differ:\n  {}", problems.join("\n  "));
     }
-    assert_eq!(queries_compared, 18, "14 named-query cases and 4 finance queries");
+    assert_eq!(queries_compared, 20, "14 named-query cases, 4 finance queries and 2 of reconcile");
     // Every rollup has a part in the partition rebuilt with rows, on both.
     assert!(parts_seen >= 2 * rollups::rollups().len(), "parts of the rebuilt partitions seen: {parts_seen}");
     Ok(())

@@ -349,13 +349,13 @@ pub async fn read_day(
     Ok((accounts, consumption))
 }
 
-/// The accounts' days (UTC, booked) of `first` to `last` in one scan,
-/// by day in order: what reconciliation's tie-out checks need.
-pub async fn read_account_days(
-    warehouse: &Warehouse,
+/// The query of [`read_account_days`], parameters bound (public so that a
+/// test runs it on both ClickHouse versions).
+pub fn account_days_query(
+    client: &clickhouse::Client,
     first: chrono::NaiveDate,
     last: chrono::NaiveDate,
-) -> Result<Vec<(chrono::NaiveDate, Vec<AccountDay>)>, WarehouseError> {
+) -> clickhouse::query::Query {
     let sql = format!(
         "SELECT account_id, {}, toString(toDate(booked_at)) AS day FROM ledger_entries \
          WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
@@ -364,8 +364,18 @@ pub async fn read_account_days(
     );
     let text = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
     let end = last + chrono::TimeDelta::days(1);
-    let query = warehouse.client().query(&sql).bind(text(first)).bind(text(last)).bind(text(end));
-    let rows: Vec<DatedAccountRow> = warehouse.fetch_all(&sql, query).await?;
+    client.query(&sql).bind(text(first)).bind(text(last)).bind(text(end))
+}
+
+/// The accounts' days (UTC, booked) of `first` to `last` in one scan,
+/// by day in order: what reconciliation's tie-out checks need.
+pub async fn read_account_days(
+    warehouse: &Warehouse,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> Result<Vec<(chrono::NaiveDate, Vec<AccountDay>)>, WarehouseError> {
+    let query = account_days_query(warehouse.client(), first, last);
+    let rows: Vec<DatedAccountRow> = warehouse.fetch_all("finance account days", query).await?;
     let mut days: Vec<(chrono::NaiveDate, Vec<AccountDay>)> = Vec::new();
     for row in rows {
         let day: chrono::NaiveDate =

@@ -160,6 +160,26 @@ struct TotalsRow {
     last_balance: String,
 }
 
+/// The query of [`clickhouse_days`], parameters bound (public so that a
+/// test runs it on both ClickHouse versions).
+pub fn days_query(
+    client: &clickhouse::Client,
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> clickhouse::query::Query {
+    // An entry booked by a day occurred before its end: lets the server
+    // skip later months.
+    let sql = "SELECT toString(toDate(booked_at)) AS day, account_id, service, count() AS entries, \
+               toString(sum(credits)) AS credits, toString(sum(dollars)) AS dollars, \
+               max(sequence) AS last_sequence, toString(argMax(balance_after, sequence)) AS last_balance \
+               FROM ledger_entries WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
+               AND occurred_at < toDateTime(toDate(?)) GROUP BY day, account_id, service \
+               ORDER BY day, account_id, service";
+    let text = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let end = last + chrono::TimeDelta::days(1);
+    client.query(sql).bind(text(first)).bind(text(last)).bind(text(end))
+}
+
 /// The raw table's tallies of the booked UTC days `first` to `last`, in
 /// one scan (a range no longer than a month or so keeps the answer small:
 /// the caller chunks).
@@ -168,17 +188,8 @@ pub async fn clickhouse_days(
     first: chrono::NaiveDate,
     last: chrono::NaiveDate,
 ) -> Result<Tallies, WarehouseError> {
-    // An entry booked by a day occurred before its end: lets the server
-    // skip later months.
-    let sql = "SELECT toString(toDate(booked_at)) AS day, account_id, service, count() AS entries, \
-               toString(sum(credits)) AS credits, toString(sum(dollars)) AS dollars, \
-               max(sequence) AS last_sequence, toString(argMax(balance_after, sequence)) AS last_balance \
-               FROM ledger_entries WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
-               AND occurred_at < toDateTime(toDate(?)) GROUP BY day, account_id, service";
-    let text = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
-    let end = last + chrono::TimeDelta::days(1);
-    let query = warehouse.client().query(sql).bind(text(first)).bind(text(last)).bind(text(end));
-    let rows: Vec<TotalsRow> = warehouse.fetch_all(sql, query).await?;
+    let query = days_query(warehouse.client(), first, last);
+    let rows: Vec<TotalsRow> = warehouse.fetch_all("reconcile days", query).await?;
     let mut tallies = Tallies::new();
     for r in rows {
         let day = r.day.parse().map_err(|e| WarehouseError::Query(format!("day {:?} is not a date: {e}", r.day)))?;
