@@ -218,6 +218,8 @@ impl Chain {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct AccountRow {
+    /// The day, in a read of several days ('' in a read of one).
+    day: String,
     account_id: String,
     opening: String,
     added: String,
@@ -306,7 +308,7 @@ pub fn day_queries(
     let end = (date + chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
     let filter = format!("toDate({column}, ?) = toDate(?) AND occurred_at < toDateTime(toDate(?))");
     let accounts = format!(
-        "SELECT account_id, {} \
+        "SELECT '' AS day, account_id, {} \
          FROM ledger_entries WHERE {filter} GROUP BY account_id ORDER BY account_id",
         account_day_columns()
     );
@@ -357,7 +359,7 @@ pub fn account_days_query(
     last: chrono::NaiveDate,
 ) -> clickhouse::query::Query {
     let sql = format!(
-        "SELECT account_id, {}, toString(toDate(booked_at)) AS day FROM ledger_entries \
+        "SELECT toString(toDate(booked_at)) AS day, account_id, {} FROM ledger_entries \
          WHERE toDate(booked_at) >= toDate(?) AND toDate(booked_at) <= toDate(?) \
          AND occurred_at < toDateTime(toDate(?)) GROUP BY day, account_id ORDER BY day, account_id",
         account_day_columns()
@@ -375,48 +377,18 @@ pub async fn read_account_days(
     last: chrono::NaiveDate,
 ) -> Result<Vec<(chrono::NaiveDate, Vec<AccountDay>)>, WarehouseError> {
     let query = account_days_query(warehouse.client(), first, last);
-    let rows: Vec<DatedAccountRow> = warehouse.fetch_all("finance account days", query).await?;
+    let rows: Vec<AccountRow> = warehouse.fetch_all("finance account days", query).await?;
     let mut days: Vec<(chrono::NaiveDate, Vec<AccountDay>)> = Vec::new();
     for row in rows {
         let day: chrono::NaiveDate =
             row.day.parse().map_err(|e| WarehouseError::Query(format!("day {:?} is not a date: {e}", row.day)))?;
-        let account = account_day(AccountRow {
-            account_id: row.account_id,
-            opening: row.opening,
-            added: row.added,
-            paid: row.paid,
-            consumed: row.consumed,
-            consumed_dollars: row.consumed_dollars,
-            forfeited: row.forfeited,
-            forfeited_dollars: row.forfeited_dollars,
-            closing: row.closing,
-            first_sequence: row.first_sequence,
-            last_sequence: row.last_sequence,
-            entries: row.entries,
-        })?;
+        let account = account_day(row)?;
         match days.last_mut() {
             Some((last, accounts)) if *last == day => accounts.push(account),
             _ => days.push((day, vec![account])),
         }
     }
     Ok(days)
-}
-
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct DatedAccountRow {
-    account_id: String,
-    opening: String,
-    added: String,
-    paid: String,
-    consumed: String,
-    consumed_dollars: String,
-    forfeited: String,
-    forfeited_dollars: String,
-    closing: String,
-    first_sequence: i64,
-    last_sequence: i64,
-    entries: u64,
-    day: String,
 }
 
 fn account_day(r: AccountRow) -> Result<AccountDay, WarehouseError> {
