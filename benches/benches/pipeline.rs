@@ -71,48 +71,35 @@ async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], 
     Ok(())
 }
 
-/// (a): the bare loop. Returns records per second.
-/// `ready` is set once the group has assigned every partition.
-async fn bare_loop(
-    bootstrap: &str,
-    input: &str,
-    output: &str,
-    total: usize,
-    group: &str,
-    ready: Arc<AtomicBool>,
-    received_report: Option<f64>,
-) -> Result<f64> {
-    let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, Some(group)).create()?;
-    consumer.subscribe(&[input])?;
-    let producer: FutureProducer = ClientConfig::new()
+/// The producer settings both bare loops use (metering's own are
+/// `tally_service::kafka::ProducerSettings`: idempotent, acks=all, 5 ms).
+fn loop_producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
+/// (a): the stop-and-wait bare loop. Returns records per second.
+async fn bare_loop(bootstrap: &str, input: &str, output: &str, total: usize, group: &str) -> Result<f64> {
+    let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, Some(group)).create()?;
+    consumer.subscribe(&[input])?;
+    let producer: FutureProducer = loop_producer_config(bootstrap).create()?;
     let mut done = 0usize;
     let mut started = None;
-    // Input creation (the publisher's clock) to this loop's poll: the part
-    // of the latency spent before any consumer work.
-    let mut received: Vec<i64> = Vec::with_capacity(total);
     let deadline = Instant::now() + Duration::from_secs(600);
     while done < total {
         if Instant::now() > deadline {
             bail!("bare loop did not finish: {done} of {total}");
         }
-        if !ready.load(Ordering::Relaxed) && consumer.assignment().is_ok_and(|a| a.count() == PARTITIONS as usize) {
-            ready.store(true, Ordering::Relaxed);
-        }
         let mut batch = Vec::new();
         while batch.len() < 5_000 {
             match consumer.poll(Duration::from_millis(if batch.is_empty() { 100 } else { 0 })) {
-                Some(Ok(message)) => {
-                    if let Some(created) = message.timestamp().to_millis() {
-                        received.push(now_ms() - created);
-                    }
-                    batch.push(message.detach());
-                }
+                Some(Ok(message)) => batch.push(message.detach()),
                 Some(Err(e)) => bail!("consume: {e}"),
                 None => break,
             }
@@ -136,9 +123,6 @@ async fn bare_loop(
         done += batch.len();
     }
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-    if let Some(report) = received_report {
-        report_latency(&mut received, report, "publish -> bare loop poll")?;
-    }
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
@@ -181,13 +165,8 @@ fn streaming_loop(
     let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, Some(group)).create()?;
     consumer.subscribe(&[input])?;
     let acks = Arc::new(Acks::default());
-    let producer: ThreadedProducer<AckContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(AckContext(acks.clone()))?;
+    let producer: ThreadedProducer<AckContext> =
+        loop_producer_config(bootstrap).create_with_context(AckContext(acks.clone()))?;
     let (mut sent, mut in_batch) = (0u64, 0usize);
     let mut started = None;
     // (records produced up to the batch's end, positions after it)
@@ -350,12 +329,6 @@ fn metering_rate(bootstrap: &str, total: u64, round: usize) -> Result<f64> {
     }
 }
 
-fn now_ms() -> i64 {
-    #[allow(clippy::disallowed_methods)] // latency against producers' timestamps: wall clock by nature
-    let now = std::time::SystemTime::now();
-    now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
-}
-
 /// Prints and returns (p50, p99).
 fn report_latency(latencies: &mut [i64], rate: f64, what: &str) -> Result<(i64, i64)> {
     latencies.sort_unstable();
@@ -425,16 +398,7 @@ async fn main() -> Result<()> {
             streaming_loop(&bootstrap_c, "inputs", &out_c, n, &format!("bench-stream-{round}"), Arc::default())
         })
         .await??;
-        let bare = bare_loop(
-            &bootstrap,
-            "inputs",
-            &out_a,
-            messages.len(),
-            &format!("bench-bare-{round}"),
-            Arc::default(),
-            None,
-        )
-        .await?;
+        let bare = bare_loop(&bootstrap, "inputs", &out_a, messages.len(), &format!("bench-bare-{round}")).await?;
         let metering = metering_rate(&bootstrap, messages.len() as u64, round)?;
         println!(
             "  round {}: (c) {streaming:>8.0}  (a) {bare:>8.0}  (b) {metering:>8.0}  (b)/(c) {:.2}",
