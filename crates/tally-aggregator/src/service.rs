@@ -72,8 +72,21 @@ impl Aggregator {
     /// the ledger topic present.
     pub fn start(config: AggregatorConfig, metrics: Metrics, runtime: Handle) -> Result<Self, AggregatorError> {
         let warehouse = tally_warehouse::Warehouse::new(config.warehouse.clone());
-        runtime.block_on(migrations::check(&warehouse)).map_err(AggregatorError::Warehouse)?;
         let deadline = Instant::now() + Duration::from_secs(60);
+        // A start (a supervisor's restart, say) while ClickHouse is down
+        // waits for it like a running aggregator does, within the deadline.
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match runtime.block_on(migrations::check(&warehouse)) {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
+                    tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "cannot check the schema yet");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(AggregatorError::Warehouse(e)),
+            }
+        }
         let partitions = loop {
             match partition_count(&config.brokers, &config.ledger_topic, Duration::from_secs(10)) {
                 Ok(Some(n)) => break n,
