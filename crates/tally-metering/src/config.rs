@@ -79,6 +79,9 @@ pub struct RawConfig {
     pub stall_timeout_s: Option<u64>,
     /// What a stall makes the instance do: "exit" or "report".
     pub on_stall: Option<String>,
+    /// Worker threads of this instance, each applying its own share of the
+    /// instance's partitions.
+    pub workers: Option<u32>,
 }
 
 /// How the instances of the service share the input partitions.
@@ -114,6 +117,34 @@ impl Assignment {
             Assignment::Group { .. } => None,
         }
     }
+
+    /// Fixed layout: the partitions of `0..partitions` that `worker` of
+    /// this instance owns. The instance owns p with p % count == index; its
+    /// workers deal those out in turn, so the k-th of them goes to worker
+    /// k % workers. Every partition has exactly one worker of one instance,
+    /// and a change of the worker count moves partitions only between the
+    /// workers of one instance. Empty for a group.
+    pub fn fixed_partitions(&self, partitions: i32, worker: Worker) -> Vec<i32> {
+        let Assignment::Fixed { index, count } = self else { return Vec::new() };
+        (0..partitions)
+            .filter(|p| p.unsigned_abs() % count.get() == *index)
+            .filter(|p| (p.unsigned_abs() / count.get()) % worker.count.get() == worker.index)
+            .collect()
+    }
+}
+
+/// One worker thread of an instance (see `workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Worker {
+    /// This worker, from 0.
+    pub index: u32,
+    /// Workers of the instance.
+    pub count: NonZeroU32,
+}
+
+impl Worker {
+    /// The one worker of an instance that runs one.
+    pub const ONLY: Worker = Worker { index: 0, count: NonZeroU32::MIN };
 }
 
 /// What an instance does about a stalled input partition it can help with:
@@ -181,6 +212,8 @@ pub struct MeteringConfig {
     pub stall_timeout: Duration,
     /// What a stall makes the instance do.
     pub on_stall: OnStall,
+    /// Worker threads of the instance.
+    pub workers: NonZeroU32,
     /// Where the config came from, for messages.
     pub origin: String,
 }
@@ -276,6 +309,7 @@ impl MeteringConfig {
             "exit",
             &[("exit", OnStall::Exit), ("report", OnStall::Report)],
         );
+        let workers = check.in_range("workers", raw.workers, 1, 1..=64);
         let config = MeteringConfig {
             brokers: check.non_empty("brokers", raw.brokers, "127.0.0.1:9092"),
             group_id: check.non_empty("group_id", raw.group_id, "tally-metering"),
@@ -302,6 +336,7 @@ impl MeteringConfig {
             watch_interval: Duration::from_secs(watch_interval_s),
             stall_timeout: Duration::from_secs(stall_timeout_s),
             on_stall,
+            workers: NonZeroU32::new(workers).unwrap_or(NonZeroU32::MIN),
             origin,
         };
         check.finish(config)
@@ -349,6 +384,34 @@ mod tests {
         for field in ["batch_size_max", "assignment", "metrics_address", "stall_timeout_s", "brokers"] {
             assert!(fields.contains(&field), "{field} in {err}");
         }
+    }
+
+    /// Fixed layout with workers: every partition has exactly one worker
+    /// of one instance, and the workers of an instance split its
+    /// partitions evenly.
+    #[test]
+    fn every_partition_has_one_worker_of_one_instance() {
+        let n = |v: u32| NonZeroU32::new(v).expect("non-zero");
+        for (instances, workers, partitions) in [(1, 1, 4), (1, 2, 4), (2, 2, 8), (3, 2, 7), (2, 3, 5), (1, 4, 2)] {
+            let mut owners = vec![Vec::new(); partitions as usize];
+            for index in 0..instances {
+                let assignment = Assignment::Fixed { index, count: n(instances) };
+                let mut sizes = Vec::new();
+                for w in 0..workers {
+                    let mine = assignment.fixed_partitions(partitions, Worker { index: w, count: n(workers) });
+                    sizes.push(mine.len());
+                    for p in mine {
+                        assert_eq!(assignment.fixed_owner(p), Some(index), "partition {p} of instance {index}");
+                        owners[p as usize].push((index, w));
+                    }
+                }
+                let (least, most) = (sizes.iter().min(), sizes.iter().max());
+                assert!(most.zip(least).is_some_and(|(m, l)| m - l <= 1), "{sizes:?}");
+            }
+            assert!(owners.iter().all(|o| o.len() == 1), "{instances}x{workers} over {partitions}: {owners:?}");
+        }
+        let group = Assignment::Group { instance_id: None };
+        assert!(group.fixed_partitions(4, Worker::ONLY).is_empty());
     }
 
     /// The commented file shipped in `pipelines/` gives exactly the

@@ -101,6 +101,10 @@ pub enum MeteringError {
     /// The partition watch could not start.
     #[error("partition watch: {0}")]
     Watch(String),
+    /// A worker thread could not start, panicked, or stopped unasked (see
+    /// `workers`); the instance stops so a restart starts every worker.
+    #[error("metering worker: {0}")]
+    Worker(String),
 }
 
 impl MeteringError {
@@ -123,7 +127,8 @@ impl MeteringError {
             | MeteringError::Superseded { .. }
             | MeteringError::NoAssignment { .. }
             | MeteringError::Stalled { .. }
-            | MeteringError::Watch(_) => true,
+            | MeteringError::Watch(_)
+            | MeteringError::Worker(_) => true,
             MeteringError::Restore { source, .. } => source.is_retryable(),
             MeteringError::Encode { .. } | MeteringError::Topic { .. } | MeteringError::Metrics(_) => false,
         }

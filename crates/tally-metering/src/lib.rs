@@ -11,6 +11,8 @@
 //! `docs/DESIGN.md` has the whole argument.
 //!
 //! Where things are:
+//! - [`workers`]: an instance's worker threads, each a loop over its own
+//!   share of the partitions;
 //! - [`service`]: the loop, one batch at a time;
 //! - [`sends`]: the hold rule (no ledger record acknowledged before an
 //!   earlier dead letter or alert of its batch);
@@ -41,6 +43,7 @@ pub mod step;
 mod tally;
 mod topics;
 pub mod watch;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -50,10 +53,12 @@ pub use metrics::Metrics;
 pub use service::Metering;
 use tally_ledger::RateTable;
 use tally_service::lifecycle::{self, LifecycleError, Settings};
+pub use workers::Workers;
 
 /// Runs the service through its lifecycle (`tally_service::lifecycle`):
 /// `/metrics` and `/health` first, then start (topics, restores), then the
-/// loop until SIGTERM/SIGINT, then a drain within `drain_timeout_s`.
+/// loops (one per worker) until SIGTERM/SIGINT, then a drain within
+/// `drain_timeout_s`.
 pub fn run(
     config: MeteringConfig,
     rates: Arc<RateTable>,
@@ -63,5 +68,5 @@ pub fn run(
     let settings = Settings { name: "metering", http_address: config.metrics_address, drain: config.drain_timeout };
     let registry = metrics.registry.clone();
     let handle = runtime.clone();
-    lifecycle::run(&runtime, &settings, registry, move || Metering::start(config, rates, metrics, handle))
+    lifecycle::run(&runtime, &settings, registry, move || Workers::start(config, rates, metrics, handle))
 }

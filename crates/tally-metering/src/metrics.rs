@@ -1,5 +1,13 @@
 //! The metering service's Prometheus metrics. Names are constants here and
 //! nowhere else.
+//!
+//! Every worker of a process (see `workers`) tallies into the same
+//! metrics: counters and histograms add up by themselves, per-partition
+//! gauges are disjoint (a partition has one worker), and a gauge that is a
+//! sum over the workers (partitions owned, lag) is moved by each worker's
+//! change through a [`GaugeShare`], never set outright.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -132,5 +140,48 @@ impl Metrics {
             restore_records,
             registry,
         })
+    }
+}
+
+/// One worker's part of a gauge that sums over the workers: `set` moves the
+/// gauge by the change of this part, and dropping the part takes it out.
+pub struct GaugeShare {
+    gauge: IntGauge,
+    mine: AtomicI64,
+}
+
+impl GaugeShare {
+    /// A part of `gauge`, 0 so far.
+    pub fn new(gauge: &IntGauge) -> Self {
+        GaugeShare { gauge: gauge.clone(), mine: AtomicI64::new(0) }
+    }
+
+    /// This worker's part is now `value`.
+    pub fn set(&self, value: i64) {
+        let before = self.mine.swap(value, Ordering::Relaxed);
+        self.gauge.add(value - before);
+    }
+}
+
+impl Drop for GaugeShare {
+    fn drop(&mut self) {
+        self.gauge.sub(self.mine.load(Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_of_a_gauge_add_up_and_leave_with_their_worker() {
+        let gauge = IntGauge::new("g", "g").expect("gauge");
+        let (a, b) = (GaugeShare::new(&gauge), GaugeShare::new(&gauge));
+        a.set(3);
+        b.set(5);
+        a.set(2);
+        assert_eq!(gauge.get(), 7);
+        drop(b);
+        assert_eq!(gauge.get(), 2);
     }
 }

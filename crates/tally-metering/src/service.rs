@@ -1,5 +1,8 @@
 //! The metering loop: poll a batch, apply it with the core, write outputs
-//! under the hold rule, check contiguity, snapshot, commit.
+//! under the hold rule, check contiguity, snapshot, commit. One [`Metering`]
+//! is one worker of an instance (see `workers`): it owns its partitions,
+//! consumer and producer, and shares nothing else but the metrics and the
+//! partition watch.
 //!
 //! Per batch (see `sends` for the hold rule and `partition` for the
 //! contiguity check):
@@ -43,10 +46,10 @@ use tally_service::{
 use tokio::{runtime::Handle, sync::watch};
 
 use crate::{
-    config::{Assignment, MeteringConfig, OnStall},
+    config::{Assignment, MeteringConfig, OnStall, Worker},
     context::{Change, MeteringContext, Shared},
     error::MeteringError,
-    metrics::Metrics,
+    metrics::{GaugeShare, Metrics},
     partition::{ForeignWrite, PartitionState},
     restore,
     sends::{self, Sends},
@@ -58,7 +61,7 @@ use crate::{
     watch::{Watch, WatchState},
 };
 
-/// The running service.
+/// One running worker of the service.
 pub struct Metering {
     config: MeteringConfig,
     consumer: BaseConsumer<MeteringContext>,
@@ -73,8 +76,13 @@ pub struct Metering {
     /// Reused from batch to batch.
     sends: Sends<sends::Kafka>,
     snapshots: SnapshotWriter,
-    /// What the partition watch knows of this instance's partitions.
+    /// What the partition watch knows of this worker's partitions.
     watch: WatchState,
+    /// Which worker of the instance this is.
+    worker: Worker,
+    /// This worker's part of `partitions_owned` and `consumer_lag`.
+    owned_gauge: GaugeShare,
+    lag_gauge: GaugeShare,
 }
 
 impl Service for Metering {
@@ -83,8 +91,14 @@ impl Service for Metering {
     /// Runs until `shutdown` flips, then finishes the batch in hand,
     /// flushes and commits.
     fn run(mut self, shutdown: watch::Receiver<bool>, health: Health) -> Result<(), MeteringError> {
-        let mut partition_watch =
-            Watch::start(&self.config, self.metrics.clone(), self.watch.clone()).map_err(MeteringError::Watch)?;
+        // One partition watch per instance, on its first worker's thread
+        // budget; it sees every worker's partitions.
+        let mut partition_watch = match self.worker.index {
+            0 => Some(
+                Watch::start(&self.config, self.metrics.clone(), self.watch.clone()).map_err(MeteringError::Watch)?,
+            ),
+            _ => None,
+        };
         health.set_ready(true);
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.config.batch_size_max.get());
         let mut last_tick = Instant::now();
@@ -103,7 +117,9 @@ impl Service for Metering {
         }
         tracing::info!("shutting down: flushing and committing");
         health.set_ready(false);
-        partition_watch.finish();
+        if let Some(watch) = partition_watch.as_mut() {
+            watch.finish();
+        }
         self.snapshots.finish();
         self.producer.flush(Duration::from_secs(30)).map_err(MeteringError::kafka("flush on shutdown"))?;
         self.commit(CommitMode::Sync);
@@ -113,13 +129,15 @@ impl Service for Metering {
 
 impl Metering {
     /// Connects, checks and creates topics, and (fixed assignment) takes
-    /// this instance's partitions. `runtime` awaits deliveries for the
-    /// blocking loop.
+    /// this worker's partitions. `runtime` awaits deliveries for the
+    /// blocking loop; `watch` is the instance's partition watch state.
     pub fn start(
         config: MeteringConfig,
         rates: Arc<RateTable>,
         metrics: Metrics,
         runtime: Handle,
+        worker: Worker,
+        watch: WatchState,
     ) -> Result<Self, MeteringError> {
         let producer: FutureProducer = ProducerSettings {
             delivery_timeout: config.delivery_timeout,
@@ -129,8 +147,10 @@ impl Metering {
         .client_config()
         .create()
         .map_err(MeteringError::kafka("create producer"))?;
-        let instance = format!("{}:{}", hostname(), std::process::id());
-        let watch = WatchState::default();
+        let instance = match worker.count.get() {
+            1 => format!("{}:{}", hostname(), std::process::id()),
+            _ => format!("{}:{}/worker-{}", hostname(), std::process::id(), worker.index),
+        };
         let context = MeteringContext::new(Shared {
             config: config.clone(),
             rates,
@@ -147,7 +167,11 @@ impl Metering {
             .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).min(3_000).to_string());
         if let Assignment::Group { instance_id: Some(id) } = &config.assignment {
-            settings.set("group.instance.id", id);
+            // Each worker is a member of its own: static ids must differ.
+            match worker.count.get() {
+                1 => settings.set("group.instance.id", id),
+                _ => settings.set("group.instance.id", format!("{id}-worker-{}", worker.index)),
+            };
         }
         let consumer: BaseConsumer<MeteringContext> =
             settings.create_with_context(context.clone()).map_err(MeteringError::kafka("create consumer"))?;
@@ -155,6 +179,7 @@ impl Metering {
         let sends = Sends::new(sends::Kafka { producer: producer.clone(), runtime: runtime.clone() });
         let snapshots =
             SnapshotWriter::start(producer.clone(), runtime, metrics.clone(), config.snapshot_topic.clone());
+        let (metrics_owned, metrics_lag) = (metrics.partitions_owned.clone(), metrics.consumer_lag.clone());
         let mut service = Metering {
             config,
             consumer,
@@ -167,6 +192,9 @@ impl Metering {
             sends,
             snapshots,
             watch,
+            worker,
+            owned_gauge: GaugeShare::new(&metrics_owned),
+            lag_gauge: GaugeShare::new(&metrics_lag),
         };
         match service.config.assignment.clone() {
             Assignment::Group { .. } => {
@@ -180,13 +208,26 @@ impl Metering {
         Ok(service)
     }
 
-    /// Fixed assignment: takes every partition this instance owns by the
+    /// Fixed assignment: takes every partition this worker owns by the
     /// layout, then reads them from where the ledger says. No group
     /// coordinator takes part, so nothing the broker remembers of an
     /// earlier member can keep them from this instance.
     fn take_fixed_partitions(&mut self, partitions: i32, index: u32, count: u32) -> Result<(), MeteringError> {
-        let mine: Vec<i32> = (0..partitions).filter(|p| p.unsigned_abs() % count == index).collect();
-        tracing::info!(instance_index = index, instance_count = count, partitions = ?mine, "fixed assignment");
+        let mine = self.config.assignment.fixed_partitions(partitions, self.worker);
+        tracing::info!(
+            instance_index = index,
+            instance_count = count,
+            worker = self.worker.index,
+            partitions = ?mine,
+            "fixed assignment"
+        );
+        if mine.is_empty() {
+            tracing::warn!(
+                worker = self.worker.index,
+                workers = self.worker.count.get(),
+                "this worker owns no partition: the instance has more workers than partitions"
+            );
+        }
         let mut list = TopicPartitionList::new();
         for &partition in &mine {
             let state = restore::take(&self.context.shared, &self.consumer, partition)?;
@@ -196,7 +237,7 @@ impl Metering {
         }
         self.consumer.assign(&list).map_err(MeteringError::kafka("assign the fixed partitions"))?;
         self.awaiting_assignment = None;
-        self.metrics.partitions_owned.set(self.states.len() as i64);
+        self.owned_gauge.set(self.states.len() as i64);
         // The resume points are the progress other instances watch.
         self.commit(CommitMode::Async);
         Ok(())
@@ -261,7 +302,7 @@ impl Metering {
                 Change::Failed(e) => return Err(e),
             }
         }
-        self.metrics.partitions_owned.set(self.states.len() as i64);
+        self.owned_gauge.set(self.states.len() as i64);
         Ok(())
     }
 
@@ -415,7 +456,7 @@ impl Metering {
     /// watch found stalled.
     fn tick(&self, health: &Health) -> Result<(), MeteringError> {
         let topic = &self.config.input_topic;
-        self.metrics.consumer_lag.set(self.context.watermarks.lag(topic));
+        self.lag_gauge.set(self.context.watermarks.lag(topic));
         for (partition, state) in &self.states {
             let label = partition.to_string();
             self.metrics.partition_input_offset.with_label_values(&[&label]).set(state.next_offset);

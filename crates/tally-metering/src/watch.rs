@@ -98,8 +98,9 @@ impl std::fmt::Display for Stalled {
 
 #[derive(Default)]
 struct State {
-    /// Owned partitions and their next input offset.
-    owned: BTreeMap<i32, i64>,
+    /// Per worker of the instance, owned partitions and their next input
+    /// offset.
+    owned: BTreeMap<u32, BTreeMap<i32, i64>>,
     /// Partitions this instance is restoring.
     restoring: BTreeSet<i32>,
     /// Stalled partitions as of the last check.
@@ -107,20 +108,35 @@ struct State {
 }
 
 /// What the service loop and the rebalance callback tell the watch, and
-/// what it tells them back.
+/// what it tells them back. One per instance; each worker holds a handle
+/// to it ([`WatchState::for_worker`]) and the watch sees their union.
 #[derive(Clone, Default)]
-pub struct WatchState(Arc<Mutex<State>>);
+pub struct WatchState {
+    state: Arc<Mutex<State>>,
+    worker: u32,
+}
 
 impl WatchState {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> Option<T> {
-        self.0.lock().ok().map(|mut state| f(&mut state))
+        self.state.lock().ok().map(|mut state| f(&mut state))
     }
 
-    /// This instance owns `partitions` with these next input offsets (all
+    /// The handle of worker `worker` of the same instance.
+    pub fn for_worker(&self, worker: u32) -> WatchState {
+        WatchState { state: self.state.clone(), worker }
+    }
+
+    /// This worker owns `partitions` with these next input offsets (all
     /// it owns: the rest are not its own any more).
     pub fn set_owned(&self, owned: impl IntoIterator<Item = (i32, i64)>) {
         let owned: BTreeMap<i32, i64> = owned.into_iter().collect();
-        self.with(|state| state.owned = owned);
+        let worker = self.worker;
+        self.with(|state| state.owned.insert(worker, owned));
+    }
+
+    /// What every worker of the instance owns.
+    fn owned(state: &State) -> BTreeMap<i32, i64> {
+        state.owned.values().flat_map(|owned| owned.iter().map(|(p, o)| (*p, *o))).collect()
     }
 
     /// A restore of `partition` starts (`true`) or ends.
@@ -140,7 +156,7 @@ impl WatchState {
     }
 }
 
-/// The watch thread.
+/// The watch thread: one per instance, whatever its workers.
 pub struct Watch {
     state: WatchState,
     stop: Arc<AtomicBool>,
@@ -207,7 +223,7 @@ fn watch(config: &MeteringConfig, probe: &PartitionProbe, metrics: &Metrics, sta
                 continue;
             }
         };
-        let Some((owned, restoring)) = state.with(|s| (s.owned.clone(), s.restoring.clone())) else { return };
+        let Some((owned, restoring)) = state.with(|s| (WatchState::owned(s), s.restoring.clone())) else { return };
         observations.retain(|o| !restoring.contains(&o.partition));
         for p in &restoring {
             tracker.forget(*p);
