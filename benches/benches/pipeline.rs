@@ -11,9 +11,12 @@
 //! (a) the stop-and-wait bare loop: the same, batch by batch, waiting for
 //!     the acknowledgements of each batch before polling the next (what
 //!     metering does today), a labelled second line;
-//! (b) the `tally metering` release binary, timed from its first handled
-//!     input to its last (its /metrics counters).
-//! `TALLY_BENCH_ROUNDS` (3) rounds of the three in turn on the same inputs
+//! (b) the `tally metering` release binary with the shipped defaults
+//!     (`workers = 1`), timed from its first handled input to its last (its
+//!     /metrics counters);
+//! (b2) the same with `workers = 2`: two loops in one process, each on
+//!     its own half of the partitions (does throughput grow with cores?).
+//! `TALLY_BENCH_ROUNDS` (3) rounds of the four in turn on the same inputs
 //! give each figure as median (min-max). It prints the rates and
 //! metering's ratio to each loop (goal: metering >= 0.9 of the honest
 //! loop), then runs metering again on a fresh topic fed at half its
@@ -233,7 +236,7 @@ struct Metering {
 impl Metering {
     /// Metering reading `{input_prefix}inputs`, writing `{prefix}ledger`
     /// and the rest.
-    fn start(bootstrap: &str, input_prefix: &str, prefix: &str, group: &str) -> Result<Metering> {
+    fn start(bootstrap: &str, input_prefix: &str, prefix: &str, group: &str, workers: u32) -> Result<Metering> {
         let port = free_port()?;
         let rates = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/rates.toml");
         let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-bench-{group}.log")))?;
@@ -248,6 +251,7 @@ impl Metering {
             .env("TALLY_METERING__SNAPSHOT_TOPIC", format!("{prefix}snapshots"))
             .env("TALLY_METERING__RATES_FILE", rates)
             .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("TALLY_METERING__WORKERS", workers.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -308,9 +312,11 @@ impl Drop for Metering {
     }
 }
 
-/// (b): metering, from its first handled input to its last.
-fn metering_rate(bootstrap: &str, total: u64, round: usize) -> Result<f64> {
-    let metering = Metering::start(bootstrap, "", &format!("r{round}-"), &format!("bench-metering-{round}"))?;
+/// (b): metering with `workers` workers, from its first handled input to
+/// its last.
+fn metering_rate(bootstrap: &str, total: u64, round: usize, workers: u32) -> Result<f64> {
+    let prefix = format!("r{round}w{workers}-");
+    let metering = Metering::start(bootstrap, "", &prefix, &format!("bench-metering-{round}-{workers}"), workers)?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<(Instant, u64)> = None;
     loop {
@@ -389,7 +395,7 @@ async fn main() -> Result<()> {
     // Rounds, each loop and metering in turn on the same inputs (fresh
     // groups, fresh output topics), so each figure has a run-to-run range.
     let rounds: usize = std::env::var("TALLY_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let (mut streamings, mut bares, mut meterings) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut streamings, mut bares, mut meterings, mut meterings2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let (out_c, out_a) = (format!("stream-out-{round}"), format!("bare-out-{round}"));
         create_topics(&bootstrap, &[(out_c.as_str(), PARTITIONS), (out_a.as_str(), PARTITIONS)]).await?;
@@ -399,23 +405,31 @@ async fn main() -> Result<()> {
         })
         .await??;
         let bare = bare_loop(&bootstrap, "inputs", &out_a, messages.len(), &format!("bench-bare-{round}")).await?;
-        let metering = metering_rate(&bootstrap, messages.len() as u64, round)?;
+        let metering = metering_rate(&bootstrap, messages.len() as u64, round, 1)?;
+        let metering2 = metering_rate(&bootstrap, messages.len() as u64, round, 2)?;
         println!(
-            "  round {}: (c) {streaming:>8.0}  (a) {bare:>8.0}  (b) {metering:>8.0}  (b)/(c) {:.2}",
+            "  round {}: (c) {streaming:>8.0}  (a) {bare:>8.0}  (b) {metering:>8.0}  (b2) {metering2:>8.0}  (b)/(c) {:.2}  (b2)/(c) {:.2}",
             round + 1,
-            metering / streaming
+            metering / streaming,
+            metering2 / streaming
         );
         streamings.push(streaming);
         bares.push(bare);
         meterings.push(metering);
+        meterings2.push(metering2);
     }
     println!("  (c) honest bare loop (never waits):    {}", spread(&streamings, "records/s"));
     println!("  (a) stop-and-wait bare loop:           {}", spread(&bares, "records/s"));
-    println!("  (b) tally metering:                    {}", spread(&meterings, "inputs/s"));
+    println!("  (b) tally metering, 1 worker:          {}", spread(&meterings, "inputs/s"));
+    println!("  (b2) tally metering, 2 workers:        {}", spread(&meterings2, "inputs/s"));
     let ratios: Vec<f64> = meterings.iter().zip(&streamings).map(|(m, c)| m / c).collect();
     let ratios_a: Vec<f64> = meterings.iter().zip(&bares).map(|(m, a)| m / a).collect();
     println!("  ratio (b)/(c): {} (goal >= 0.90)", spread(&ratios, ""));
     println!("  ratio (b)/(a): {}", spread(&ratios_a, ""));
+    let ratios2: Vec<f64> = meterings2.iter().zip(&streamings).map(|(m, c)| m / c).collect();
+    let scaling: Vec<f64> = meterings2.iter().zip(&meterings).map(|(two, one)| two / one).collect();
+    println!("  ratio (b2)/(c): {} (goal >= 0.90)", spread(&ratios2, ""));
+    println!("  2 workers / 1 worker: {}", spread(&scaling, ""));
     let metering = median(&meterings);
 
     // Latency at half the measured metering rate, on fresh topics.
@@ -424,7 +438,7 @@ async fn main() -> Result<()> {
     let rate = std::env::var("TALLY_BENCH_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(metering / 2.0);
     let count = ((rate * 20.0) as usize).clamp(1_000, messages.len());
     create_topics(&bootstrap, &[("lat-inputs", PARTITIONS)]).await?;
-    let latency = Metering::start(&bootstrap, "lat-", "lat-", "bench-latency")?;
+    let latency = Metering::start(&bootstrap, "lat-", "lat-", "bench-latency", 1)?;
     // Time the steady state, not the group join and restore.
     let deadline = Instant::now() + Duration::from_secs(60);
     while latency.gauge("partitions_owned") != Some(PARTITIONS as i64) && Instant::now() < deadline {
