@@ -181,3 +181,90 @@ async fn the_check_catches_a_service_that_does_not_rebuild_state() -> anyhow::Re
     assert!(report.lost + report.conflicting + report.doubled + report.mismatched + report.extra > 0);
     Ok(())
 }
+
+/// Two workers in one instance (`workers = 2`): each owns half of the
+/// partitions, and kill -9 at random moments, a crash with records in
+/// flight and a change of the worker count between restarts (partitions
+/// move from one worker to another) lose, double and conflict nothing.
+/// Otherwise the shipped defaults.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_split_the_partitions_and_survive_kill_9_and_a_worker_count_change() -> anyhow::Result<()> {
+    let seed = seed();
+    eprintln!("[workers] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
+    let broker = Broker::memory()?;
+    let bootstrap = broker.bootstrap();
+    create_topics(&bootstrap, &[(INPUTS, PARTITIONS)]).await?;
+    let config = SimConfig {
+        seed,
+        accounts: 200,
+        usage_events: 200_000,
+        duplicate_fraction: 0.05,
+        late_fraction: 0.01,
+        malformed_fraction: 0.005,
+        ..SimConfig::default()
+    };
+    let messages: Vec<_> = Simulator::new(config).collect();
+    let paced = Paced::default();
+    let publishing = {
+        let (bootstrap, paced) = (bootstrap.clone(), paced.clone());
+        tokio::spawn(async move { publish_until(&bootstrap, &messages, Some(PUBLISH_RATE), &paced).await })
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut faults = Vec::new();
+    // Two workers, then one (the other's partitions move to it), then two.
+    for (round, workers) in ["2", "2", "1", "2"].into_iter().enumerate() {
+        let mut metering = MeteringProcess::spawn(&bootstrap, "workers", &[("TALLY_METERING__WORKERS", workers)])?;
+        let recovery = time_to_progress_everywhere(&metering, PARTITIONS, RECOVERY_BOUND);
+        assert!(
+            recovery.is_some(),
+            "seed {seed}: round {round} ({workers} workers): a partition was not consumed within {RECOVERY_BOUND:?}\n{}",
+            metering.log_tail()
+        );
+        // The gauge sums the workers' shares.
+        let owned = metering.metric_sum("tally_metering_partitions_owned");
+        assert_eq!(owned, PARTITIONS as f64, "round {round}: partitions owned over {workers} workers");
+        if workers == "2" {
+            let log = std::fs::read_to_string(&metering.log)?;
+            for (worker, partitions) in [(0, "[0, 2]"), (1, "[1, 3]")] {
+                let line = format!("worker={worker} partitions={partitions}");
+                assert!(log.contains(&line), "round {round}: no '{line}' in\n{}", metering.log_tail());
+            }
+        }
+        let after = Duration::from_millis(rng.random_range(0..2_000));
+        std::thread::sleep(after);
+        metering.kill();
+        faults.push(format!("round {round}: {workers} worker(s), kill -9 {after:?} after every partition progressed"));
+    }
+    // Records in flight in one worker when the process dies.
+    let mut crashing = MeteringProcess::spawn(
+        &bootstrap,
+        "workers-crash",
+        &[("TALLY_METERING__WORKERS", "2"), ("TALLY_CRASH_AT", "before_ack:3")],
+    )?;
+    let status = crashing.wait_exit(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&crashing.log)?;
+    assert!(
+        status.is_some() && log.contains("fault injection: crashing at before_ack"),
+        "seed {seed}: before_ack:3 was not reached within 60 s (status {status:?})\n{}",
+        crashing.log_tail()
+    );
+    faults.push(format!("crash at before_ack:3 with 2 workers: {status:?}"));
+    let mut metering = MeteringProcess::spawn(&bootstrap, "workers-final", &[("TALLY_METERING__WORKERS", "2")])?;
+    while paced.published() < INPUTS_MIN / 2 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    paced.stop();
+    let published = publishing.await??;
+    let expected = expected(&bootstrap, published)?;
+    let actual = wait_for_ledger(&bootstrap, &expected, Duration::from_secs(300))?;
+    for fault in &faults {
+        eprintln!("[workers] {fault}");
+    }
+    let status = metering.terminate(Duration::from_secs(30))?;
+    let report = compare(&expected, &actual);
+    report.print("two workers");
+    assert!(status.success(), "SIGTERM stops both workers and exits 0: {status}\n{}", metering.log_tail());
+    assert!(report.passed(), "seed {seed}: the ledger differs from the expected one\n{}", metering.log_tail());
+    assert!(report.claims >= 6 * PARTITIONS as usize, "every start claimed every partition: {} claims", report.claims);
+    Ok(())
+}
