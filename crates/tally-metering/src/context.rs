@@ -15,16 +15,14 @@ use std::sync::{
 
 use rdkafka::{
     consumer::{BaseConsumer, ConsumerContext, Rebalance},
-    producer::FutureProducer,
     statistics::Statistics,
     ClientContext, Offset, TopicPartitionList,
 };
 use tally_ledger::RateTable;
 use tally_service::kafka::LagContext;
-use tokio::runtime::Handle;
 
 use crate::{
-    config::MeteringConfig, error::MeteringError, metrics::Metrics, partition::PartitionState, restore,
+    config::MeteringConfig, error::MeteringError, metrics::Metrics, outbox::Outbox, partition::PartitionState, restore,
     watch::WatchState,
 };
 
@@ -43,9 +41,8 @@ pub(crate) enum Change {
 pub(crate) struct Shared {
     pub(crate) config: MeteringConfig,
     pub(crate) rates: Arc<RateTable>,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: Outbox,
     pub(crate) metrics: Metrics,
-    pub(crate) runtime: Handle,
     /// Host and process, written into claims for operators.
     pub(crate) instance: String,
     /// Owned partitions and restores in progress, for the partition watch.

@@ -16,7 +16,9 @@
 //! - [`service`]: the loop, one batch at a time;
 //! - [`sends`]: the hold rule (no ledger record acknowledged before an
 //!   earlier dead letter or alert of its batch);
-//! - [`partition`]: one owned partition and the contiguity check;
+//! - `outbox`: the worker's one producer, delivery reports by callback;
+//! - [`partition`]: one owned partition and the contiguity check; `polled`:
+//!   a batch of inputs in one reused buffer;
 //! - [`restore`]: claiming a partition and rebuilding it from the ledger;
 //! - [`context`]: the consumer context (rebalances, statistics, commits);
 //! - [`watch`]: noticing partitions nobody consumes;
@@ -33,7 +35,9 @@ pub mod context;
 pub mod error;
 pub mod faults;
 pub mod metrics;
+mod outbox;
 pub mod partition;
+mod polled;
 pub mod restore;
 pub mod sends;
 pub mod service;

@@ -25,7 +25,6 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    producer::FutureRecord,
     Message, TopicPartitionList,
 };
 use tally_events::{
@@ -227,13 +226,8 @@ fn claim_and_restore(
     };
     let payload = Codec::global().encode(&claim).map_err(|e| failed(RestoreFailure::Claim(e)))?;
     let key = format!("claim-{partition}");
-    let record = FutureRecord::to(topic).partition(partition).key(&key).payload(&payload);
-    let delivery = shared
-        .runtime
-        .block_on(shared.producer.send(record, Duration::from_secs(30)))
-        .map_err(|(source, _)| MeteringError::Delivery { topic: topic.clone(), source })?;
+    let (_, epoch) = shared.producer.send_and_wait(topic, partition, key.as_bytes(), &payload)?;
     crate::faults::point("restore_after_claim");
-    let epoch = delivery.offset;
     if crate::faults::unsafe_skip_restore() {
         let restorer = Restorer::new(shared.rates.clone(), ledger_config, &config.input_topic, partition);
         // Test-only broken variant: claims, but keeps an empty state and

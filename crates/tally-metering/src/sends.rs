@@ -17,17 +17,14 @@
 //! recording fake in the tests below), so the rule is tested here, beside
 //! the code.
 
-use std::{ops::Range, time::Duration};
+use std::ops::Range;
 
-use rdkafka::{
-    error::KafkaError,
-    producer::{future_producer::DeliveryFuture, FutureProducer, FutureRecord},
-    types::RDKafkaErrorCode,
-};
 use tally_events::{codec::Record, Codec};
-use tokio::runtime::Handle;
 
-use crate::error::MeteringError;
+use crate::{
+    error::MeteringError,
+    outbox::{Outbox, Ticket},
+};
 
 /// Where records go.
 pub(crate) trait Outlet {
@@ -40,68 +37,17 @@ pub(crate) trait Outlet {
     fn wait(&mut self, topic: &str, tickets: Vec<Self::Ticket>) -> Result<Vec<(i32, i64)>, MeteringError>;
 }
 
-/// The Kafka outlet: an idempotent producer, and the runtime its
-/// acknowledgements arrive on.
-#[derive(Clone)]
-pub(crate) struct Kafka {
-    pub(crate) producer: FutureProducer,
-    pub(crate) runtime: Handle,
-}
+/// The Kafka outlet: the worker's idempotent producer.
+impl Outlet for Outbox {
+    type Ticket = Ticket;
 
-impl Outlet for Kafka {
-    type Ticket = DeliveryFuture;
-
-    fn send(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        key: &[u8],
-        payload: &[u8],
-    ) -> Result<DeliveryFuture, MeteringError> {
-        produce(&self.producer, topic, partition, key, payload)
+    fn send(&mut self, topic: &str, partition: i32, key: &[u8], payload: &[u8]) -> Result<Ticket, MeteringError> {
+        Outbox::send(self, topic, partition, key, payload)
     }
 
-    fn wait(&mut self, topic: &str, tickets: Vec<DeliveryFuture>) -> Result<Vec<(i32, i64)>, MeteringError> {
-        acknowledged(&self.runtime, topic, tickets)
+    fn wait(&mut self, topic: &str, tickets: Vec<Ticket>) -> Result<Vec<(i32, i64)>, MeteringError> {
+        Outbox::wait(self, topic, &tickets)
     }
-}
-
-/// Produces one record, waiting while librdkafka's queue is full.
-pub(crate) fn produce(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    key: &[u8],
-    payload: &[u8],
-) -> Result<DeliveryFuture, MeteringError> {
-    let mut record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
-    loop {
-        match producer.send_result(record) {
-            Ok(future) => return Ok(future),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((source, _)) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
-        }
-    }
-}
-
-/// Waits for acknowledgements, in order; any failure is fatal.
-pub(crate) fn acknowledged(
-    runtime: &Handle,
-    topic: &str,
-    futures: impl IntoIterator<Item = DeliveryFuture>,
-) -> Result<Vec<(i32, i64)>, MeteringError> {
-    let mut delivered = Vec::new();
-    for future in futures {
-        match runtime.block_on(future) {
-            Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
-            Ok(Err((source, _))) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
-            Err(_) => return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled }),
-        }
-    }
-    Ok(delivered)
 }
 
 /// One batch's sends (see the module docs). Kept from batch to batch: its

@@ -32,9 +32,7 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
-    message::OwnedMessage,
-    producer::{FutureProducer, Producer},
-    Message, Offset, TopicPartitionList,
+    Offset, TopicPartitionList,
 };
 use tally_events::{LedgerMarker, MarkerKind, SourceOffset};
 use tally_ledger::RateTable;
@@ -50,9 +48,11 @@ use crate::{
     context::{Change, MeteringContext, Shared},
     error::MeteringError,
     metrics::{GaugeShare, Metrics},
+    outbox::Outbox,
     partition::{ForeignWrite, PartitionState},
+    polled::Batch,
     restore,
-    sends::{self, Sends},
+    sends::Sends,
     snapshot::SnapshotPoint,
     snapshot_writer::{SnapshotJob, SnapshotWriter},
     step::{step, Step},
@@ -66,7 +66,7 @@ pub struct Metering {
     config: MeteringConfig,
     consumer: BaseConsumer<MeteringContext>,
     context: MeteringContext,
-    producer: FutureProducer,
+    producer: Outbox,
     metrics: Metrics,
     instance: String,
     states: BTreeMap<i32, PartitionState>,
@@ -74,7 +74,7 @@ pub struct Metering {
     /// (start, or after a revocation); `None` once an assignment arrived.
     awaiting_assignment: Option<Instant>,
     /// Reused from batch to batch.
-    sends: Sends<sends::Kafka>,
+    sends: Sends<Outbox>,
     snapshots: SnapshotWriter,
     /// What the partition watch knows of this worker's partitions.
     watch: WatchState,
@@ -100,7 +100,7 @@ impl Service for Metering {
             _ => None,
         };
         health.set_ready(true);
-        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.config.batch_size_max.get());
+        let mut batch = Batch::with_capacity(self.config.batch_size_max.get());
         let mut last_tick = Instant::now();
         while !*shutdown.borrow() {
             if let Some(started) = self.poll_batch(&mut batch, &shutdown)? {
@@ -129,8 +129,8 @@ impl Service for Metering {
 
 impl Metering {
     /// Connects, checks and creates topics, and (fixed assignment) takes
-    /// this worker's partitions. `runtime` awaits deliveries for the
-    /// blocking loop; `watch` is the instance's partition watch state.
+    /// this worker's partitions. `runtime` runs the admin calls; `watch` is
+    /// the instance's partition watch state.
     pub fn start(
         config: MeteringConfig,
         rates: Arc<RateTable>,
@@ -139,14 +139,14 @@ impl Metering {
         worker: Worker,
         watch: WatchState,
     ) -> Result<Self, MeteringError> {
-        let producer: FutureProducer = ProducerSettings {
+        let producer_config = ProducerSettings {
             delivery_timeout: config.delivery_timeout,
             gapless: true,
             ..ProducerSettings::new(&config.brokers)
         }
-        .client_config()
-        .create()
-        .map_err(MeteringError::kafka("create producer"))?;
+        .client_config();
+        let producer = Outbox::create(&producer_config, config.delivery_timeout)
+            .map_err(MeteringError::kafka("create producer"))?;
         let instance = match worker.count.get() {
             1 => format!("{}:{}", hostname(), std::process::id()),
             _ => format!("{}:{}/worker-{}", hostname(), std::process::id(), worker.index),
@@ -156,7 +156,6 @@ impl Metering {
             rates,
             producer: producer.clone(),
             metrics: metrics.clone(),
-            runtime: runtime.clone(),
             instance: instance.clone(),
             watch: watch.clone(),
         });
@@ -176,9 +175,8 @@ impl Metering {
         let consumer: BaseConsumer<MeteringContext> =
             settings.create_with_context(context.clone()).map_err(MeteringError::kafka("create consumer"))?;
         let partitions = topics::prepare(&config, &consumer, &runtime)?;
-        let sends = Sends::new(sends::Kafka { producer: producer.clone(), runtime: runtime.clone() });
-        let snapshots =
-            SnapshotWriter::start(producer.clone(), runtime, metrics.clone(), config.snapshot_topic.clone());
+        let sends = Sends::new(producer.clone());
+        let snapshots = SnapshotWriter::start(producer.clone(), metrics.clone(), config.snapshot_topic.clone());
         let (metrics_owned, metrics_lag) = (metrics.partitions_owned.clone(), metrics.consumer_lag.clone());
         let mut service = Metering {
             config,
@@ -247,7 +245,7 @@ impl Metering {
     /// its first one; returns when the first came, `None` if none did.
     fn poll_batch(
         &mut self,
-        batch: &mut Vec<OwnedMessage>,
+        batch: &mut Batch,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Option<Instant>, MeteringError> {
         let mut first_at: Option<Instant> = None;
@@ -259,7 +257,7 @@ impl Metering {
             let got_nothing = match self.consumer.poll(wait) {
                 Some(Ok(message)) => {
                     first_at.get_or_insert_with(Instant::now);
-                    batch.push(message.detach());
+                    batch.push(&message);
                     false
                 }
                 Some(Err(e)) => {
@@ -278,7 +276,7 @@ impl Metering {
     }
 
     /// Applies what rebalances did: partitions taken or given up.
-    fn apply_changes(&mut self, batch: &mut Vec<OwnedMessage>) -> Result<(), MeteringError> {
+    fn apply_changes(&mut self, batch: &mut Batch) -> Result<(), MeteringError> {
         for change in self.context.take_changes() {
             match change {
                 Change::Revoked(partitions) => {
@@ -287,7 +285,7 @@ impl Metering {
                         let _ = self.metrics.partition_lag.remove_label_values(&[&p.to_string()]);
                         let _ = self.metrics.partition_input_offset.remove_label_values(&[&p.to_string()]);
                     }
-                    batch.retain(|m| !partitions.contains(&m.partition()));
+                    batch.remove_partitions(&partitions);
                     tracing::info!(?partitions, "partitions revoked");
                     self.awaiting_assignment = Some(Instant::now());
                 }
@@ -307,7 +305,7 @@ impl Metering {
     }
 
     /// One batch (see the module docs).
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), MeteringError> {
+    fn process(&mut self, batch: &Batch) -> Result<(), MeteringError> {
         let sends = &mut self.sends;
         sends.begin();
         let mut tally = Tally::default();
@@ -315,13 +313,16 @@ impl Metering {
             (&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic);
         let mut touched: Vec<i32> = Vec::new();
         let mut reseek: Vec<(i32, i64)> = Vec::new();
-        for message in batch {
-            let partition = message.partition();
+        // One source per batch, its partition and offset set per input (no
+        // allocation per input).
+        let mut source = SourceOffset { topic: self.config.input_topic.clone(), partition: 0, offset: 0 };
+        for message in batch.inputs() {
+            let partition = message.partition;
             let Some(state) = self.states.get_mut(&partition) else { continue };
-            if message.offset() < state.next_offset || reseek.iter().any(|(p, _)| *p == partition) {
+            if message.offset < state.next_offset || reseek.iter().any(|(p, _)| *p == partition) {
                 continue; // handled before (a refetch), or being repositioned
             }
-            if message.offset() > state.next_offset {
+            if message.offset > state.next_offset {
                 // The first input is past the resume point (see `ReRead`):
                 // seek back; records before the resume point are skipped
                 // above.
@@ -329,19 +330,19 @@ impl Metering {
                     tracing::warn!(
                         partition,
                         expected = state.next_offset,
-                        got = message.offset(),
+                        got = message.offset,
                         seek = target,
                         "input starts past the resume point; seeking back"
                     );
                     reseek.push((partition, target));
                     continue;
                 }
-                tracing::warn!(partition, expected = state.next_offset, got = message.offset(), "input offsets skip");
+                tracing::warn!(partition, expected = state.next_offset, got = message.offset, "input offsets skip");
             }
             state.reread.reset();
-            let source = SourceOffset { topic: message.topic().to_string(), partition, offset: message.offset() };
-            let appended_ms = message.timestamp().to_millis();
-            match step(&mut state.ledger, message.key(), message.payload(), appended_ms, &source, state.epoch) {
+            (source.partition, source.offset) = (partition, message.offset);
+            let (key, payload) = (batch.key(message), batch.payload(message));
+            match step(&mut state.ledger, key, payload, message.timestamp_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
                     tally.input(input_type);
                     tally.entry(&entry);
@@ -351,7 +352,7 @@ impl Metering {
                         sends.side(alerts_topic, partition, alert.account_id.as_bytes(), &alert)?;
                     }
                     sends.ledger(ledger_topic, partition, entry.account_id.as_bytes(), &entry)?;
-                    state.recorded_offset = message.offset() + 1;
+                    state.recorded_offset = message.offset + 1;
                     state.since_snapshot += 1;
                 }
                 Step::Duplicate { input_type } => {
@@ -361,10 +362,10 @@ impl Metering {
                 Step::DeadLetter { letter, input_type } => {
                     tally.input(input_type);
                     tally.dead_letter(&letter.reason);
-                    sends.side(dead_letter_topic, partition, message.key().unwrap_or_default(), &letter)?;
+                    sends.side(dead_letter_topic, partition, key.unwrap_or_default(), &letter)?;
                 }
             }
-            state.next_offset = message.offset() + 1;
+            state.next_offset = message.offset + 1;
             if !touched.contains(&partition) {
                 touched.push(partition);
             }

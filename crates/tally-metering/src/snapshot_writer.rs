@@ -17,15 +17,13 @@ use std::{
     time::Instant,
 };
 
-use rdkafka::producer::FutureProducer;
 use tally_events::Codec;
-use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::{
     error::MeteringError,
     metrics::Metrics,
-    sends::{acknowledged, produce},
+    outbox::Outbox,
     snapshot::{self, SnapshotPoint},
 };
 
@@ -50,7 +48,7 @@ pub(crate) struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    pub(crate) fn start(producer: FutureProducer, runtime: Handle, metrics: Metrics, topic: String) -> Self {
+    pub(crate) fn start(producer: Outbox, metrics: Metrics, topic: String) -> Self {
         let (sender, receiver) = mpsc::sync_channel::<SnapshotJob>(1);
         let queued = Arc::new(AtomicUsize::new(0));
         let done = queued.clone();
@@ -60,7 +58,7 @@ impl SnapshotWriter {
                 for job in receiver {
                     let (partition, cut_at) = (job.partition, job.cut_at);
                     let ledger_next_offset = job.point.ledger_next_offset;
-                    match write_snapshot(&producer, &runtime, &topic, job) {
+                    match write_snapshot(&producer, &topic, job) {
                         Ok(chunks) => {
                             crate::faults::point("after_snapshot");
                             metrics.snapshots.inc();
@@ -112,22 +110,17 @@ impl SnapshotWriter {
 }
 
 /// Chunks, encodes and writes one snapshot; returns its chunk count.
-fn write_snapshot(
-    producer: &FutureProducer,
-    runtime: &Handle,
-    topic: &str,
-    job: SnapshotJob,
-) -> Result<usize, MeteringError> {
+fn write_snapshot(producer: &Outbox, topic: &str, job: SnapshotJob) -> Result<usize, MeteringError> {
     let partition = job.partition;
     let chunks = snapshot::chunks(&job.state, &job.point, Uuid::new_v4());
-    let mut futures = Vec::with_capacity(chunks.len());
+    let mut tickets = Vec::with_capacity(chunks.len());
     let mut bytes = Vec::new();
     for chunk in &chunks {
         bytes.clear();
         Codec::global().encode_into(chunk, &mut bytes).map_err(|source| MeteringError::Encode { partition, source })?;
         let key = snapshot::chunk_key(partition, job.slot, chunk.chunk);
-        futures.push(produce(producer, topic, partition, key.as_bytes(), &bytes)?);
+        tickets.push(producer.send(topic, partition, key.as_bytes(), &bytes)?);
     }
-    acknowledged(runtime, topic, futures)?;
+    producer.wait(topic, &tickets)?;
     Ok(chunks.len())
 }
