@@ -29,10 +29,10 @@
 //! Run: `cargo bench -p tally-benches --bench pipeline` (needs the Tansu
 //! binary that deploy/local/install.sh caches).
 
+mod support;
+
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -46,9 +46,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
+use support::Metering;
 use tally_client::{InFlight, Publisher, PublisherConfig};
 use tally_simulator::{SimConfig, Simulator};
-use tally_testkit::{create_topics, free_port, read_topic, tally_binary, Broker};
+use tally_testkit::{create_topics, read_topic, tally_binary, Broker};
 
 const PARTITIONS: i32 = 4;
 
@@ -228,95 +229,11 @@ fn streaming_loop(
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-struct Metering {
-    child: Child,
-    port: u16,
-}
-
-impl Metering {
-    /// Metering reading `{input_prefix}inputs`, writing `{prefix}ledger`
-    /// and the rest.
-    fn start(bootstrap: &str, input_prefix: &str, prefix: &str, group: &str, workers: u32) -> Result<Metering> {
-        let port = free_port()?;
-        let rates = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/rates.toml");
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("tally-bench-{group}.log")))?;
-        let child = Command::new(tally_binary()?)
-            .arg("metering")
-            .env("TALLY_METERING__BROKERS", bootstrap)
-            .env("TALLY_METERING__GROUP_ID", group)
-            .env("TALLY_METERING__INPUT_TOPIC", format!("{input_prefix}inputs"))
-            .env("TALLY_METERING__LEDGER_TOPIC", format!("{prefix}ledger"))
-            .env("TALLY_METERING__ALERTS_TOPIC", format!("{prefix}alerts"))
-            .env("TALLY_METERING__DEAD_LETTER_TOPIC", format!("{prefix}dead-letters"))
-            .env("TALLY_METERING__SNAPSHOT_TOPIC", format!("{prefix}snapshots"))
-            .env("TALLY_METERING__RATES_FILE", rates)
-            .env("TALLY_METERING__METRICS_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("TALLY_METERING__WORKERS", workers.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        Ok(Metering { child, port })
-    }
-
-    fn metrics(&self) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
-    }
-
-    /// The upper bound of the histogram bucket holding quantile `q` of
-    /// `tally_metering_<name>` (where in the service the time goes).
-    fn histogram_quantile(&self, name: &str, q: f64) -> Option<(f64, u64)> {
-        let body = self.metrics()?;
-        let prefix = format!("tally_metering_{name}_bucket{{le=\"");
-        let buckets: Vec<(f64, u64)> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix(prefix.as_str()))
-            .filter_map(|rest| {
-                let (le, count) = rest.split_once("\"} ")?;
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-                Some((le, count.trim().parse::<f64>().ok()? as u64))
-            })
-            .collect();
-        let total = buckets.last()?.1;
-        let target = (total as f64 * q).ceil() as u64;
-        buckets.iter().find(|(_, c)| *c >= target).map(|(le, _)| (*le, total))
-    }
-
-    /// A gauge's value.
-    fn gauge(&self, name: &str) -> Option<i64> {
-        let body = self.metrics()?;
-        let prefix = format!("tally_metering_{name} ");
-        body.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
-    }
-
-    /// Inputs handled so far (sum of inputs_total), if the server answers.
-    fn handled(&self) -> Option<u64> {
-        let body = self.metrics()?;
-        Some(
-            body.lines()
-                .filter(|l| l.starts_with("tally_metering_inputs_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64,
-        )
-    }
-}
-
-impl Drop for Metering {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// (b): metering with `workers` workers, from its first handled input to
 /// its last.
 fn metering_rate(bootstrap: &str, total: u64, round: usize, workers: u32) -> Result<f64> {
     let prefix = format!("r{round}w{workers}-");
-    let metering = Metering::start(bootstrap, "", &prefix, &format!("bench-metering-{round}-{workers}"), workers)?;
+    let metering = Metering::start(bootstrap, "", &prefix, &format!("bench-metering-{round}-{workers}"), workers, &[])?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<(Instant, u64)> = None;
     loop {
@@ -438,7 +355,7 @@ async fn main() -> Result<()> {
     let rate = std::env::var("TALLY_BENCH_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(metering / 2.0);
     let count = ((rate * 20.0) as usize).clamp(1_000, messages.len());
     create_topics(&bootstrap, &[("lat-inputs", PARTITIONS)]).await?;
-    let latency = Metering::start(&bootstrap, "lat-", "lat-", "bench-latency", 1)?;
+    let latency = Metering::start(&bootstrap, "lat-", "lat-", "bench-latency", 1, &[])?;
     // Time the steady state, not the group join and restore.
     let deadline = Instant::now() + Duration::from_secs(60);
     while latency.gauge("partitions_owned") != Some(PARTITIONS as i64) && Instant::now() < deadline {

@@ -66,6 +66,7 @@ pub async fn run(args: Args) -> Result<()> {
         accounts: args.accounts.max(1),
         usage_events: args.events,
         start: args.start.unwrap_or(defaults.start),
+        step_millis: defaults.step_millis,
         duplicate_fraction: fraction("duplicates", args.duplicates)?,
         late_fraction: fraction("late", args.late)?,
         malformed_fraction: fraction("malformed", args.malformed)?,

@@ -34,6 +34,10 @@ pub struct SimConfig {
     pub usage_events: u64,
     /// Simulated time of the first message.
     pub start: DateTime<Utc>,
+    /// Simulated milliseconds between two steps (a usage event and what
+    /// comes with it), drawn uniformly from this range: the workload's
+    /// simulated rate, hence how many ids a dedup window holds.
+    pub step_millis: std::ops::Range<i64>,
     /// Fraction of usage events re-sent as exact duplicates (worker retries).
     pub duplicate_fraction: f64,
     /// Fraction of usage events sent late: 1-48 h back in time, and one in
@@ -53,6 +57,8 @@ impl Default for SimConfig {
             // Just before the 2026-07 rate version, so a default run
             // crosses a rate change.
             start: DateTime::from_timestamp(1_782_820_800, 0).unwrap_or_default(), // 2026-06-30T12:00:00Z
+            // About one step per 6 s, a photo booth's pace.
+            step_millis: 200..12_000,
             duplicate_fraction: 0.02,
             late_fraction: 0.01,
             malformed_fraction: 0.005,
@@ -251,7 +257,7 @@ impl Simulator {
     }
 
     fn tick(&mut self) {
-        let millis = self.rng.random_range(200..12_000);
+        let millis = self.rng.random_range(self.config.step_millis.clone());
         self.now += TimeDelta::milliseconds(millis);
     }
 
