@@ -34,17 +34,19 @@ const INPUTS_MIN: usize = 50_000;
 
 const PARTITIONS: i32 = 4;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflicts_nothing() -> anyhow::Result<()> {
-    let seed = seed();
-    eprintln!("[crash] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
+/// A broker with the input topic, and workers publishing a fault-test
+/// workload over `accounts` accounts at [`PUBLISH_RATE`] on a task: more
+/// inputs than a run publishes (the publisher stops when `paced` says).
+async fn paced_workload(
+    seed: u64,
+    accounts: u32,
+) -> anyhow::Result<(Broker, String, Paced, tokio::task::JoinHandle<anyhow::Result<usize>>)> {
     let broker = Broker::memory()?;
     let bootstrap = broker.bootstrap();
     create_topics(&bootstrap, &[(INPUTS, PARTITIONS)]).await?;
     let config = SimConfig {
         seed,
-        accounts: 300,
-        // More than the run will publish: the publisher stops when told.
+        accounts,
         usage_events: 200_000,
         duplicate_fraction: 0.05,
         late_fraction: 0.01,
@@ -57,6 +59,14 @@ async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflict
         let (bootstrap, paced) = (bootstrap.clone(), paced.clone());
         tokio::spawn(async move { publish_until(&bootstrap, &messages, Some(PUBLISH_RATE), &paced).await })
     };
+    Ok((broker, bootstrap, paced, publishing))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_while_inputs_arrive_loses_doubles_and_conflicts_nothing() -> anyhow::Result<()> {
+    let seed = seed();
+    eprintln!("[crash] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
+    let (_broker, bootstrap, paced, publishing) = paced_workload(seed, 300).await?;
 
     let mut rng = SmallRng::seed_from_u64(seed);
     let started = Instant::now();
@@ -191,24 +201,7 @@ async fn the_check_catches_a_service_that_does_not_rebuild_state() -> anyhow::Re
 async fn two_workers_split_the_partitions_and_survive_kill_9_and_a_worker_count_change() -> anyhow::Result<()> {
     let seed = seed();
     eprintln!("[workers] seed {seed} (TALLY_TEST_SEED={seed} replays it)");
-    let broker = Broker::memory()?;
-    let bootstrap = broker.bootstrap();
-    create_topics(&bootstrap, &[(INPUTS, PARTITIONS)]).await?;
-    let config = SimConfig {
-        seed,
-        accounts: 200,
-        usage_events: 200_000,
-        duplicate_fraction: 0.05,
-        late_fraction: 0.01,
-        malformed_fraction: 0.005,
-        ..SimConfig::default()
-    };
-    let messages: Vec<_> = Simulator::new(config).collect();
-    let paced = Paced::default();
-    let publishing = {
-        let (bootstrap, paced) = (bootstrap.clone(), paced.clone());
-        tokio::spawn(async move { publish_until(&bootstrap, &messages, Some(PUBLISH_RATE), &paced).await })
-    };
+    let (_broker, bootstrap, paced, publishing) = paced_workload(seed, 200).await?;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut faults = Vec::new();
     // Two workers, then one (the other's partitions move to it), then two.
