@@ -40,23 +40,23 @@ impl Batch {
 
     /// Copies a polled message in.
     pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>) {
-        let key = message.key().map(|k| self.copy(k));
-        let payload = message.payload().map(|p| self.copy(p));
-        self.inputs.push(Polled {
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
-            key,
-            payload,
-        });
+        let (partition, offset, timestamp_ms) =
+            (message.partition(), message.offset(), message.timestamp().to_millis());
+        self.push_parts(partition, offset, timestamp_ms, message.key(), message.payload());
     }
 
-    /// Adds an input from its parts (tests).
-    #[cfg(test)]
-    pub(crate) fn push_parts(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    /// Copies an input in from its parts.
+    fn push_parts(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         let key = key.map(|k| self.copy(k));
         let payload = payload.map(|p| self.copy(p));
-        self.inputs.push(Polled { partition, offset, timestamp_ms: None, key, payload });
+        self.inputs.push(Polled { partition, offset, timestamp_ms, key, payload });
     }
 
     fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -106,9 +106,9 @@ mod tests {
     #[test]
     fn inputs_keep_their_bytes_and_order_across_removal_and_reuse() {
         let mut batch = Batch::with_capacity(4);
-        batch.push_parts(0, 10, Some(b"a"), Some(b"payload-a"));
-        batch.push_parts(1, 20, None, Some(b""));
-        batch.push_parts(0, 11, Some(b"b"), None);
+        batch.push_parts(0, 10, None, Some(b"a"), Some(b"payload-a"));
+        batch.push_parts(1, 20, None, None, Some(b""));
+        batch.push_parts(0, 11, None, Some(b"b"), None);
         batch.remove_partitions(&[1]);
         let got: Vec<_> = batch
             .inputs()
@@ -121,12 +121,12 @@ mod tests {
         );
         batch.clear();
         assert!(batch.is_empty());
-        batch.push_parts(2, 5, Some(b"c"), Some(b"x"));
+        batch.push_parts(2, 5, None, Some(b"c"), Some(b"x"));
         let only = &batch.inputs()[0];
         assert_eq!((batch.key(only), batch.payload(only)), (Some(&b"c"[..]), Some(&b"x"[..])));
         // An empty payload is Some(empty), not None: a tombstone differs.
         let mut batch = Batch::default();
-        batch.push_parts(0, 0, None, Some(b""));
+        batch.push_parts(0, 0, None, None, Some(b""));
         assert_eq!(batch.payload(&batch.inputs()[0]), Some(&b""[..]));
     }
 }
