@@ -37,8 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use chrono::TimeDelta;
-use support::Metering;
-use tally_client::{InFlight, Publisher, PublisherConfig};
+use support::{median, publish, spread, Metering};
 use tally_events::Input;
 use tally_simulator::{Intent, SimConfig, Simulator};
 use tally_testkit::{create_topics, tally_binary, Broker};
@@ -63,7 +62,7 @@ struct Published {
 
 /// Generates and publishes the workload as it goes (never all of it in
 /// memory), with progress.
-async fn publish(bootstrap: &str, accounts: u32, events: u64) -> Result<Published> {
+async fn publish_workload(bootstrap: &str, accounts: u32, events: u64) -> Result<Published> {
     let span = TimeDelta::days(8);
     // A step (one photo) makes one usage event or more: calibrate the
     // step length on a small dry run so that `events` span 8 days.
@@ -78,26 +77,18 @@ async fn publish(bootstrap: &str, accounts: u32, events: u64) -> Result<Publishe
         malformed_fraction: 0.001,
         ..SimConfig::default()
     };
-    let publisher = Publisher::new(&PublisherConfig {
-        bootstrap_servers: bootstrap.into(),
-        topic: "inputs".into(),
-        ..PublisherConfig::default()
-    })?;
-    let mut in_flight = InFlight::new(20_000);
-    let (started, mut messages) = (Instant::now(), 0u64);
+    let started = Instant::now();
     let mut usage_times = Vec::with_capacity(events as usize);
-    for message in Simulator::new(config) {
+    let workload = Simulator::new(config).enumerate().map(|(n, message)| {
         if let Some(Input::Usage(usage)) = &message.input {
             usage_times.push(usage.occurred_at.timestamp_millis());
         }
-        in_flight.push(publisher.enqueue_raw(&message.key, &message.payload).await?).await?;
-        messages += 1;
-        if messages % 1_000_000 == 0 {
-            println!("  published {messages} inputs in {:.0} s", started.elapsed().as_secs_f64());
+        if (n + 1) % 1_000_000 == 0 {
+            println!("  published {} inputs in {:.0} s", n + 1, started.elapsed().as_secs_f64());
         }
-    }
-    in_flight.finish().await?;
-    publisher.flush(Duration::from_secs(120))?;
+        (message.key, message.payload)
+    });
+    let messages = publish(bootstrap, "inputs", workload, None).await?;
     let newest = usage_times.iter().copied().max().unwrap_or_default();
     let cutoff = newest - TimeDelta::days(7).num_milliseconds();
     let usage_in_window = usage_times.iter().filter(|t| **t >= cutoff).count() as u64;
@@ -156,11 +147,6 @@ fn round(bootstrap: &str, published: &Published, round: usize) -> Result<(u64, u
     Ok((run_peak, restore_peak, rate))
 }
 
-fn median_range(values: &mut [u64]) -> (u64, u64, u64) {
-    values.sort_unstable();
-    (values[values.len() / 2], values[0], values[values.len() - 1])
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
@@ -184,7 +170,7 @@ async fn main() -> Result<()> {
     let idle_peak = peak_when(&mut idle, "joining", |m| m.gauge("partitions_owned") == Some(PARTITIONS as i64))?;
     drop(idle);
 
-    let published = publish(&bootstrap, accounts, events).await?;
+    let published = publish_workload(&bootstrap, accounts, events).await?;
     let (mut runs, mut restores) = (Vec::new(), Vec::new());
     for n in 0..rounds {
         let (run, restore, rate) = round(&bootstrap, &published, n)?;
@@ -194,34 +180,21 @@ async fn main() -> Result<()> {
             mib(run),
             mib(restore)
         );
-        runs.push(run);
-        restores.push(restore);
+        runs.push(mib(run));
+        restores.push(mib(restore));
     }
-    let (run, run_min, run_max) = median_range(&mut runs);
-    let (restore, restore_min, restore_max) = median_range(&mut restores);
+    let (run, restore, goal) = (median(&runs), median(&restores), mib(GOAL_BYTES));
     let state = published.accounts as u64 + published.usage_in_window;
     println!("  idle (no state):            {:.0} MiB", mib(idle_peak));
-    println!(
-        "  peak RSS, run:              {:.0} ({:.0}-{:.0}) MiB  (goal < {:.0} MiB)",
-        mib(run),
-        mib(run_min),
-        mib(run_max),
-        mib(GOAL_BYTES)
-    );
-    println!(
-        "  peak RSS, restore:          {:.0} ({:.0}-{:.0}) MiB  (goal < {:.0} MiB)",
-        mib(restore),
-        mib(restore_min),
-        mib(restore_max),
-        mib(GOAL_BYTES)
-    );
+    println!("  peak RSS, run:              {}  (goal < {goal:.0} MiB)", spread(&runs, "MiB"));
+    println!("  peak RSS, restore:          {}  (goal < {goal:.0} MiB)", spread(&restores, "MiB"));
     println!(
         "  per account or windowed id: {:.0} B above idle ({} accounts + {} ids)",
-        run.saturating_sub(idle_peak) as f64 / state.max(1) as f64,
+        (run - mib(idle_peak)).max(0.0) * MIB / state.max(1) as f64,
         published.accounts,
         published.usage_in_window
     );
-    if run.max(restore) >= GOAL_BYTES {
+    if run.max(restore) >= goal {
         println!("  over the goal");
     }
     Ok(())

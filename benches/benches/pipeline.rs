@@ -46,34 +46,11 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     ClientConfig, Message,
 };
-use support::Metering;
-use tally_client::{InFlight, Publisher, PublisherConfig};
+use support::{median, publish, spread, Metering};
 use tally_simulator::{SimConfig, Simulator};
 use tally_testkit::{create_topics, read_topic, tally_binary, Broker};
 
 const PARTITIONS: i32 = 4;
-
-async fn publish(bootstrap: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)], rate: Option<f64>) -> Result<()> {
-    let publisher = Publisher::new(&PublisherConfig {
-        bootstrap_servers: bootstrap.into(),
-        topic: topic.into(),
-        ..PublisherConfig::default()
-    })?;
-    let started = Instant::now();
-    let mut in_flight = InFlight::new(20_000);
-    for (n, (key, payload)) in messages.iter().enumerate() {
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(n as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        in_flight.push(publisher.enqueue_raw(key, payload).await?).await?;
-    }
-    in_flight.finish().await?;
-    publisher.flush(Duration::from_secs(60))?;
-    Ok(())
-}
 
 /// The producer settings both bare loops use (metering's own are
 /// `tally_service::kafka::ProducerSettings`: idempotent, acks=all, 5 ms).
@@ -268,19 +245,6 @@ fn report_latency(latencies: &mut [i64], rate: f64, what: &str) -> Result<(i64, 
     Ok((percentile(latencies, 0.5), percentile(latencies, 0.99)))
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-/// "median (min-max) unit" over the rounds.
-fn spread(values: &[f64], unit: &str) -> String {
-    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    let digits = if unit.is_empty() { 2 } else { 0 };
-    format!("{:.digits$} ({min:.digits$}-{max:.digits$}) {unit}", median(values))
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -305,7 +269,7 @@ async fn main() -> Result<()> {
         "pipeline bench: {} inputs (mean {mean_size} B), {PARTITIONS} partitions, Tansu memory storage",
         messages.len()
     );
-    publish(&bootstrap, "inputs", &messages, None).await?;
+    publish(&bootstrap, "inputs", messages.iter().map(|(k, p)| (k, p)), None).await?;
     // Build the release binary before timing anything.
     tally_binary()?;
 
@@ -361,7 +325,7 @@ async fn main() -> Result<()> {
     while latency.gauge("partitions_owned") != Some(PARTITIONS as i64) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    publish(&bootstrap, "lat-inputs", &messages[..count], Some(rate)).await?;
+    publish(&bootstrap, "lat-inputs", messages[..count].iter().map(|(k, p)| (k, p)), Some(rate)).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while latency.handled().unwrap_or(0) < count as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -413,7 +377,7 @@ async fn main() -> Result<()> {
     while !ready.load(Ordering::Relaxed) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    publish(&bootstrap, "lat-bare-in", &messages[..count], Some(rate)).await?;
+    publish(&bootstrap, "lat-bare-in", messages[..count].iter().map(|(k, p)| (k, p)), Some(rate)).await?;
     loop_task.await??;
     let inputs = timestamps(&bootstrap, "lat-bare-in")?;
     let outputs = timestamps(&bootstrap, "lat-bare-out")?;

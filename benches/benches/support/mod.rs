@@ -1,9 +1,9 @@
-//! The `tally metering` release binary run by a bench: started with the
+//! What the pipeline and memory benches share (`mod support;`), so both
+//! feed, run and report the same way: publishing inputs through the
+//! client crate, the `tally metering` release binary (started with the
 //! shipped defaults and a few topic names, read through its own /metrics,
-//! and measured from outside (its resident memory from /proc).
-//!
-//! Shared by the pipeline and memory benches (`mod support;`), so both
-//! time and measure the same process the same way.
+//! measured from outside: its resident memory from /proc), and figures as
+//! median (min-max) over rounds.
 
 // Each bench uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -11,10 +11,57 @@
 use std::{
     io::{Read, Write},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+use tally_client::{InFlight, Publisher, PublisherConfig};
 use tally_testkit::{free_port, tally_binary};
+
+/// Publishes (key, payload) pairs to `topic` as they come, at `rate` per
+/// second if given (else as fast as the broker takes them), with at most
+/// 20,000 unacknowledged; returns how many it published.
+pub async fn publish<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+    bootstrap: &str,
+    topic: &str,
+    messages: impl IntoIterator<Item = (K, P)>,
+    rate: Option<f64>,
+) -> Result<u64> {
+    let publisher = Publisher::new(&PublisherConfig {
+        bootstrap_servers: bootstrap.into(),
+        topic: topic.into(),
+        ..PublisherConfig::default()
+    })?;
+    let started = Instant::now();
+    let mut in_flight = InFlight::new(20_000);
+    let mut published = 0u64;
+    for (key, payload) in messages {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(published as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        in_flight.push(publisher.enqueue_raw(key.as_ref(), payload.as_ref()).await?).await?;
+        published += 1;
+    }
+    in_flight.finish().await?;
+    publisher.flush(Duration::from_secs(120))?;
+    Ok(published)
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// "median (min-max) unit" over the rounds.
+pub fn spread(values: &[f64], unit: &str) -> String {
+    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let digits = if unit.is_empty() { 2 } else { 0 };
+    format!("{:.digits$} ({min:.digits$}-{max:.digits$}) {unit}", median(values))
+}
 
 pub struct Metering {
     child: Child,
@@ -100,9 +147,7 @@ impl Metering {
                 .sum::<f64>() as u64,
         )
     }
-}
 
-impl Metering {
     /// Resident memory now and at its peak so far (`VmRSS`, `VmHWM`), in
     /// bytes: what the kernel charges the process, allocator slack included.
     pub fn memory(&self) -> Result<(u64, u64)> {
