@@ -137,7 +137,7 @@ fn round(bootstrap: &str, published: &Published, round: usize) -> Result<(u64, u
     let (prefix, group) = (format!("m{round}-"), format!("bench-memory-{round}"));
     let mut run = Metering::start(bootstrap, "", &prefix, &group, 1, SETTINGS)?;
     let started = Instant::now();
-    let run_peak = peak_when(&mut run, "the run", |m| m.handled().unwrap_or(0) >= published.messages)?;
+    let run_peak = peak_when(&mut run, "the run", |m| m.acknowledged().unwrap_or(0) >= published.messages)?;
     let rate = published.messages as f64 / started.elapsed().as_secs_f64();
     drop(run);
     let mut restored = Metering::start(bootstrap, "", &prefix, &group, 1, SETTINGS)?;

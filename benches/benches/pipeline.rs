@@ -12,10 +12,13 @@
 //!     the acknowledgements of each batch before polling the next (what
 //!     metering does today), a labelled second line;
 //! (b) the `tally metering` release binary with the shipped defaults
-//!     (`workers = 1`), timed from its first handled input to its last (its
-//!     /metrics counters);
+//!     (`workers = 1`), timed from its first handled input to the last
+//!     acknowledgement of its last batch (its /metrics counters), as the
+//!     loops are timed from their first poll to their last acknowledgement;
 //! (b2) the same with `workers = 2`: two loops in one process, each on
-//!     its own half of the partitions (does throughput grow with cores?).
+//!     its own half of the partitions (does throughput grow with cores?);
+//! (b1) the same as (b) with `batches_in_flight = 1`: metering stopping
+//!     for each batch's acknowledgements (what pipelining gains).
 //! `TALLY_BENCH_ROUNDS` (3) rounds of the four in turn on the same inputs
 //! give each figure as median (min-max). It prints the rates and
 //! metering's ratio to each loop (goal: metering >= 0.9 of the honest
@@ -207,10 +210,13 @@ fn streaming_loop(
 }
 
 /// (b): metering with `workers` workers, from its first handled input to
-/// its last.
-fn metering_rate(bootstrap: &str, total: u64, round: usize, workers: u32) -> Result<f64> {
-    let prefix = format!("r{round}w{workers}-");
-    let metering = Metering::start(bootstrap, "", &prefix, &format!("bench-metering-{round}-{workers}"), workers, &[])?;
+/// the moment every input's outputs are acknowledged (the loops' clocks
+/// also stop at their last acknowledgement).
+fn metering_rate(bootstrap: &str, total: u64, round: usize, workers: u32, in_flight: Option<&str>) -> Result<f64> {
+    let prefix = format!("r{round}w{workers}f{}-", in_flight.unwrap_or("d"));
+    let group = format!("bench-metering-{round}-{workers}-{}", in_flight.unwrap_or("d"));
+    let settings: Vec<(&str, &str)> = in_flight.map(|f| ("TALLY_METERING__BATCHES_IN_FLIGHT", f)).into_iter().collect();
+    let metering = Metering::start(bootstrap, "", &prefix, &group, workers, &settings)?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first: Option<(Instant, u64)> = None;
     loop {
@@ -218,7 +224,7 @@ fn metering_rate(bootstrap: &str, total: u64, round: usize, workers: u32) -> Res
         if handled > 0 && first.is_none() {
             first = Some((Instant::now(), handled));
         }
-        if handled >= total {
+        if metering.acknowledged().unwrap_or(0) >= total {
             let (at, n0) = first.context("no progress seen")?;
             return Ok((total - n0) as f64 / at.elapsed().as_secs_f64());
         }
@@ -277,6 +283,7 @@ async fn main() -> Result<()> {
     // groups, fresh output topics), so each figure has a run-to-run range.
     let rounds: usize = std::env::var("TALLY_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let (mut streamings, mut bares, mut meterings, mut meterings2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut stop_and_waits = Vec::new();
     for round in 0..rounds {
         let (out_c, out_a) = (format!("stream-out-{round}"), format!("bare-out-{round}"));
         create_topics(&bootstrap, &[(out_c.as_str(), PARTITIONS), (out_a.as_str(), PARTITIONS)]).await?;
@@ -286,10 +293,11 @@ async fn main() -> Result<()> {
         })
         .await??;
         let bare = bare_loop(&bootstrap, "inputs", &out_a, messages.len(), &format!("bench-bare-{round}")).await?;
-        let metering = metering_rate(&bootstrap, messages.len() as u64, round, 1)?;
-        let metering2 = metering_rate(&bootstrap, messages.len() as u64, round, 2)?;
+        let metering = metering_rate(&bootstrap, messages.len() as u64, round, 1, None)?;
+        let metering2 = metering_rate(&bootstrap, messages.len() as u64, round, 2, None)?;
+        let stop_and_wait = metering_rate(&bootstrap, messages.len() as u64, round, 1, Some("1"))?;
         println!(
-            "  round {}: (c) {streaming:>8.0}  (a) {bare:>8.0}  (b) {metering:>8.0}  (b2) {metering2:>8.0}  (b)/(c) {:.2}  (b2)/(c) {:.2}",
+            "  round {}: (c) {streaming:>8.0}  (a) {bare:>8.0}  (b) {metering:>8.0}  (b2) {metering2:>8.0}  (b1) {stop_and_wait:>8.0}  (b)/(c) {:.2}  (b2)/(c) {:.2}",
             round + 1,
             metering / streaming,
             metering2 / streaming
@@ -298,11 +306,13 @@ async fn main() -> Result<()> {
         bares.push(bare);
         meterings.push(metering);
         meterings2.push(metering2);
+        stop_and_waits.push(stop_and_wait);
     }
     println!("  (c) honest bare loop (never waits):    {}", spread(&streamings, "records/s"));
     println!("  (a) stop-and-wait bare loop:           {}", spread(&bares, "records/s"));
     println!("  (b) tally metering, 1 worker:          {}", spread(&meterings, "inputs/s"));
     println!("  (b2) tally metering, 2 workers:        {}", spread(&meterings2, "inputs/s"));
+    println!("  (b1) tally metering, stop and wait:    {}", spread(&stop_and_waits, "inputs/s"));
     let ratios: Vec<f64> = meterings.iter().zip(&streamings).map(|(m, c)| m / c).collect();
     let ratios_a: Vec<f64> = meterings.iter().zip(&bares).map(|(m, a)| m / a).collect();
     println!("  ratio (b)/(c): {} (goal >= 0.90)", spread(&ratios, ""));
@@ -327,7 +337,7 @@ async fn main() -> Result<()> {
     }
     publish(&bootstrap, "lat-inputs", messages[..count].iter().map(|(k, p)| (k, p)), Some(rate)).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while latency.handled().unwrap_or(0) < count as u64 && Instant::now() < deadline {
+    while latency.acknowledged().unwrap_or(0) < count as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let batch_p50 = latency.histogram_quantile("batch_seconds", 0.5);

@@ -148,6 +148,13 @@ impl Metering {
         )
     }
 
+    /// Inputs whose outputs are all acknowledged
+    /// (`inputs_acknowledged_total`), if the server answers.
+    pub fn acknowledged(&self) -> Option<u64> {
+        let body = self.metrics()?;
+        body.lines().find_map(|l| l.strip_prefix("tally_metering_inputs_acknowledged_total ")?.trim().parse().ok())
+    }
+
     /// Resident memory now and at its peak so far (`VmRSS`, `VmHWM`), in
     /// bytes: what the kernel charges the process, allocator slack included.
     pub fn memory(&self) -> Result<(u64, u64)> {

@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub batch_size_max: Option<usize>,
     /// Longest a batch waits to fill, in ms.
     pub batch_wait_ms: Option<u64>,
+    /// Most batches applied and not yet acknowledged (1: stop and wait).
+    pub batches_in_flight: Option<usize>,
     /// Dedup window in days.
     pub dedup_window_days: Option<u32>,
     /// Address of /metrics and /health.
@@ -186,6 +188,8 @@ pub struct MeteringConfig {
     pub batch_size_max: NonZeroUsize,
     /// Longest wait to fill a batch.
     pub batch_wait: Duration,
+    /// Most batches applied and not yet acknowledged.
+    pub batches_in_flight: NonZeroUsize,
     /// Dedup window.
     pub dedup_window: chrono::TimeDelta,
     /// /metrics and /health address.
@@ -249,6 +253,7 @@ impl MeteringConfig {
         }
         let batch_size_max = check.in_range("batch_size_max", raw.batch_size_max, 5_000, 1..=100_000);
         let batch_wait_ms = check.in_range("batch_wait_ms", raw.batch_wait_ms, 20, 0..=10_000);
+        let batches_in_flight = check.in_range("batches_in_flight", raw.batches_in_flight, 4, 1..=64);
         let days = check.in_range("dedup_window_days", raw.dedup_window_days, 7, 1..=366);
         let metrics_address =
             raw.metrics_address.unwrap_or_else(|| "127.0.0.1:9464".into()).parse().unwrap_or_else(|_| {
@@ -323,6 +328,7 @@ impl MeteringConfig {
             rates_file: raw.rates_file.unwrap_or_else(|| PathBuf::from("pipelines/rates.toml")),
             batch_size_max: NonZeroUsize::new(batch_size_max).unwrap_or(NonZeroUsize::MIN),
             batch_wait: Duration::from_millis(batch_wait_ms),
+            batches_in_flight: NonZeroUsize::new(batches_in_flight).unwrap_or(NonZeroUsize::MIN),
             dedup_window: chrono::TimeDelta::days(days.into()),
             metrics_address,
             create_topics: raw.create_topics.unwrap_or(true),

@@ -113,6 +113,12 @@ impl ConsumerContext for MeteringContext {
                 self.push(Change::Assigned(states));
             }
             Rebalance::Revoke(list) => {
+                // Records in flight land before the next owner claims:
+                // otherwise they would land after its claim and stop it
+                // (its contiguity check), costing a restart.
+                if let Err(e) = self.shared.producer.flush(self.shared.config.delivery_timeout) {
+                    tracing::warn!(error = %e, "flushing before giving partitions up");
+                }
                 let partitions = list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect();
                 self.push(Change::Revoked(partitions));
             }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Alerts, by kind.
     pub alerts: IntCounterVec,
+    /// Inputs whose batch completed: every output acknowledged.
+    pub inputs_acknowledged: IntCounter,
     /// Inputs per batch.
     pub batch_size: Histogram,
     /// Seconds from batch start to acknowledged outputs.
@@ -83,6 +85,11 @@ impl Metrics {
         registry.register(Box::new(duplicates.clone()))?;
         let snapshots = IntCounter::new("snapshots_total", "Partition snapshots written")?;
         registry.register(Box::new(snapshots.clone()))?;
+        let inputs_acknowledged = IntCounter::new(
+            "inputs_acknowledged_total",
+            "Inputs whose batch completed: every output of it acknowledged",
+        )?;
+        registry.register(Box::new(inputs_acknowledged.clone()))?;
         let restore_records =
             IntCounter::new("restore_records_total", "Ledger records read by restores, after their snapshot")?;
         registry.register(Box::new(restore_records.clone()))?;
@@ -92,6 +99,7 @@ impl Metrics {
             duplicates,
             dead_letters: counter_vec("dead_letters_total", "Inputs dead-lettered, by reason", &["reason"])?,
             alerts: counter_vec("alerts_total", "Alerts written, by kind", &["kind"])?,
+            inputs_acknowledged,
             batch_size: histogram(
                 "batch_size",
                 "Inputs per batch",

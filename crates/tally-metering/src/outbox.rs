@@ -5,8 +5,10 @@
 //! so one producer session orders them. A record sent gets a [`Ticket`] (a
 //! number, carried to librdkafka's delivery report as its opaque value:
 //! no allocation, no future per record); the producer's polling thread
-//! files each report under its ticket, and [`Outbox::wait`] takes the
-//! reports of the tickets it is given, in the order given.
+//! files each report under its ticket, and [`Outbox::take`] takes the
+//! reports of the tickets it is given, in the order given: waiting for
+//! them, or (to check on batches in flight without stopping) only those
+//! already in.
 //!
 //! Why not `FutureProducer`: a future per record (a boxed sender and a
 //! channel each) awaited one by one cost the pipeline bench's bare loop
@@ -142,12 +144,30 @@ impl Outbox {
     /// landed (partition, offset). The first failure is the error.
     pub(crate) fn wait(&self, topic: &str, tickets: &[Ticket]) -> Result<Vec<(i32, i64)>, MeteringError> {
         let mut landed = Vec::with_capacity(tickets.len());
+        self.take(topic, tickets, true, &mut landed)?;
+        Ok(landed)
+    }
+
+    /// Takes the reports of `tickets` in order, appending where each record
+    /// landed to `landed`: all of them when `block` (waiting up to the
+    /// patience for each), else the longest prefix already in. Returns how
+    /// many were taken; the first failure is the error.
+    pub(crate) fn take(
+        &self,
+        topic: &str,
+        tickets: &[Ticket],
+        block: bool,
+        landed: &mut Vec<(i32, i64)>,
+    ) -> Result<usize, MeteringError> {
         let mut table = self.reports.lock();
-        for &ticket in tickets {
+        for (taken, &ticket) in tickets.iter().enumerate() {
             let deadline = Instant::now() + self.patience;
             let report = loop {
                 if let Some(report) = table.reports.remove(&ticket) {
                     break report;
+                }
+                if !block {
+                    return Ok(taken);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -164,7 +184,7 @@ impl Outbox {
                 Err(source) => return Err(MeteringError::Delivery { topic: topic.to_string(), source }),
             }
         }
-        Ok(landed)
+        Ok(tickets.len())
     }
 
     /// Sends one record and waits for it.

@@ -70,6 +70,9 @@ pub(crate) struct PartitionState {
     pub(crate) claim_id: Uuid,
     /// Next input offset to handle.
     pub(crate) next_offset: i64,
+    /// Input offset up to which every ledger record is acknowledged (the
+    /// end of the last completed batch): what offset commits report.
+    pub(crate) durable_offset: i64,
     /// Offset after the input of the last ledger entry or marker written.
     pub(crate) recorded_offset: i64,
     /// Where this owner's next ledger write must land.
@@ -93,6 +96,7 @@ impl PartitionState {
             epoch,
             claim_id,
             next_offset: resume,
+            durable_offset: resume,
             recorded_offset: resume,
             contiguity: if ledger_offset >= 0 { Contiguity::after(ledger_offset) } else { Contiguity::unchecked() },
             reread: ReRead::default(),
@@ -100,6 +104,16 @@ impl PartitionState {
             last_snapshot: Instant::now(),
             snapshot_slot: 0,
         }
+    }
+}
+
+impl PartitionState {
+    /// Whether a snapshot is due: entries since the last one, and either
+    /// `every` of them or `interval` passed.
+    pub(crate) fn snapshot_due(&self, every: u64, interval: std::time::Duration) -> bool {
+        self.contiguity.next_offset().is_some()
+            && self.since_snapshot > 0
+            && (self.since_snapshot >= every || self.last_snapshot.elapsed() >= interval)
     }
 }
 

@@ -1,27 +1,38 @@
 //! The metering loop: poll a batch, apply it with the core, write outputs
-//! under the hold rule, check contiguity, snapshot, commit. One [`Metering`]
-//! is one worker of an instance (see `workers`): it owns its partitions,
-//! consumer and producer, and shares nothing else but the metrics and the
-//! partition watch.
+//! under the hold rule, and, as each batch's acknowledgements come in,
+//! check contiguity and commit; snapshot with nothing in flight. One
+//! [`Metering`] is one worker of an instance (see `workers`): it owns its
+//! partitions, consumer and producer, and shares nothing else but the
+//! metrics and the partition watch.
 //!
 //! Per batch (see `sends` for the hold rule and `partition` for the
 //! contiguity check):
-//! 1. apply each input in offset order with the core, producing as it goes;
+//! 1. apply each input in offset order with the core, producing as it goes
+//!    (ledger records behind an unacknowledged dead letter or alert are
+//!    held until it is in);
 //! 2. a PROGRESS marker for a partition whose batch ended on inputs that
 //!    wrote no entry, so a restart does not handle them again;
-//! 3. wait for the dead letters and alerts, send the held ledger records,
-//!    wait for every ledger acknowledgement;
-//! 4. check that this owner's ledger writes are contiguous, cut the
-//!    snapshots that are due, commit consumer offsets (a hint for lag and
-//!    for the partition watch; the resume point is in the ledger).
+//! 3. poll and apply the next batches while this one's acknowledgements
+//!    come in: up to `batches_in_flight` batches are applied and not yet
+//!    acknowledged (1: stop and wait for each);
+//! 4. when every ledger record of the batch is acknowledged (batches
+//!    complete in order): check that this owner's ledger writes are
+//!    contiguous and commit consumer offsets up to the batch's end (a hint
+//!    for lag and for the partition watch; the resume point is in the
+//!    ledger);
+//! 5. a snapshot that is due is cut only with no batch in flight, so the
+//!    state cut is exactly the fold of the ledger up to this owner's last
+//!    acknowledged write.
 //!
 //! A crash before a side record is acknowledged leaves no ledger record
 //! covering its input, so the restart re-sends it (at-least-once; dead
 //! letters and alerts carry deterministic ids and source coordinates). A
-//! crash with ledger records in flight loses nothing and doubles nothing:
-//! the restart rebuilds from what the ledger holds and re-applies the rest,
-//! which gives the same bytes. Any delivery error is fatal: the process
-//! exits and its restart rebuilds state, so a gap in the ledger can never be
+//! crash with ledger records in flight, of any number of batches, loses
+//! nothing and doubles nothing: the idempotent, gapless producer lands a
+//! prefix of each partition's records in the order sent, the restart
+//! rebuilds from what the ledger holds and re-applies the rest, which
+//! gives the same bytes. Any delivery error is fatal: the process exits and
+//! its restart rebuilds state, so a gap in the ledger can never be
 //! followed by later entries (`enable.gapless.guarantee` too).
 
 use std::{
@@ -52,7 +63,7 @@ use crate::{
     partition::{ForeignWrite, PartitionState},
     polled::Batch,
     restore,
-    sends::Sends,
+    sends::{Done, Sends},
     snapshot::SnapshotPoint,
     snapshot_writer::{SnapshotJob, SnapshotWriter},
     step::{step, Step},
@@ -102,12 +113,21 @@ impl Service for Metering {
         health.set_ready(true);
         let mut batch = Batch::with_capacity(self.config.batch_size_max.get());
         let mut last_tick = Instant::now();
+        let keep = self.config.batches_in_flight.get() - 1;
         while !*shutdown.borrow() {
-            if let Some(started) = self.poll_batch(&mut batch, &shutdown)? {
-                self.process(&batch)?;
-                self.metrics.batch_size.observe(batch.len() as f64);
-                self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-                batch.clear();
+            match self.poll_batch(&mut batch, &shutdown)? {
+                Some(started) => {
+                    self.process(&batch, started)?;
+                    self.metrics.batch_size.observe(batch.len() as f64);
+                    batch.clear();
+                    self.settle(keep)?;
+                }
+                // No input for a while: finish what is in flight.
+                None => self.settle(0)?,
+            }
+            if self.snapshot_due() {
+                self.settle(0)?;
+                self.write_due_snapshots();
             }
             if last_tick.elapsed() > Duration::from_secs(1) {
                 last_tick = Instant::now();
@@ -117,6 +137,7 @@ impl Service for Metering {
         }
         tracing::info!("shutting down: flushing and committing");
         health.set_ready(false);
+        self.settle(0)?;
         if let Some(watch) = partition_watch.as_mut() {
             watch.finish();
         }
@@ -175,7 +196,7 @@ impl Metering {
         let consumer: BaseConsumer<MeteringContext> =
             settings.create_with_context(context.clone()).map_err(MeteringError::kafka("create consumer"))?;
         let partitions = topics::prepare(&config, &consumer, &runtime)?;
-        let sends = Sends::new(producer.clone());
+        let sends = Sends::new(producer.clone(), &config.ledger_topic);
         let snapshots = SnapshotWriter::start(producer.clone(), metrics.clone(), config.snapshot_topic.clone());
         let (metrics_owned, metrics_lag) = (metrics.partitions_owned.clone(), metrics.consumer_lag.clone());
         let mut service = Metering {
@@ -242,18 +263,27 @@ impl Metering {
     }
 
     /// Fills `batch` up to `batch_size_max` inputs or `batch_wait` after
-    /// its first one; returns when the first came, `None` if none did.
+    /// its first one; returns when the first came, `None` if none came
+    /// within [`IDLE_POLL`]. While batches are in flight it polls in short
+    /// slices and completes those already acknowledged, so held records go
+    /// out and offsets are committed without waiting for the next batch.
     fn poll_batch(
         &mut self,
         batch: &mut Batch,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Option<Instant>, MeteringError> {
         let mut first_at: Option<Instant> = None;
+        let polling_since = Instant::now();
+        let mut polled: u32 = 0;
         while batch.len() < self.config.batch_size_max.get() {
-            let wait = match first_at {
-                None => Duration::from_millis(100),
+            let busy = self.sends.busy();
+            let mut wait = match first_at {
+                None => IDLE_POLL.saturating_sub(polling_since.elapsed()),
                 Some(at) => self.config.batch_wait.saturating_sub(at.elapsed()),
             };
+            if busy {
+                wait = wait.min(BUSY_POLL);
+            }
             let got_nothing = match self.consumer.poll(wait) {
                 Some(Ok(message)) => {
                     first_at.get_or_insert_with(Instant::now);
@@ -267,12 +297,65 @@ impl Metering {
                 None => true,
             };
             self.apply_changes(batch)?;
+            polled = polled.wrapping_add(1);
+            if busy && (got_nothing || polled % 64 == 0) {
+                self.settle_ready()?;
+            }
             let waited_out = first_at.is_some_and(|at| at.elapsed() >= self.config.batch_wait);
-            if (got_nothing && first_at.is_none()) || waited_out || *shutdown.borrow() {
+            let idle = got_nothing && first_at.is_none() && polling_since.elapsed() >= IDLE_POLL;
+            if idle || waited_out || *shutdown.borrow() {
                 break;
             }
         }
         Ok(if batch.is_empty() { None } else { first_at.or_else(|| Some(Instant::now())) })
+    }
+
+    /// Completes the batches already acknowledged, and sends the held
+    /// records their side records release. Never waits.
+    fn settle_ready(&mut self) -> Result<(), MeteringError> {
+        self.sends.pump()?;
+        while let Some(done) = self.sends.complete(false)? {
+            self.completed(done)?;
+        }
+        Ok(())
+    }
+
+    /// Completes batches until at most `keep` are in flight, waiting for
+    /// the oldest as needed.
+    fn settle(&mut self, keep: usize) -> Result<(), MeteringError> {
+        self.settle_ready()?;
+        while self.sends.in_flight() > keep {
+            match self.sends.complete(true)? {
+                Some(done) => self.completed(done)?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch whose ledger records are all acknowledged: contiguity, then
+    /// the offsets it read up to are durable and committed.
+    fn completed(&mut self, done: Done) -> Result<(), MeteringError> {
+        // Contiguity: a write anywhere but right after this owner's last
+        // one is someone else's: stop before committing anything.
+        for (partition, offset) in done.landed {
+            if let Some(state) = self.states.get_mut(&partition) {
+                state
+                    .contiguity
+                    .landed(offset)
+                    .map_err(|ForeignWrite { expected, got }| MeteringError::Superseded { partition, expected, got })?;
+            }
+        }
+        crate::faults::point("after_ledger_write");
+        for (partition, next) in done.offsets {
+            if let Some(state) = self.states.get_mut(&partition) {
+                state.durable_offset = next;
+            }
+        }
+        self.metrics.batch_seconds.observe(done.started.elapsed().as_secs_f64());
+        self.metrics.inputs_acknowledged.inc_by(done.inputs as u64);
+        self.commit(CommitMode::Async);
+        Ok(())
     }
 
     /// Applies what rebalances did: partitions taken or given up.
@@ -286,6 +369,10 @@ impl Metering {
                         let _ = self.metrics.partition_input_offset.remove_label_values(&[&p.to_string()]);
                     }
                     batch.remove_partitions(&partitions);
+                    // Their records in flight were flushed in the rebalance
+                    // callback; what is still held is dropped (the next
+                    // owner re-applies those inputs).
+                    self.sends.forget(&partitions);
                     tracing::info!(?partitions, "partitions revoked");
                     self.awaiting_assignment = Some(Instant::now());
                 }
@@ -304,19 +391,24 @@ impl Metering {
         Ok(())
     }
 
-    /// One batch (see the module docs).
-    fn process(&mut self, batch: &Batch) -> Result<(), MeteringError> {
+    /// Applies one batch and sends its outputs (see the module docs); its
+    /// acknowledgements are taken later, by `settle`.
+    fn process(&mut self, batch: &Batch, started: Instant) -> Result<(), MeteringError> {
         let sends = &mut self.sends;
         sends.begin();
         let mut tally = Tally::default();
-        let (ledger_topic, alerts_topic, dead_letter_topic) =
-            (&self.config.ledger_topic, &self.config.alerts_topic, &self.config.dead_letter_topic);
+        let (alerts_topic, dead_letter_topic) = (&self.config.alerts_topic, &self.config.dead_letter_topic);
         let mut touched: Vec<i32> = Vec::new();
         let mut reseek: Vec<(i32, i64)> = Vec::new();
+        let mut handled = 0;
         // One source per batch, its partition and offset set per input (no
         // allocation per input).
         let mut source = SourceOffset { topic: self.config.input_topic.clone(), partition: 0, offset: 0 };
-        for message in batch.inputs() {
+        for (n, message) in batch.inputs().iter().enumerate() {
+            if n % 64 == 63 {
+                // Acknowledgements of side records release held ones.
+                sends.pump()?;
+            }
             let partition = message.partition;
             let Some(state) = self.states.get_mut(&partition) else { continue };
             if message.offset < state.next_offset || reseek.iter().any(|(p, _)| *p == partition) {
@@ -340,6 +432,7 @@ impl Metering {
                 tracing::warn!(partition, expected = state.next_offset, got = message.offset, "input offsets skip");
             }
             state.reread.reset();
+            handled += 1;
             (source.partition, source.offset) = (partition, message.offset);
             let (key, payload) = (batch.key(message), batch.payload(message));
             match step(&mut state.ledger, key, payload, message.timestamp_ms, &source, state.epoch) {
@@ -351,7 +444,7 @@ impl Metering {
                         tally.alert(&alert);
                         sends.side(alerts_topic, partition, alert.account_id.as_bytes(), &alert)?;
                     }
-                    sends.ledger(ledger_topic, partition, entry.account_id.as_bytes(), &entry)?;
+                    sends.ledger(partition, entry.account_id.as_bytes(), &entry)?;
                     state.recorded_offset = message.offset + 1;
                     state.since_snapshot += 1;
                 }
@@ -389,39 +482,34 @@ impl Metering {
                     input_partition: *p,
                     next_input_offset: state.next_offset,
                 };
-                sends.ledger(ledger_topic, *p, format!("progress-{p}").as_bytes(), &marker)?;
+                sends.ledger(*p, format!("progress-{p}").as_bytes(), &marker)?;
                 state.recorded_offset = state.next_offset;
             }
         }
         tally.publish(&self.metrics);
-        let delivered = sends.finish(ledger_topic)?;
-        // Contiguity: a write anywhere but right after this owner's last
-        // one is someone else's: stop before committing anything.
-        for (partition, offset) in delivered {
-            if let Some(state) = self.states.get_mut(&partition) {
-                state
-                    .contiguity
-                    .landed(offset)
-                    .map_err(|ForeignWrite { expected, got }| MeteringError::Superseded { partition, expected, got })?;
-            }
-        }
-        crate::faults::point("after_ledger_write");
-        self.write_due_snapshots();
-        self.commit(CommitMode::Async);
+        let offsets = touched.iter().filter_map(|p| self.states.get(p).map(|s| (*p, s.next_offset))).collect();
+        self.sends.close(offsets, handled, started);
         Ok(())
     }
 
-    /// Snapshots every owned partition that is due. Runs only after the
-    /// batch's contiguity check passed: the state is then exactly the fold
-    /// of the ledger up to this owner's last write (see `snapshot`).
+    /// Whether a partition is due a snapshot and the writer can take one.
+    fn snapshot_due(&self) -> bool {
+        let Some(every) = self.config.snapshot_every_entries else { return false };
+        !self.snapshots.busy()
+            && self.states.values().any(|state| state.snapshot_due(every, self.config.snapshot_interval))
+    }
+
+    /// Snapshots every owned partition that is due. Runs only with no batch
+    /// in flight and every contiguity check passed: the state is then
+    /// exactly the fold of the ledger up to this owner's last write (see
+    /// `snapshot`).
     fn write_due_snapshots(&mut self) {
         let Some(every) = self.config.snapshot_every_entries else { return };
+        debug_assert!(!self.sends.busy(), "a snapshot cut with batches in flight");
         let interval = self.config.snapshot_interval;
         for (partition, state) in &mut self.states {
             let Some(ledger_next_offset) = state.contiguity.next_offset() else { continue };
-            let due = state.since_snapshot > 0
-                && (state.since_snapshot >= every || state.last_snapshot.elapsed() >= interval);
-            if !due {
+            if !state.snapshot_due(every, interval) {
                 continue;
             }
             if self.snapshots.busy() {
@@ -502,7 +590,7 @@ impl Metering {
     fn commit(&self, mode: CommitMode) {
         let mut list = TopicPartitionList::new();
         for (p, state) in &self.states {
-            let _ = list.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(state.next_offset));
+            let _ = list.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(state.durable_offset));
         }
         if list.count() > 0 {
             if let Err(e) = self.consumer.commit(&list, mode) {
@@ -513,6 +601,14 @@ impl Metering {
         }
     }
 }
+
+/// How long a poll waits for a first input before the loop finishes what
+/// is in flight and checks in (ticks, shutdown).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Longest single poll while batches are in flight: their completions are
+/// checked between polls.
+const BUSY_POLL: Duration = Duration::from_millis(5);
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
