@@ -252,7 +252,7 @@ impl MeteringConfig {
             check.bad("ledger_topic", "input, ledger, alerts, dead-letter and snapshot topics must all differ");
         }
         let batch_size_max = check.in_range("batch_size_max", raw.batch_size_max, 5_000, 1..=100_000);
-        let batch_wait_ms = check.in_range("batch_wait_ms", raw.batch_wait_ms, 20, 0..=10_000);
+        let batch_wait_ms = check.in_range("batch_wait_ms", raw.batch_wait_ms, 5, 0..=10_000);
         let batches_in_flight = check.in_range("batches_in_flight", raw.batches_in_flight, 4, 1..=64);
         let days = check.in_range("dedup_window_days", raw.dedup_window_days, 7, 1..=366);
         let metrics_address =
