@@ -102,8 +102,6 @@ struct InFlight<T> {
     landed: Vec<(i32, i64)>,
     /// Its ledger records still held.
     held: usize,
-    /// Side records sent up to its end (set when it closes).
-    side_upto: u64,
     /// Set when the batch was applied.
     closed: Option<Closed>,
     /// Something of it was sent (for the `before_produce` fault point).
@@ -114,6 +112,8 @@ struct InFlight<T> {
 
 /// What a batch was, once applied.
 struct Closed {
+    /// Side records sent up to its end.
+    side_upto: u64,
     offsets: Vec<(i32, i64)>,
     inputs: usize,
     started: Instant,
@@ -180,7 +180,6 @@ impl<O: Outlet> Sends<O> {
             tickets: Vec::with_capacity(capacity),
             landed: Vec::new(),
             held: 0,
-            side_upto: 0,
             closed: None,
             sent: false,
             tried: false,
@@ -193,8 +192,7 @@ impl<O: Outlet> Sends<O> {
     /// partition, of `inputs` inputs, the first polled at `started`.
     pub(crate) fn close(&mut self, offsets: Vec<(i32, i64)>, inputs: usize, started: Instant) {
         if let Some(batch) = self.batches.back_mut().filter(|_| self.open) {
-            batch.side_upto = self.side_sent;
-            batch.closed = Some(Closed { offsets, inputs, started });
+            batch.closed = Some(Closed { side_upto: self.side_sent, offsets, inputs, started });
         }
         self.open = false;
     }
@@ -204,9 +202,11 @@ impl<O: Outlet> Sends<O> {
         self.batches.len() - usize::from(self.open)
     }
 
-    /// Anything held, unacknowledged or in flight.
+    /// Anything held, unacknowledged or in flight. A held record or an
+    /// unacknowledged side record always belongs to a batch not yet
+    /// complete, so the batches tell.
     pub(crate) fn busy(&self) -> bool {
-        !self.batches.is_empty() || !self.side.is_empty() || !self.held.is_empty()
+        !self.batches.is_empty()
     }
 
     fn open_batch(&mut self) -> &mut InFlight<O::Ticket> {
@@ -227,7 +227,8 @@ impl<O: Outlet> Sends<O> {
         key: &[u8],
         record: &T,
     ) -> Result<(), MeteringError> {
-        encode(&mut self.scratch, partition, record)?;
+        self.scratch.clear();
+        append(&mut self.scratch, partition, record)?;
         self.open_batch();
         let ticket = self.outlet.send(topic, partition, key, &self.scratch)?;
         self.side.push_back((topic.to_string(), ticket));
@@ -239,7 +240,8 @@ impl<O: Outlet> Sends<O> {
     /// unacknowledged side records or earlier held ones.
     pub(crate) fn ledger<T: Record>(&mut self, partition: i32, key: &[u8], record: &T) -> Result<(), MeteringError> {
         if self.held.is_empty() && self.side_acked == self.side_sent {
-            encode(&mut self.scratch, partition, record)?;
+            self.scratch.clear();
+            append(&mut self.scratch, partition, record)?;
             self.open_batch();
             let ticket = self.outlet.send(&self.ledger_topic, partition, key, &self.scratch)?;
             self.open_batch().tickets.push(ticket);
@@ -248,9 +250,7 @@ impl<O: Outlet> Sends<O> {
         let mut bytes = self.spare.pop().unwrap_or_default();
         bytes.clear();
         bytes.extend_from_slice(key);
-        Codec::global()
-            .encode_into(record, &mut bytes)
-            .map_err(|source| MeteringError::Encode { partition, source })?;
+        append(&mut bytes, partition, record)?;
         let batch = self.open_batch();
         batch.held += 1;
         let batch = batch.id;
@@ -302,7 +302,7 @@ impl<O: Outlet> Sends<O> {
     /// closed batch, or (not blocking) not complete yet.
     pub(crate) fn complete(&mut self, block: bool) -> Result<Option<Done>, MeteringError> {
         let Some(front) = self.batches.front_mut() else { return Ok(None) };
-        let Some(side_upto) = front.closed.as_ref().map(|_| front.side_upto) else { return Ok(None) };
+        let Some(side_upto) = front.closed.as_ref().map(|c| c.side_upto) else { return Ok(None) };
         if !front.tried {
             front.tried = true;
             crate::faults::point("before_ack");
@@ -322,7 +322,7 @@ impl<O: Outlet> Sends<O> {
             return Ok(None);
         }
         let done = self.batches.pop_front().expect("the batch is still here");
-        let Closed { offsets, inputs, started } = done.closed.expect("checked closed above");
+        let Closed { offsets, inputs, started, .. } = done.closed.expect("checked closed above");
         Ok(Some(Done { landed: done.landed, offsets, inputs, started }))
     }
 
@@ -341,9 +341,8 @@ impl<O: Outlet> Sends<O> {
     }
 }
 
-/// Encodes `record` into `buffer` (cleared first).
-pub(crate) fn encode<T: Record>(buffer: &mut Vec<u8>, partition: i32, record: &T) -> Result<(), MeteringError> {
-    buffer.clear();
+/// Encodes `record` onto the end of `buffer`.
+fn append<T: Record>(buffer: &mut Vec<u8>, partition: i32, record: &T) -> Result<(), MeteringError> {
     Codec::global().encode_into(record, buffer).map_err(|source| MeteringError::Encode { partition, source })
 }
 
