@@ -15,6 +15,17 @@
 //! that earlier tally builds wrote with apache-avro's fingerprint still
 //! decode: both fingerprints of every known schema are accepted.
 //!
+//! Two readers decode a body. A message in a record's current schema is
+//! first read by `serde_avro_fast` straight into the Rust record (no
+//! generic `Value` tree: on the metering and aggregator hot paths building
+//! and converting that tree was most of the decode). Should that fail for
+//! any reason, or the writer be an older version (which needs schema
+//! resolution), apache-avro reads it: it is the reference reader, and every
+//! refusal, with its reason and message, comes from it. So the fast reader
+//! can only change how quickly a good message decodes, never what a bad
+//! one is refused for; a differential test checks that whatever the fast
+//! reader accepts the reference reader accepts as the same record.
+//!
 //! Invariants: encoding is deterministic (same record, same bytes); decoding
 //! never panics on any input, it returns a [`CodecError`] whose
 //! [`CodecError::reason`] is a stable dead-letter code.
@@ -238,6 +249,9 @@ struct WriterSchema {
     /// fed to the reader behind this header, whatever header it came with.
     reader_header: [u8; HEADER_LEN],
     current: bool,
+    /// The fast reader's form of the schema, for the current version only
+    /// (it does not resolve one schema to another).
+    fast: Option<serde_avro_fast::Schema>,
 }
 
 struct CurrentSchema {
@@ -297,8 +311,19 @@ impl Default for Codec {
 impl Codec {
     /// Parses every schema. The schemas are compiled in, so a parse error is
     /// a bug caught by the tests, not an operating error.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// A codec that decodes with the reference reader (apache-avro) alone:
+    /// what [`Codec::new`] answers for every message, more slowly. For
+    /// differential tests and benches of the fast reader.
+    pub fn reference() -> Self {
+        Self::build(false)
+    }
+
+    #[allow(clippy::expect_used)]
+    fn build(with_fast_reader: bool) -> Self {
         let mut writers = HashMap::new();
         let mut schemas = Vec::new();
         let mut current = HashMap::new();
@@ -314,9 +339,11 @@ impl Codec {
                 reader_header[..2].copy_from_slice(&MAGIC);
                 reader_header[2..].copy_from_slice(&legacy);
                 let reader = GenericSingleObjectReader::new(schema).expect("tally's own Avro schemas resolve");
+                let fast = (with_fast_reader && version == 0)
+                    .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"));
                 writers.insert(u64::from_le_bytes(fp), schemas.len());
                 writers.insert(u64::from_le_bytes(legacy), schemas.len());
-                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0 });
+                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0, fast });
             }
         }
         Codec { writers, schemas, current }
@@ -388,6 +415,9 @@ impl Codec {
     /// Decodes a whole message (header included) whose header named
     /// `writer`.
     fn decode_with<T: Record>(&self, writer: &WriterSchema, message: &[u8]) -> Result<T, CodecError> {
+        if let Some(record) = writer.fast.as_ref().and_then(|fast| read_fast(fast, message.get(HEADER_LEN..)?)) {
+            return Ok(record);
+        }
         let value = self.read_value(writer, message)?;
         check_input_decimals(writer.kind, &value)?;
         from_value(&value).map_err(|message| CodecError::Malformed { record: writer.kind.name(), message })
@@ -417,6 +447,24 @@ impl Codec {
     pub fn decode_value(&self, bytes: &[u8]) -> Result<(RecordKind, Value), CodecError> {
         let (writer, _) = self.header(bytes)?;
         Ok((writer.kind, self.read_value(writer, bytes)?))
+    }
+
+    /// Whether the fast reader alone reads `bytes` as a whole record of the
+    /// kind its header names: what tests and benches check to know the hot
+    /// path takes it. Decoding never needs this.
+    pub fn decodes_fast(&self, bytes: &[u8]) -> bool {
+        let Ok((writer, body)) = self.header(bytes) else { return false };
+        let Some(fast) = &writer.fast else { return false };
+        match writer.kind {
+            RecordKind::UsageEvent => read_fast::<UsageEvent>(fast, body).is_some(),
+            RecordKind::CreditPurchase => read_fast::<CreditPurchase>(fast, body).is_some(),
+            RecordKind::AccountChange => read_fast::<AccountChange>(fast, body).is_some(),
+            RecordKind::LedgerEntry => read_fast::<LedgerEntry>(fast, body).is_some(),
+            RecordKind::Alert => read_fast::<Alert>(fast, body).is_some(),
+            RecordKind::DeadLetter => read_fast::<DeadLetter>(fast, body).is_some(),
+            RecordKind::LedgerMarker => read_fast::<LedgerMarker>(fast, body).is_some(),
+            RecordKind::PartitionSnapshot => read_fast::<PartitionSnapshot>(fast, body).is_some(),
+        }
     }
 
     /// Decodes a message that must be a `T`.
@@ -488,6 +536,15 @@ fn check_input_decimals(kind: RecordKind, value: &Value) -> Result<(), CodecErro
             .map_err(|problem| CodecError::InvalidDecimal { record: kind.name(), field, reason, problem }),
         _ => Ok(()),
     }
+}
+
+/// A body read by the fast reader, when it reads as a whole `T` with no
+/// byte left over; `None` leaves the verdict to the reference reader.
+fn read_fast<T: DeserializeOwned>(schema: &serde_avro_fast::Schema, body: &[u8]) -> Option<T> {
+    let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, schema);
+    let record = T::deserialize(state.deserializer()).ok()?;
+    let mut rest = state.into_reader();
+    std::io::BufRead::fill_buf(&mut rest).ok()?.is_empty().then_some(record)
 }
 
 fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {

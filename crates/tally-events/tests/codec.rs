@@ -423,7 +423,61 @@ fn input_decimals_are_read_exactly_or_refused_with_their_reason() {
     assert_eq!(codec.decode_any(&entry_bytes).unwrap_err().reason(), Reason::Malformed);
 }
 
+/// The reference reader alone (apache-avro), to compare the codec with.
+static REFERENCE: std::sync::LazyLock<Codec> = std::sync::LazyLock::new(Codec::reference);
+
+/// Every sample record's message, in each kind's current schema.
+fn sample_messages() -> Vec<Vec<u8>> {
+    RecordKind::ALL
+        .iter()
+        .map(|kind| encode_with_schema(Codec::global().schema(*kind), record_value(&sample(*kind))).expect("encode"))
+        .collect()
+}
+
+/// The hot path takes the fast reader for every record kind, and it reads
+/// what the reference reader reads.
+#[test]
+fn the_fast_reader_reads_every_record_kind_as_the_reference_does() {
+    for (kind, bytes) in RecordKind::ALL.iter().zip(sample_messages()) {
+        assert!(Codec::global().decodes_fast(&bytes), "the fast reader refuses a good {kind:?}");
+        assert!(!REFERENCE.decodes_fast(&bytes));
+        let decoded = Codec::global().decode_any(&bytes).expect("decodes");
+        assert_eq!(decoded, sample(*kind));
+        assert_eq!(Ok(decoded), REFERENCE.decode_any(&bytes));
+    }
+    // An older version goes to the reference reader (schema resolution).
+    let old = Schema::parse_str(RecordKind::UsageEvent.schema_texts()[1]).expect("v1 parses");
+    let Value::Record(mut fields) = record_value(&sample(RecordKind::UsageEvent)) else { panic!() };
+    fields.retain(|(name, _)| name != "attributes");
+    let v1 = encode_with_schema(&old, Value::Record(fields)).expect("encode v1");
+    assert!(!Codec::global().decodes_fast(&v1));
+    assert_eq!(Codec::global().decode_any(&v1), REFERENCE.decode_any(&v1));
+}
+
 proptest! {
+    /// Damaged messages of every kind (bytes changed, cut short, extended):
+    /// the codec answers exactly what the reference reader answers, the
+    /// same record or the same refusal with the same reason and message.
+    #[test]
+    fn damaged_messages_decode_as_the_reference_reader_decodes_them(
+        kind in 0..RecordKind::ALL.len(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+        extra in proptest::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let mut bytes = sample_messages().swap_remove(kind);
+        for (at, byte) in edits {
+            // Leave the header alone: a damaged header has one reader.
+            let i = codec::HEADER_LEN + at.index(bytes.len() - codec::HEADER_LEN);
+            bytes[i] = byte;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(codec::HEADER_LEN + cut.index(bytes.len() - codec::HEADER_LEN));
+        }
+        bytes.extend(extra);
+        prop_assert_eq!(Codec::global().decode_any(&bytes), REFERENCE.decode_any(&bytes));
+    }
+
     /// Arbitrary bytes never panic the decoder.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), valid_header in any::<bool>()) {
