@@ -42,6 +42,7 @@
 
 pub mod codec;
 pub mod decimal;
+mod entry_writer;
 pub mod fence;
 pub mod ids;
 pub mod ledger_reader;
