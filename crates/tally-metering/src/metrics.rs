@@ -9,7 +9,9 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric of the service.
 #[derive(Clone)]
@@ -55,6 +57,13 @@ pub struct Metrics {
     /// Ledger records read by restores (after the snapshot they started
     /// from, if any).
     pub restore_records: IntCounter,
+    /// Seconds the workers' loops spent, by phase: `poll` (in the
+    /// consumer's poll: reading inputs, or waiting for them), `apply`
+    /// (decoding, applying and handing outputs to the producer), `settle`
+    /// (taking acknowledgements and completing batches, waiting for them
+    /// when `batches_in_flight` are out). Where a worker that is not keeping
+    /// up spends its time; the rest is ticks and snapshots.
+    pub loop_seconds: CounterVec,
 }
 
 impl Metrics {
@@ -146,6 +155,14 @@ impl Metrics {
                 prometheus::exponential_buckets(0.001, 2.0, 14)?,
             )?,
             restore_records,
+            loop_seconds: {
+                let c = CounterVec::new(
+                    Opts::new("loop_seconds_total", "Seconds the metering loops spent, by phase (poll, apply, settle)"),
+                    &["phase"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         })
     }

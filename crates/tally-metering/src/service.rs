@@ -17,9 +17,9 @@
 //!    acknowledged (1: stop and wait for each);
 //! 4. when every ledger record of the batch is acknowledged (batches
 //!    complete in order): check that this owner's ledger writes are
-//!    contiguous and commit consumer offsets up to the batch's end (a hint
-//!    for lag and for the partition watch; the resume point is in the
-//!    ledger);
+//!    contiguous and commit consumer offsets up to the batch's end, at most
+//!    once a second (a hint for lag and for the partition watch; the
+//!    resume point is in the ledger);
 //! 5. a snapshot that is due is cut only with no batch in flight, so the
 //!    state cut is exactly the fold of the ledger up to this owner's last
 //!    acknowledged write.
@@ -94,6 +94,30 @@ pub struct Metering {
     /// This worker's part of `partitions_owned` and `consumer_lag`.
     owned_gauge: GaugeShare,
     lag_gauge: GaugeShare,
+    /// Where the loop's time went since it was last published.
+    spent: Spent,
+    /// When offsets were last committed, and whether batches completed
+    /// since (see [`COMMIT_EVERY`]).
+    last_commit: Instant,
+    uncommitted: bool,
+}
+
+/// Seconds of the loop by phase, published to `loop_seconds` once a
+/// second (not per poll: a labelled counter costs a lookup per add).
+#[derive(Default)]
+struct Spent {
+    poll: Duration,
+    apply: Duration,
+    settle: Duration,
+}
+
+impl Spent {
+    fn publish(&mut self, metrics: &Metrics) {
+        for (phase, spent) in [("poll", &mut self.poll), ("apply", &mut self.apply), ("settle", &mut self.settle)] {
+            metrics.loop_seconds.with_label_values(&[phase]).inc_by(spent.as_secs_f64());
+            *spent = Duration::ZERO;
+        }
+    }
 }
 
 impl Service for Metering {
@@ -117,7 +141,9 @@ impl Service for Metering {
         while !*shutdown.borrow() {
             match self.poll_batch(&mut batch, &shutdown)? {
                 Some(started) => {
+                    let applying = Instant::now();
                     self.process(&batch, started)?;
+                    self.spent.apply += applying.elapsed();
                     self.metrics.batch_size.observe(batch.len() as f64);
                     batch.clear();
                     self.settle(keep)?;
@@ -131,6 +157,7 @@ impl Service for Metering {
             }
             if last_tick.elapsed() > Duration::from_secs(1) {
                 last_tick = Instant::now();
+                self.spent.publish(&self.metrics);
                 self.check_assignment_wait()?;
                 self.tick(&health)?;
             }
@@ -214,6 +241,9 @@ impl Metering {
             worker,
             owned_gauge: GaugeShare::new(&metrics_owned),
             lag_gauge: GaugeShare::new(&metrics_lag),
+            spent: Spent::default(),
+            last_commit: Instant::now(),
+            uncommitted: false,
         };
         match service.config.assignment.clone() {
             Assignment::Group { .. } => {
@@ -284,7 +314,10 @@ impl Metering {
             if busy {
                 wait = wait.min(BUSY_POLL);
             }
-            let got_nothing = match self.consumer.poll(wait) {
+            let polling = Instant::now();
+            let polled_one = self.consumer.poll(wait);
+            self.spent.poll += polling.elapsed();
+            let got_nothing = match polled_one {
                 Some(Ok(message)) => {
                     first_at.get_or_insert_with(Instant::now);
                     batch.push(&message);
@@ -313,10 +346,12 @@ impl Metering {
     /// Completes the batches already acknowledged, and sends the held
     /// records their side records release. Never waits.
     fn settle_ready(&mut self) -> Result<(), MeteringError> {
+        let settling = Instant::now();
         self.sends.pump()?;
         while let Some(done) = self.sends.complete(false)? {
             self.completed(done)?;
         }
+        self.spent.settle += settling.elapsed();
         Ok(())
     }
 
@@ -324,12 +359,14 @@ impl Metering {
     /// the oldest as needed.
     fn settle(&mut self, keep: usize) -> Result<(), MeteringError> {
         self.settle_ready()?;
+        let settling = Instant::now();
         while self.sends.in_flight() > keep {
             match self.sends.complete(true)? {
                 Some(done) => self.completed(done)?,
                 None => break,
             }
         }
+        self.spent.settle += settling.elapsed();
         Ok(())
     }
 
@@ -354,7 +391,10 @@ impl Metering {
         }
         self.metrics.batch_seconds.observe(done.started.elapsed().as_secs_f64());
         self.metrics.inputs_acknowledged.inc_by(done.inputs as u64);
-        self.commit(CommitMode::Async);
+        self.uncommitted = true;
+        if self.last_commit.elapsed() >= COMMIT_EVERY {
+            self.commit(CommitMode::Async);
+        }
         Ok(())
     }
 
@@ -543,7 +583,7 @@ impl Metering {
     /// Once a second: per-partition lag and offsets, offsets for the
     /// partition watch, a retry of a failed offset commit, and what the
     /// watch found stalled.
-    fn tick(&self, health: &Health) -> Result<(), MeteringError> {
+    fn tick(&mut self, health: &Health) -> Result<(), MeteringError> {
         let topic = &self.config.input_topic;
         self.lag_gauge.set(self.context.watermarks.lag(topic));
         for (partition, state) in &self.states {
@@ -555,7 +595,7 @@ impl Metering {
             }
         }
         self.watch.set_owned(self.states.iter().map(|(p, s)| (*p, s.next_offset)));
-        if self.context.commit_failed.swap(false, Ordering::Relaxed) {
+        if self.context.commit_failed.swap(false, Ordering::Relaxed) || self.uncommitted {
             self.commit(CommitMode::Async);
         }
         let actionable: Vec<String> =
@@ -587,7 +627,9 @@ impl Metering {
         Ok(())
     }
 
-    fn commit(&self, mode: CommitMode) {
+    fn commit(&mut self, mode: CommitMode) {
+        self.last_commit = Instant::now();
+        self.uncommitted = false;
         let mut list = TopicPartitionList::new();
         for (p, state) in &self.states {
             let _ = list.add_partition_offset(&self.config.input_topic, *p, Offset::Offset(state.durable_offset));
@@ -605,6 +647,14 @@ impl Metering {
 /// How long a poll waits for a first input before the loop finishes what
 /// is in flight and checks in (ticks, shutdown).
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Offsets are committed at most this often while batches complete (and
+/// at the next tick after the last): they are hints for lag and the
+/// partition watch, the resume point is in the ledger. Committing after
+/// every batch (tens a second), a 1-worker instance on Tansu spent a third
+/// of its time in empty polls, its consumer starved; once a second, about
+/// half that (docs/DESIGN.md, the batch protocol).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest single poll while batches are in flight: their completions are
 /// checked between polls.
