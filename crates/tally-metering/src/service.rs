@@ -96,9 +96,10 @@ pub struct Metering {
     lag_gauge: GaugeShare,
     /// Where the loop's time went since it was last published.
     spent: Spent,
-    /// When offsets were last committed, and whether batches completed
-    /// since (see [`COMMIT_EVERY`]).
-    last_commit: Instant,
+    /// When a completed batch last committed offsets (`None`: none has, so
+    /// the first one does at once), and whether batches completed since
+    /// the last commit (see [`COMMIT_EVERY`]).
+    last_commit: Option<Instant>,
     uncommitted: bool,
 }
 
@@ -242,7 +243,7 @@ impl Metering {
             owned_gauge: GaugeShare::new(&metrics_owned),
             lag_gauge: GaugeShare::new(&metrics_lag),
             spent: Spent::default(),
-            last_commit: Instant::now(),
+            last_commit: None,
             uncommitted: false,
         };
         match service.config.assignment.clone() {
@@ -392,7 +393,8 @@ impl Metering {
         self.metrics.batch_seconds.observe(done.started.elapsed().as_secs_f64());
         self.metrics.inputs_acknowledged.inc_by(done.inputs as u64);
         self.uncommitted = true;
-        if self.last_commit.elapsed() >= COMMIT_EVERY {
+        if self.last_commit.is_none_or(|at| at.elapsed() >= COMMIT_EVERY) {
+            self.last_commit = Some(Instant::now());
             self.commit(CommitMode::Async);
         }
         Ok(())
@@ -628,7 +630,6 @@ impl Metering {
     }
 
     fn commit(&mut self, mode: CommitMode) {
-        self.last_commit = Instant::now();
         self.uncommitted = false;
         let mut list = TopicPartitionList::new();
         for (p, state) in &self.states {
@@ -648,12 +649,13 @@ impl Metering {
 /// is in flight and checks in (ticks, shutdown).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Offsets are committed at most this often while batches complete (and
-/// at the next tick after the last): they are hints for lag and the
-/// partition watch, the resume point is in the ledger. Committing after
-/// every batch (tens a second), a 1-worker instance on Tansu spent a third
-/// of its time in empty polls, its consumer starved; once a second, about
-/// half that (docs/DESIGN.md, the batch protocol).
+/// Offsets are committed at most this often while batches complete (the
+/// first completed batch at once, the last at the next tick): they are
+/// hints for lag and the partition watch, the resume point is in the
+/// ledger. Committing after every batch (tens a second), a 1-worker
+/// instance on Tansu spent a third of its time in empty polls, its
+/// consumer starved; once a second, about half that (docs/DESIGN.md, the
+/// batch protocol).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest single poll while batches are in flight: their completions are
