@@ -15,10 +15,16 @@
 //! - reconcile: the release `tally reconcile --from D --to D` over every
 //!   day, which must find the data clean (exit 0): it reads the ledger
 //!   topic, the dead letters and the inputs, and asks ClickHouse per day,
-//!   plus the finance day checks and every rollup against raw.
+//!   plus the finance day checks and every rollup against raw;
+//! - the broker's floor: a bare consumer per core reading the ledger and
+//!   input topics from the start to the offsets written, counting records
+//!   and decoding nothing: what any reconcile that takes the ledger topic
+//!   as its source of truth (and checks inputs against debits) pays before
+//!   it compares anything.
 //!
 //! Each figure is `TALLY_BENCH_REPS` runs (default 3), median [min - max];
-//! the ratio reconcile / baseline has the goal < 2.
+//! the ratio reconcile / baseline has the goal < 2, and reconcile / floor
+//! says how much of the rest is reconcile's own.
 //!
 //! Run: `cargo bench -p tally-benches --bench reconcile`
 //! (`TALLY_BENCH_KEEP_TSV=FILE` keeps the rows as TabSeparated).
@@ -31,8 +37,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    ClientConfig,
+    ClientConfig, Offset, TopicPartitionList,
 };
 use tally_benches::ledger_rows::{tsv_line, LedgerRows};
 use tally_events::{
@@ -99,9 +106,12 @@ fn send(
     }
 }
 
+/// Records written per partition of each topic: (topic, partition, count).
+type Written = Vec<(&'static str, i32, i64)>;
+
 /// Writes the ledger, its inputs and the TabSeparated rows; returns the
-/// first and last booked day.
-fn write_all(bootstrap: &str, rows: usize, tsv: &std::path::Path) -> Result<(String, String)> {
+/// first and last booked day and what each topic partition holds.
+fn write_all(bootstrap: &str, rows: usize, tsv: &std::path::Path) -> Result<(String, String, Written)> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -152,7 +162,46 @@ fn write_all(bootstrap: &str, rows: usize, tsv: &std::path::Path) -> Result<(Str
     out.flush()?;
     producer.flush(Duration::from_secs(300))?;
     let (first, last) = (first.context("no rows")?, last.context("no rows")?);
-    Ok((first.to_string(), last.to_string()))
+    let written = (0..PARTITIONS)
+        .flat_map(|p| [("tally.ledger", p, ledger_next[p as usize]), ("tally.inputs", p, input_next[p as usize])])
+        .collect();
+    Ok((first.to_string(), last.to_string(), written))
+}
+
+/// The broker's floor (see the module docs): `threads` bare consumers,
+/// each reading its share of the topic partitions from offset 0 to what
+/// was written; returns seconds.
+fn read_topics(bootstrap: &str, written: &Written, threads: usize) -> Result<f64> {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..threads)
+            .map(|t| {
+                let share: Vec<_> = written.iter().skip(t).step_by(threads).copied().collect();
+                scope.spawn(move || -> Result<()> {
+                    let consumer: BaseConsumer = tally_testkit::consumer_config(bootstrap, None).create()?;
+                    let mut list = TopicPartitionList::new();
+                    for (topic, partition, _) in &share {
+                        list.add_partition_offset(topic, *partition, Offset::Beginning)?;
+                    }
+                    consumer.assign(&list)?;
+                    let (mut left, deadline) =
+                        (share.iter().map(|(_, _, n)| n).sum::<i64>(), Instant::now() + Duration::from_secs(1800));
+                    while left > 0 {
+                        if Instant::now() > deadline {
+                            bail!("the bare read timed out with {left} records unread");
+                        }
+                        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                            message?;
+                            left -= 1;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        readers.into_iter().try_for_each(|reader| reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?)
+    })?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 fn client(clickhouse: &ClickHouse, query: &str) -> Command {
@@ -179,7 +228,8 @@ fn main() -> Result<()> {
     rt.block_on(create_topics(&bootstrap, &topics))?;
     let tsv = std::env::temp_dir().join(format!("tally-bench-reconcile-{}.tsv", std::process::id()));
     eprintln!("[reconcile] writing {rows} ledger entries, their inputs, and the same rows as TabSeparated");
-    let (from, to) = write_all(&bootstrap, rows, &tsv)?;
+    let (from, to, written) = write_all(&bootstrap, rows, &tsv)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let warehouse = Warehouse::new(WarehouseConfig {
         url: clickhouse.url(),
         database: DATABASE.into(),
@@ -206,6 +256,7 @@ fn main() -> Result<()> {
     }
     let tally = tally_binary()?;
     let (mut read, mut reconcile, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut floor_ratios) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let started = Instant::now();
         let status = client(&clickhouse, "SELECT * FROM ledger_entries FORMAT Native")
@@ -229,14 +280,22 @@ fn main() -> Result<()> {
             let head: String = stdout.lines().take(40).collect::<Vec<_>>().join("\n");
             bail!("tally reconcile did not find the data clean ({}):\n{head}", out.status);
         }
-        eprintln!("[reconcile] rep {rep}: clickhouse-client read {baseline:.2} s, tally reconcile {took:.2} s");
+        let topics = read_topics(&bootstrap, &written, threads)?;
+        eprintln!(
+            "[reconcile] rep {rep}: clickhouse-client read {baseline:.2} s, tally reconcile {took:.2} s, \
+             bare topic read {topics:.2} s"
+        );
         read.push(baseline);
         reconcile.push(took);
         ratios.push(took / baseline);
+        floor.push(topics);
+        floor_ratios.push(took / topics);
     }
     println!("\n== reconcile bench: {rows} ledger rows ({from} to {to}), {reps} runs each, median [min - max]");
     println!("  clickhouse-client read, FORMAT Native  {}", summary(&mut read, "s"));
     println!("  tally reconcile, every day            {}", summary(&mut reconcile, "s"));
     println!("  ratio reconcile / read                {}   goal < 2", summary(&mut ratios, "x"));
+    println!("  bare read of ledger + input topics, {threads} consumers  {}", summary(&mut floor, "s"));
+    println!("  ratio reconcile / bare topic read     {}", summary(&mut floor_ratios, "x"));
     Ok(())
 }
