@@ -344,7 +344,7 @@ impl Codec {
     }
 
     #[allow(clippy::expect_used)]
-    fn build(with_fast_reader: bool) -> Self {
+    fn build(fast: bool) -> Self {
         let mut writers = HashMap::new();
         let mut schemas = Vec::new();
         let mut current = HashMap::new();
@@ -353,20 +353,23 @@ impl Codec {
                 let schema = Schema::parse_str(text).expect("tally's own Avro schemas parse");
                 let fp = spec_fingerprint(&schema);
                 let legacy = legacy_fingerprint(&schema);
+                // The fast reader and writer (each holds its own parse: the
+                // schema is not `Clone`) take the current version only:
+                // they resolve no schema to another.
+                let parse_fast = || {
+                    (fast && version == 0)
+                        .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"))
+                };
                 if version == 0 {
-                    let fast = with_fast_reader
-                        .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"));
-                    current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp, fast });
+                    current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp, fast: parse_fast() });
                 }
                 let mut reader_header = [0u8; HEADER_LEN];
                 reader_header[..2].copy_from_slice(&MAGIC);
                 reader_header[2..].copy_from_slice(&legacy);
                 let reader = GenericSingleObjectReader::new(schema).expect("tally's own Avro schemas resolve");
-                let fast = (with_fast_reader && version == 0)
-                    .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"));
                 writers.insert(u64::from_le_bytes(fp), schemas.len());
                 writers.insert(u64::from_le_bytes(legacy), schemas.len());
-                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0, fast });
+                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0, fast: parse_fast() });
             }
         }
         Codec { writers, schemas, current }
