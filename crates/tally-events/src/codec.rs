@@ -266,17 +266,17 @@ struct WriterSchema {
     /// fed to the reader behind this header, whatever header it came with.
     reader_header: [u8; HEADER_LEN],
     current: bool,
-    /// The fast reader's form of the schema, for the current version only
-    /// (it does not resolve one schema to another).
+    /// The fast reader's and writer's form of the schema, for the current
+    /// version only (they resolve no schema to another); `None` in the
+    /// reference codec, which reads and writes with apache-avro.
     fast: Option<serde_avro_fast::Schema>,
 }
 
 struct CurrentSchema {
     schema: Schema,
     fingerprint: [u8; 8],
-    /// The fast writer's form of the schema; `None` in the reference codec,
-    /// which writes with apache-avro.
-    fast: Option<serde_avro_fast::Schema>,
+    /// Its entry in `Codec::schemas` (which holds its fast form).
+    writer: usize,
 }
 
 /// Encoder and decoder of every tally record. Build it once (or use
@@ -353,23 +353,19 @@ impl Codec {
                 let schema = Schema::parse_str(text).expect("tally's own Avro schemas parse");
                 let fp = spec_fingerprint(&schema);
                 let legacy = legacy_fingerprint(&schema);
-                // The fast reader and writer (each holds its own parse: the
-                // schema is not `Clone`) take the current version only:
-                // they resolve no schema to another.
-                let parse_fast = || {
-                    (fast && version == 0)
-                        .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"))
-                };
                 if version == 0 {
-                    current.insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp, fast: parse_fast() });
+                    current
+                        .insert(kind, CurrentSchema { schema: schema.clone(), fingerprint: fp, writer: schemas.len() });
                 }
+                let fast = (fast && version == 0)
+                    .then(|| text.parse::<serde_avro_fast::Schema>().expect("tally's own Avro schemas parse"));
                 let mut reader_header = [0u8; HEADER_LEN];
                 reader_header[..2].copy_from_slice(&MAGIC);
                 reader_header[2..].copy_from_slice(&legacy);
                 let reader = GenericSingleObjectReader::new(schema).expect("tally's own Avro schemas resolve");
                 writers.insert(u64::from_le_bytes(fp), schemas.len());
                 writers.insert(u64::from_le_bytes(legacy), schemas.len());
-                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0, fast: parse_fast() });
+                schemas.push(WriterSchema { kind, reader, reader_header, current: version == 0, fast });
             }
         }
         Codec { writers, schemas, current }
@@ -412,7 +408,7 @@ impl Codec {
         // schema's symbol order and a test compares the writers byte for
         // byte. Our schemas define every named type inline, so no name
         // table is needed.
-        let written = match &current.fast {
+        let written = match &self.schemas[current.writer].fast {
             Some(_) if record.write_body(out).is_some() => Ok(()),
             Some(fast) => {
                 let mut config = serde_avro_fast::ser::SerializerConfig::new(fast);
