@@ -29,6 +29,17 @@ use rdkafka::{
 /// that wait runs out, so the default 500 ms would add half a second per
 /// hop. Offsets are committed by the services, per batch, never
 /// automatically.
+///
+/// `fetch.queue.backoff.ms=10`: once a partition's prefetched queue passes
+/// librdkafka's thresholds (`queued.min.messages`,
+/// `queued.max.messages.kbytes`), its next fetch is put off by this long,
+/// 1000 ms by default. A consumer catching up drains that queue in well
+/// under a second and then polls nothing until the second is up: measured
+/// (pipeline bench, 500k inputs, Tansu, 2026-12-07) as runs of about 0.6 s
+/// followed by 0.4-0.5 s with the whole machine idle, every consumer on
+/// the host included. At 10 ms, metering with one worker went from 125k
+/// to 220k inputs/s and the bare loop from 190k-430k to 450k records/s.
+/// The queue bounds themselves, and so memory, are unchanged.
 pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -42,6 +53,7 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         // leader moving) librdkafka waits 500 ms by default before fetching
         // that partition again: half a second of latency per hiccup.
         .set("fetch.error.backoff.ms", "20")
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.partition.eof", "false");
     config
 }
