@@ -349,6 +349,9 @@ async fn main() -> Result<()> {
     let appended = timestamps(&bootstrap, "lat-inputs")?;
     let ledger_stamps = timestamps(&bootstrap, "lat-ledger")?;
     let mut latencies = Vec::new();
+    // (input append time, latency): whether latency is a steady state or
+    // a backlog formed once and never worked off.
+    let mut by_second: Vec<(i64, i64)> = Vec::new();
     for record in &ledger {
         let Ok(tally_events::Message::Ledger(entry)) =
             tally_events::Codec::global().decode_any(record.payload.as_deref().unwrap_or_default())
@@ -360,9 +363,11 @@ async fn main() -> Result<()> {
             ledger_stamps.get(&(record.partition, record.offset)),
         ) {
             latencies.push(entry_ts - input_ts);
+            by_second.push((*input_ts, entry_ts - input_ts));
         }
     }
     let (metering_p50, metering_p99) = report_latency(&mut latencies, rate, "tally metering")?;
+    println!("  metering p50 by second of the run (ms): {}", per_second_p50(&mut by_second));
     if let (Some((p50, batches)), Some((p99, _))) = (batch_p50, batch_p99) {
         println!(
             "  metering batches ({batches}): p50 <= {:.0} ms, p99 <= {:.0} ms (first input polled to outputs acknowledged)",
@@ -395,12 +400,30 @@ async fn main() -> Result<()> {
     let mut bare_latencies: Vec<i64> =
         outputs.iter().filter_map(|(key, out_ts)| inputs.get(key).map(|in_ts| out_ts - in_ts)).collect();
     let (floor_p50, floor_p99) = report_latency(&mut bare_latencies, rate, "honest bare loop (floor)")?;
+    let mut bare_by_second: Vec<(i64, i64)> =
+        outputs.iter().filter_map(|(key, out_ts)| inputs.get(key).map(|in_ts| (*in_ts, out_ts - in_ts))).collect();
+    println!("  floor p50 by second of the run (ms): {}", per_second_p50(&mut bare_by_second));
     println!(
         "  metering over the floor: p50 +{} ms (goal <= 10), p99 +{} ms (goal <= 50)",
         metering_p50 - floor_p50,
         metering_p99 - floor_p99
     );
     Ok(())
+}
+
+/// The median latency of the inputs appended in each second of a run,
+/// from its first input: "12 14 480 470 ..." shows a backlog that formed
+/// and stayed, "12 14 15 ..." a steady state.
+fn per_second_p50(samples: &mut [(i64, i64)]) -> String {
+    let Some(start) = samples.iter().map(|(t, _)| *t).min() else { return String::new() };
+    samples.sort_unstable();
+    let mut out = Vec::new();
+    for chunk in samples.chunk_by(|a, b| (a.0 - start) / 1000 == (b.0 - start) / 1000) {
+        let mut lat: Vec<i64> = chunk.iter().map(|(_, l)| *l).collect();
+        lat.sort_unstable();
+        out.push(percentile(&lat, 0.5).to_string());
+    }
+    out.join(" ")
 }
 
 /// (partition, offset) -> message timestamp (ms), read to the end.
