@@ -651,11 +651,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Completed batches commit offsets at most this often (the first one at
 /// once), and a tick commits what completed since (so twice a second at
-/// most): they are
-/// hints for lag and the partition watch, the resume point is in the
-/// ledger. Committing after every batch (tens a second), a 1-worker
-/// instance on Tansu spent a third of its time in empty polls, its
-/// consumer starved; once a second, about half that (docs/DESIGN.md, the
+/// most): they are hints for lag and the partition watch, the resume point
+/// is in the ledger, and tens of commits a second buy nothing. The empty
+/// polls once blamed on per-batch commits were mostly librdkafka's fetch
+/// backoff (`tally_service::kafka::consumer_config`; docs/DESIGN.md, the
 /// batch protocol).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
