@@ -308,19 +308,22 @@ impl Metering {
         let mut polled: u32 = 0;
         while batch.len() < self.config.batch_size_max.get() {
             let busy = self.sends.busy();
+            // One clock read before the poll and one after serve the wait,
+            // the poll's time and the batch's start: this runs per input.
+            let polling = Instant::now();
             let mut wait = match first_at {
-                None => IDLE_POLL.saturating_sub(polling_since.elapsed()),
-                Some(at) => self.config.batch_wait.saturating_sub(at.elapsed()),
+                None => IDLE_POLL.saturating_sub(polling.duration_since(polling_since)),
+                Some(at) => self.config.batch_wait.saturating_sub(polling.duration_since(at)),
             };
             if busy {
                 wait = wait.min(BUSY_POLL);
             }
-            let polling = Instant::now();
             let polled_one = self.consumer.poll(wait);
-            self.spent.poll += polling.elapsed();
+            let polled_at = Instant::now();
+            self.spent.poll += polled_at.duration_since(polling);
             let got_nothing = match polled_one {
                 Some(Ok(message)) => {
-                    first_at.get_or_insert_with(Instant::now);
+                    first_at.get_or_insert(polled_at);
                     batch.push(&message);
                     false
                 }
