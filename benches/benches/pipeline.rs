@@ -348,10 +348,9 @@ async fn main() -> Result<()> {
     // inputs, metering's produce for entries (one machine, one clock).
     let appended = timestamps(&bootstrap, "lat-inputs")?;
     let ledger_stamps = timestamps(&bootstrap, "lat-ledger")?;
-    let mut latencies = Vec::new();
-    // (input append time, latency): whether latency is a steady state or
-    // a backlog formed once and never worked off.
-    let mut by_second: Vec<(i64, i64)> = Vec::new();
+    // (input append time, latency): the append time shows whether latency
+    // is a steady state or a backlog formed once and never worked off.
+    let mut samples: Vec<(i64, i64)> = Vec::new();
     for record in &ledger {
         let Ok(tally_events::Message::Ledger(entry)) =
             tally_events::Codec::global().decode_any(record.payload.as_deref().unwrap_or_default())
@@ -362,12 +361,12 @@ async fn main() -> Result<()> {
             appended.get(&(entry.source.partition, entry.source.offset)),
             ledger_stamps.get(&(record.partition, record.offset)),
         ) {
-            latencies.push(entry_ts - input_ts);
-            by_second.push((*input_ts, entry_ts - input_ts));
+            samples.push((*input_ts, entry_ts - input_ts));
         }
     }
+    let mut latencies: Vec<i64> = samples.iter().map(|(_, latency)| *latency).collect();
     let (metering_p50, metering_p99) = report_latency(&mut latencies, rate, "tally metering")?;
-    println!("  metering p50 by second of the run (ms): {}", per_second_p50(&mut by_second));
+    println!("  metering p50 by second of the run (ms): {}", per_second_p50(&mut samples));
     if let (Some((p50, batches)), Some((p99, _))) = (batch_p50, batch_p99) {
         println!(
             "  metering batches ({batches}): p50 <= {:.0} ms, p99 <= {:.0} ms (first input polled to outputs acknowledged)",
@@ -397,12 +396,11 @@ async fn main() -> Result<()> {
     let inputs = timestamps(&bootstrap, "lat-bare-in")?;
     let outputs = timestamps(&bootstrap, "lat-bare-out")?;
     // Fresh topics, one consumer in offset order: output p/k is input p/k.
-    let mut bare_latencies: Vec<i64> =
-        outputs.iter().filter_map(|(key, out_ts)| inputs.get(key).map(|in_ts| out_ts - in_ts)).collect();
-    let (floor_p50, floor_p99) = report_latency(&mut bare_latencies, rate, "honest bare loop (floor)")?;
-    let mut bare_by_second: Vec<(i64, i64)> =
+    let mut bare_samples: Vec<(i64, i64)> =
         outputs.iter().filter_map(|(key, out_ts)| inputs.get(key).map(|in_ts| (*in_ts, out_ts - in_ts))).collect();
-    println!("  floor p50 by second of the run (ms): {}", per_second_p50(&mut bare_by_second));
+    let mut bare_latencies: Vec<i64> = bare_samples.iter().map(|(_, latency)| *latency).collect();
+    let (floor_p50, floor_p99) = report_latency(&mut bare_latencies, rate, "honest bare loop (floor)")?;
+    println!("  floor p50 by second of the run (ms): {}", per_second_p50(&mut bare_samples));
     println!(
         "  metering over the floor: p50 +{} ms (goal <= 10), p99 +{} ms (goal <= 50)",
         metering_p50 - floor_p50,
