@@ -685,6 +685,23 @@ fn named_queries_answer_from_known_data(clickhouse: &ClickHouse) -> Result<()> {
         (d("255"), d("250")),
         "entry 151 alone"
     );
+    // Paged by account, one account a page: the pages put together are
+    // the whole day, every account's rows on one page.
+    let mut pages: Vec<serde_json::Value> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page =
+            query(clickhouse, "finance_day", &["date=2026-12-01", "accounts=1", &format!("after_account={after}")])?;
+        let Some(last) = page.last() else { break };
+        let accounts: std::collections::BTreeSet<&str> =
+            page.iter().map(|r| field(r, "account_id").as_str().unwrap_or("")).collect();
+        assert_eq!(accounts.len(), 1, "one account a page: {page:?}");
+        after = field(last, "account_id").as_str().unwrap_or("").to_string();
+        pages.extend(page);
+        assert!(pages.len() <= next.len(), "paging does not end");
+    }
+    assert_eq!(pages, next, "the pages are the whole day");
+    assert!(next.iter().any(|r| field(r, "account_id") != "acct-a"), "more than one account to page through");
     let refused = std::process::Command::new(tally_testkit::tally_binary()?)
         .args(["query", "activity", "--clickhouse-url", &clickhouse.url(), "--param", "status=maybe"])
         .env("RUST_BACKTRACE", "0")

@@ -38,8 +38,11 @@ fn grafana_value(query: &str, param: &queries::Param) -> Result<String> {
         (_, "to") | ("finance_day", "date") => "'${__to:date:YYYY-MM-DD}'".into(),
         (_, "bucket") => format!("${{{query}_bucket:sqlstring}}"),
         (_, "before_sequence" | "before_ms") => "0".into(),
-        (_, "before_account") => "''".into(),
+        (_, "before_account" | "after_account") => "''".into(),
         (_, "limit") => "100".into(),
+        // A dashboard table of a day's finance: its first 1,000 accounts
+        // (the whole day is `tally finance daily`).
+        ("finance_day", "accounts") => "1000".into(),
         (_, "account" | "event" | "service" | "status" | "type" | "tz") => format!("${{{}:sqlstring}}", param.name),
         _ => bail!("query {query}: no Grafana value for param {} ({:?})", param.name, param.kind),
     })
