@@ -58,7 +58,7 @@ const FIXTURE: &str = "INSERT INTO ledger_entries (ledger_partition, ledger_offs
     (1, 2, '00000000-0000-0000-0000-000000000006', 'op-2', 2, 'Consume', 'Success', '', 'sms', 'standard', 'expo', 3, 0.000003, 0.00, 'Pro', 500.123397, '2026-12-02 09:00:00', 0)";
 
 /// The plan: (name, SQL), run in order on both engines.
-fn plan(warehouse: &Warehouse) -> Result<Vec<(String, String)>> {
+fn plan(warehouse: &Warehouse, fingerprints: &[(String, String)]) -> Result<Vec<(String, String)>> {
     let mut steps = Vec::new();
     for migration in MIGRATIONS {
         for (i, statement) in migration.statements().into_iter().enumerate() {
@@ -93,6 +93,9 @@ fn plan(warehouse: &Warehouse) -> Result<Vec<(String, String)>> {
     // rollups' old_parts_lifetime is 1 s; 26.x removes them in its cleanup.
     steps.push(("rebuild wait".into(), "SELECT sleep(3)".into()));
     steps.extend(checks);
+    // Every rollup's fingerprint, rollup side and raw side (the month of
+    // the rows): equal on each engine (checked below).
+    steps.extend(fingerprints.iter().cloned());
     let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 2).context("date")?;
     let cases: &[(&str, &[(&str, &str)])] = &[
         ("balance", &[("account", "op-1")]),
@@ -151,6 +154,25 @@ fn plan(warehouse: &Warehouse) -> Result<Vec<(String, String)>> {
     Ok(steps)
 }
 
+/// The fingerprint queries of `tally reconcile`'s rollup check
+/// (`tally_warehouse::rollup_check`) for December 2026, built from the
+/// tables the migrations make on 18.16 (in a probe database), named
+/// `fingerprint TABLE rollup|raw`.
+async fn fingerprint_steps(server: &ClickHouse) -> Result<Vec<(String, String)>> {
+    server.query("CREATE DATABASE probe")?;
+    let probe =
+        Warehouse::new(WarehouseConfig { url: server.url(), database: "probe".into(), ..WarehouseConfig::default() });
+    tally_warehouse::migrations::migrate(&probe, |_| {}).await?;
+    let mut steps = Vec::new();
+    for (rollup, plan) in tally_warehouse::rollup_check::plans(&probe).await? {
+        let (stored, raw) = plan.queries(202612);
+        steps.push((format!("fingerprint {} rollup", rollup.table), stored));
+        steps.push((format!("fingerprint {} raw", rollup.table), raw));
+    }
+    server.query("DROP DATABASE probe")?;
+    Ok(steps)
+}
+
 /// Values of a TSV answer, decimals normalized (`2.500000` = `2.5`).
 fn values(tsv: &str) -> Vec<Vec<String>> {
     tsv.lines()
@@ -171,7 +193,7 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
     let server = ClickHouse::start()?;
     server.query("CREATE DATABASE tally")?;
     let warehouse = Warehouse::new(WarehouseConfig { url: server.url(), ..WarehouseConfig::default() });
-    let steps = plan(&warehouse)?;
+    let steps = plan(&warehouse, &fingerprint_steps(&server).await?)?;
     // 18.16.
     let mut old = Vec::new();
     for (name, sql) in &steps {
@@ -191,6 +213,7 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
     let mut problems = Vec::new();
     let mut queries_compared = 0;
     let mut parts_seen = 0;
+    let mut fingerprints: BTreeMap<(&str, String), Vec<String>> = BTreeMap::new();
     for (((name, _), old), new) in steps.iter().zip(&old).zip(&new) {
         let new_ok = new["ok"].as_bool() == Some(true);
         match (old, new_ok) {
@@ -228,9 +251,26 @@ async fn the_schema_and_every_named_query_run_alike_on_18_16_and_current_clickho
                     }
                 }
             }
+            (Ok(old_text), true) if name.starts_with("fingerprint ") => {
+                // The fingerprint (second column of the one row; 18.16 also
+                // has a types line) by engine and table, rollup then raw.
+                let table = name.split(' ').nth(1).unwrap_or_default().to_string();
+                for (engine, text, row) in
+                    [("18.16", old_text.as_str(), 2), ("26.x", new["output"].as_str().unwrap_or(""), 1)]
+                {
+                    let value = text.lines().nth(row).and_then(|l| l.split('\t').nth(1)).unwrap_or_default();
+                    fingerprints.entry((engine, table.clone())).or_default().push(value.to_string());
+                }
+            }
             (Ok(_), true) => {}
         }
     }
+    for ((engine, table), sides) in &fingerprints {
+        if sides.len() != 2 || sides[0] != sides[1] || sides[0].is_empty() {
+            problems.push(format!("{engine}: rollup {table} and its raw rows fingerprint differently: {sides:?}"));
+        }
+    }
+    assert_eq!(fingerprints.len(), 2 * rollups::rollups().len(), "every rollup fingerprinted on both engines");
     if !problems.is_empty() {
         bail!("the engines differ:\n  {}", problems.join("\n  "));
     }

@@ -227,7 +227,7 @@ async fn clickhouse_side(
         if !check.equal {
             report
                 .rollups_unequal
-                .push(format!("{} ({} rows, {} from raw)", check.table, check.rows, check.expected_rows));
+                .push(format!("{} ({} rows stored, from {} raw rows)", check.table, check.rows, check.raw_rows));
         }
     }
     progress!("ClickHouse: {} rollups checked", report.rollups_checked);

@@ -126,8 +126,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         for check in &checks {
             let verdict = if check.equal { "equal" } else { "DIFFERS" };
             println!(
-                "rollup {:<20} {verdict:<8} {} rows ({} computed from raw)",
-                check.table, check.rows, check.expected_rows
+                "rollup {:<20} {verdict:<8} {} rows stored, from {} raw rows",
+                check.table, check.rows, check.raw_rows
             );
             unequal += usize::from(!check.equal);
         }

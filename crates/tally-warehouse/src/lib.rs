@@ -24,6 +24,7 @@ pub mod finance;
 pub mod migrations;
 pub mod queries;
 pub mod reconcile;
+pub mod rollup_check;
 pub mod rollups;
 pub mod row;
 

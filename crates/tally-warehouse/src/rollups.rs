@@ -36,6 +36,7 @@
 //! view), never a second copy. Those queries have no subquery, so the
 //! restriction is one more condition in their `WHERE`.
 
+pub use crate::rollup_check::{verify, RollupCheck};
 use crate::{
     client::{Warehouse, WarehouseError},
     migrations::MIGRATIONS,
@@ -370,108 +371,4 @@ mod tests {
         assert!(plan.parts.ends_with("table = 't' AND partition_id = '202612-3'"), "{}", plan.parts);
         assert!(plan.fill.ends_with("WHERE toYYYYMM(occurred_at) = 202612 AND ledger_partition = 3"));
     }
-}
-
-/// One rollup compared with the same rollup computed from the raw table now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollupCheck {
-    /// The rollup table.
-    pub table: String,
-    /// Rows of the rollup, finalized (merged per key).
-    pub rows: u64,
-    /// Rows computed from raw.
-    pub expected_rows: u64,
-    /// Whether the two are the same multiset of rows.
-    pub equal: bool,
-}
-
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct ColumnRow {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct Fingerprint {
-    rows: u64,
-    hash: u64,
-}
-
-/// The query that finalizes `table`: one row per key with merged states
-/// (AggregatingMergeTree) or sums (SummingMergeTree), every column as text,
-/// so that parts not merged yet compare equal to merged ones.
-async fn finalized(warehouse: &Warehouse, table: &str, source: &str) -> Result<String, WarehouseError> {
-    let sql = "SELECT name, type FROM system.columns WHERE database = ? AND table = ?";
-    let query = warehouse.client().query(sql).bind(&warehouse.config().database).bind(table);
-    let columns: Vec<ColumnRow> = warehouse.fetch_all(sql, query).await?;
-    let summed = ["entries", "successes", "failures", "quantity", "credits", "dollars"];
-    let engine_sql = "SELECT engine FROM system.tables WHERE database = ? AND name = ?";
-    let engine: Vec<String> = warehouse
-        .fetch_all(engine_sql, warehouse.client().query(engine_sql).bind(&warehouse.config().database).bind(table))
-        .await?;
-    let engine = engine.first().cloned().unwrap_or_default();
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
-    for column in &columns {
-        if let Some(inner) = column.kind.strip_prefix("AggregateFunction(") {
-            let function = inner.split([',', ')']).next().unwrap_or_default();
-            values.push(format!("toString({function}Merge({}))", column.name));
-        } else if engine == "SummingMergeTree" && summed.contains(&column.name.as_str()) {
-            values.push(format!("toString(sum({}))", column.name));
-        } else {
-            keys.push(column.name.clone());
-        }
-    }
-    let key_text: Vec<String> = keys.iter().map(|k| format!("toString({k})")).collect();
-    let all: Vec<String> = key_text.iter().chain(values.iter()).cloned().collect();
-    let group = if values.is_empty() { String::new() } else { format!(" GROUP BY {}", keys.join(", ")) };
-    Ok(format!(
-        "SELECT count() AS rows, sum(h) AS hash FROM (SELECT cityHash64({}) AS h FROM {source}{group}) AS f",
-        all.join(", ")
-    ))
-}
-
-/// Compares every rollup with what its view's query gives over the raw
-/// table now (the invariant: they must be equal after any fault): both
-/// finalized (states merged, sums summed per key) and fingerprinted in
-/// ClickHouse, a month at a time (a whole table of 10M rows at once went
-/// past 18.16's per-query memory limit), the months' fingerprints added.
-/// The expected side is the view's query as a subquery, never written to a
-/// table: measured on 18.16 with 1M rows, INSERTing it into a scratch
-/// AggregatingMergeTree took 126 s where the subquery takes 1.5 s. Costs a
-/// scan of the raw table per rollup.
-pub async fn verify(warehouse: &Warehouse) -> Result<Vec<RollupCheck>, WarehouseError> {
-    let mut months: Vec<u32> = partitions(warehouse, 0, u32::MAX).await?.iter().map(|k| k.month).collect();
-    months.dedup();
-    let mut checks = Vec::new();
-    for rollup in rollups() {
-        let month_of = month_expression(&rollup.table).ok_or_else(|| {
-            WarehouseError::Schema(format!("{} has no PARTITION BY (<month>, ledger_partition)", rollup.table))
-        })?;
-        let (mut actual, mut expected) = ((0u64, 0u64), (0u64, 0u64));
-        for month in &months {
-            let sides = [
-                (format!("(SELECT * FROM {} WHERE {month_of} = {month}) AS actual", rollup.table), &mut actual),
-                (
-                    format!("({}) AS expected", rollup.select_where(&format!("toYYYYMM(occurred_at) = {month}"))),
-                    &mut expected,
-                ),
-            ];
-            for (source, total) in sides {
-                let sql = finalized(warehouse, &rollup.table, &source).await?;
-                let rows: Vec<Fingerprint> = warehouse.fetch_all(&sql, warehouse.client().query(&sql)).await?;
-                let (n, hash) = rows.into_iter().next().map_or((0, 0), |f| (f.rows, f.hash));
-                // sum(h) wraps in UInt64: months add the same way.
-                *total = (total.0 + n, total.1.wrapping_add(hash));
-            }
-        }
-        checks.push(RollupCheck {
-            table: rollup.table.clone(),
-            rows: actual.0,
-            expected_rows: expected.0,
-            equal: actual == expected,
-        });
-    }
-    Ok(checks)
 }

@@ -166,7 +166,8 @@ pub async fn equality(clickhouse: &ClickHouse, ledger: &[(i32, i64, LedgerEntry)
     eq.extra = rows.keys().filter(|k| !expected_at.contains(k)).count();
     for check in tally_warehouse::rollups::verify(&warehouse(clickhouse)).await? {
         if !check.equal {
-            eq.rollups_unequal.push(format!("{} ({} rows, {} from raw)", check.table, check.rows, check.expected_rows));
+            eq.rollups_unequal
+                .push(format!("{} ({} rows stored, from {} raw rows)", check.table, check.rows, check.raw_rows));
         }
     }
     Ok(eq)
