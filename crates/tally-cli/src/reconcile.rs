@@ -203,12 +203,13 @@ async fn clickhouse_side(
             chrono::NaiveDate::from_ymd_opt(first.year() + i32::from(first.month() == 12), first.month() % 12 + 1, 1)
                 .context("a date past the calendar")?;
         let last = to.min(next_month - chrono::TimeDelta::days(1));
-        let month = reconcile::clickhouse_days(warehouse, first, last)
+        let mut month = reconcile::clickhouse_days(warehouse, first, last)
             .await
             .with_context(|| format!("reading {first} to {last} from ClickHouse"))?;
         let keys = month.len();
         report.clickhouse_keys += keys;
-        tallies.extend(month);
+        // Later days than any before: appended in bulk, not key by key.
+        tallies.append(&mut month);
         let days = finance::read_account_days(warehouse, first, last).await?;
         let mut account_days = 0;
         for (date, accounts) in &days {

@@ -72,25 +72,44 @@ pub fn add(tallies: &mut Tallies, entry: &LedgerEntry) {
 /// Adds the tallies `other` (of another ledger partition) to `into`. An
 /// account lives in one partition, so keys do not meet; if they do (an
 /// account written to two partitions), they add up as one key would, so
-/// nothing read is lost from the comparison.
+/// nothing read is lost from the comparison. Both maps are walked once,
+/// side by side, and the result built from the sorted sequence (inserting
+/// 1M keys one by one into a map of millions cost seconds at 10M entries).
 pub fn merge(into: &mut Tallies, other: Tallies) {
-    for (key, theirs) in other {
-        match into.entry(key) {
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(theirs);
-            }
-            std::collections::btree_map::Entry::Occupied(mut slot) => {
-                let ours = slot.get_mut();
-                ours.entries += theirs.entries;
-                ours.credits = (ours.credits + theirs.credits).normalize();
-                ours.dollars = (ours.dollars + theirs.dollars).normalize();
-                if theirs.last_sequence > ours.last_sequence {
-                    ours.last_sequence = theirs.last_sequence;
-                    ours.last_balance = theirs.last_balance;
-                }
-            }
-        }
+    use std::cmp::Ordering;
+    if other.is_empty() {
+        return;
     }
+    let mut merged = Vec::with_capacity(into.len() + other.len());
+    let (mut ours, mut theirs) = (std::mem::take(into).into_iter().peekable(), other.into_iter().peekable());
+    loop {
+        let order = match (ours.peek(), theirs.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        let next = match order {
+            Ordering::Less => ours.next(),
+            Ordering::Greater => theirs.next(),
+            Ordering::Equal => match (ours.next(), theirs.next()) {
+                (Some((key, mut mine)), Some((_, theirs))) => {
+                    mine.entries += theirs.entries;
+                    mine.credits = (mine.credits + theirs.credits).normalize();
+                    mine.dollars = (mine.dollars + theirs.dollars).normalize();
+                    if theirs.last_sequence > mine.last_sequence {
+                        mine.last_sequence = theirs.last_sequence;
+                        mine.last_balance = theirs.last_balance;
+                    }
+                    Some((key, mine))
+                }
+                _ => None,
+            },
+        };
+        merged.extend(next);
+    }
+    // Sorted input: the map is built in bulk.
+    *into = merged.into_iter().collect();
 }
 
 /// One difference between the ledger and ClickHouse.
@@ -112,7 +131,12 @@ pub struct Difference {
 }
 
 /// Every difference between `ledger` and `clickhouse`, in key order.
+/// Values compare as numbers (a decimal's scale is not a difference); both
+/// maps are walked once, side by side, and text is made only for what
+/// differs (at 10M entries there are 4.5M keys, and formatting every value
+/// of both sides took about 10 s).
 pub fn compare(ledger: &Tallies, clickhouse: &Tallies) -> Vec<Difference> {
+    use std::cmp::Ordering;
     let mut out = Vec::new();
     let diff = |key: &Key, field: &str, ledger: String, clickhouse: String| Difference {
         day: key.day.to_string(),
@@ -122,27 +146,41 @@ pub fn compare(ledger: &Tallies, clickhouse: &Tallies) -> Vec<Difference> {
         ledger,
         clickhouse,
     };
-    for (key, l) in ledger {
-        let Some(c) = clickhouse.get(key) else {
-            out.push(diff(key, "present", format!("{} entries", l.entries), "none".into()));
-            continue;
+    let (mut ours, mut theirs) = (ledger.iter().peekable(), clickhouse.iter().peekable());
+    loop {
+        let order = match (ours.peek(), theirs.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
         };
-        let fields = [
-            ("entries", l.entries.to_string(), c.entries.to_string()),
-            ("credits", l.credits.to_string(), c.credits.to_string()),
-            ("dollars", l.dollars.to_string(), c.dollars.to_string()),
-            ("last_sequence", l.last_sequence.to_string(), c.last_sequence.to_string()),
-            ("last_balance", l.last_balance.to_string(), c.last_balance.to_string()),
-        ];
-        for (field, lv, cv) in fields {
-            if lv != cv {
-                out.push(diff(key, field, lv, cv));
+        match order {
+            Ordering::Less => {
+                let Some((key, l)) = ours.next() else { break };
+                out.push(diff(key, "present", format!("{} entries", l.entries), "none".into()));
             }
-        }
-    }
-    for (key, c) in clickhouse {
-        if !ledger.contains_key(key) {
-            out.push(diff(key, "present", "none".into(), format!("{} entries", c.entries)));
+            Ordering::Greater => {
+                let Some((key, c)) = theirs.next() else { break };
+                out.push(diff(key, "present", "none".into(), format!("{} entries", c.entries)));
+            }
+            Ordering::Equal => {
+                let (Some((key, l)), Some((_, c))) = (ours.next(), theirs.next()) else { break };
+                if l.entries != c.entries {
+                    out.push(diff(key, "entries", l.entries.to_string(), c.entries.to_string()));
+                }
+                if l.credits != c.credits {
+                    out.push(diff(key, "credits", l.credits.to_string(), c.credits.to_string()));
+                }
+                if l.dollars != c.dollars {
+                    out.push(diff(key, "dollars", l.dollars.to_string(), c.dollars.to_string()));
+                }
+                if l.last_sequence != c.last_sequence {
+                    out.push(diff(key, "last_sequence", l.last_sequence.to_string(), c.last_sequence.to_string()));
+                }
+                if l.last_balance != c.last_balance {
+                    out.push(diff(key, "last_balance", l.last_balance.to_string(), c.last_balance.to_string()));
+                }
+            }
         }
     }
     out
@@ -230,6 +268,28 @@ mod tests {
     }
 
     #[test]
+    fn merged_tallies_keep_every_key_and_add_up_the_ones_that_meet() {
+        let mut into = Tallies::from([(key("a"), totals(2, "1.5")), (key("c"), totals(1, "1"))]);
+        let mut later = totals(3, "0.5");
+        later.last_sequence = 9;
+        later.last_balance = Decimal::ONE;
+        merge(&mut into, Tallies::from([(key("b"), totals(1, "2")), (key("c"), later), (key("d"), totals(1, "1"))]));
+        let keys: Vec<&str> = into.keys().map(|k| k.account_id.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d"]);
+        let c = &into[&key("c")];
+        assert_eq!(
+            (c.entries, c.credits, c.last_sequence, c.last_balance),
+            (4, "1.5".parse().expect("d"), 9, Decimal::ONE)
+        );
+        assert_eq!(into[&key("a")], totals(2, "1.5"));
+        merge(&mut into, Tallies::new());
+        assert_eq!(into.len(), 4);
+        let mut empty = Tallies::new();
+        merge(&mut empty, Tallies::from([(key("z"), totals(1, "1"))]));
+        assert_eq!(empty.len(), 1);
+    }
+
+    #[test]
     fn every_difference_is_named_with_both_values() {
         let ledger =
             Tallies::from([(key("a"), totals(2, "1.5")), (key("b"), totals(1, "1")), (key("c"), totals(1, "1"))]);
@@ -250,5 +310,10 @@ mod tests {
             ]
         );
         assert!(compare(&ledger, &ledger).is_empty(), "no false alarm on equal data");
+        // A value is a number: its scale is not a difference.
+        let scaled = Tallies::from([(key("a"), totals(2, "1.50"))]);
+        assert!(compare(&Tallies::from([(key("a"), totals(2, "1.5"))]), &scaled).is_empty());
+        assert_eq!(compare(&Tallies::new(), &scaled).len(), 1, "one side empty");
+        assert_eq!(compare(&scaled, &Tallies::new()).len(), 1, "the other side empty");
     }
 }
