@@ -21,7 +21,7 @@
 //! Memory: the range's tallies (day x account x service) twice, plus, per
 //! partition being read, its accounts and about 60 bytes per applied input.
 
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{collections::HashMap, io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use chrono::Datelike;
@@ -318,7 +318,8 @@ fn read_partition_side(
     to: chrono::NaiveDate,
 ) -> Result<LedgerSide> {
     let mut side = LedgerSide::default();
-    let mut previous: BTreeMap<AccountId, Previous> = BTreeMap::new();
+    let mut tallier = reconcile::Tallier::default();
+    let mut previous: HashMap<AccountId, Previous> = HashMap::new();
     let mut reader = FencedReader::new(partition);
     let mut coverage = Coverage::new(&kafka.inputs, partition);
     let mut read = 0u64;
@@ -329,15 +330,21 @@ fn read_partition_side(
             LedgerRecord::Entry(entry) => {
                 side.entries += 1;
                 coverage.entry(&entry);
-                let before = previous.get(&entry.account_id).copied().unwrap_or(Previous::START);
-                if let Err(violation) = invariants::check_entry(&before, &entry) {
+                // Looked up by reference: an account's key is cloned once.
+                let check = match previous.get_mut(entry.account_id.as_str()) {
+                    Some(before) => std::mem::replace(before, Previous::after(&entry)),
+                    None => {
+                        previous.insert(entry.account_id.clone(), Previous::after(&entry));
+                        Previous::START
+                    }
+                };
+                if let Err(violation) = invariants::check_entry(&check, &entry) {
                     side.violations.push(violation.to_string());
                 }
-                previous.insert(entry.account_id.clone(), Previous::after(&entry));
-                let day = reconcile::key_of(&entry).day;
+                let day = reconcile::day_of(&entry);
                 if day >= from && day <= to {
                     side.in_range += 1;
-                    reconcile::add(&mut side.tallies, &entry);
+                    tallier.add(&entry);
                 }
             }
             LedgerRecord::Progress(marker) => coverage.progress(&marker),
@@ -346,6 +353,7 @@ fn read_partition_side(
         Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
     })
     .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
+    side.tallies = tallier.finish();
     progress!("ledger partition {partition} ({partitions} in all): {read} records read");
     inputs_against_debits(kafka, coverage, &mut side)?;
     Ok(side)

@@ -25,11 +25,10 @@
 //! in offset order ([`Coverage::input`], which decodes only an input that
 //! has neither entry nor dead letter); [`Coverage::finish`] names what no
 //! input matched. Pure. Memory: about 60 bytes per applied input of the
-//! partition (its offset, id and digest).
+//! partition (its offset, id and digest), plus each account once.
 
-use std::collections::HashMap;
-
-use tally_events::{Input, InputDigest, LedgerEntry, LedgerMarker};
+use rustc_hash::FxHashMap;
+use tally_events::{AccountId, Input, InputDigest, LedgerEntry, LedgerMarker};
 use uuid::Uuid;
 
 use crate::digest::digest;
@@ -129,12 +128,17 @@ pub struct Coverage {
     topic: String,
     partition: i32,
     watermark: i64,
-    /// Counted entries per input offset, and who wrote the first.
-    entries: HashMap<i64, (u32, String)>,
+    /// Counted entries per input offset, and the first one's sequence
+    /// and account (an index into `accounts`): named only if no input
+    /// matches, so no text is made per entry.
+    entries: FxHashMap<i64, (u32, i64, u32)>,
+    /// The accounts of `entries`, and their indexes.
+    accounts: Vec<AccountId>,
+    account_index: FxHashMap<AccountId, u32>,
     /// First applied input offset and digest per input id.
-    applied_ids: HashMap<Uuid, (i64, Option<InputDigest>)>,
+    applied_ids: FxHashMap<Uuid, (i64, Option<InputDigest>)>,
     /// Dead letters per input offset.
-    dead_letters: HashMap<i64, u32>,
+    dead_letters: FxHashMap<i64, u32>,
     classified: Classified,
     problems: Vec<Problem>,
 }
@@ -146,9 +150,11 @@ impl Coverage {
             topic: topic.to_string(),
             partition,
             watermark: 0,
-            entries: HashMap::new(),
-            applied_ids: HashMap::new(),
-            dead_letters: HashMap::new(),
+            entries: FxHashMap::default(),
+            accounts: Vec::new(),
+            account_index: FxHashMap::default(),
+            applied_ids: FxHashMap::default(),
+            dead_letters: FxHashMap::default(),
             classified: Classified::default(),
             problems: Vec::new(),
         }
@@ -167,8 +173,16 @@ impl Coverage {
             return;
         }
         self.watermark = self.watermark.max(source.offset + 1);
-        let who = format!("entry {} of account {}", entry.sequence.0, entry.account_id);
-        self.entries.entry(source.offset).or_insert((0, who)).0 += 1;
+        let account = match self.account_index.get(entry.account_id.as_str()) {
+            Some(&index) => index,
+            None => {
+                let index = self.accounts.len() as u32;
+                self.accounts.push(entry.account_id.clone());
+                self.account_index.insert(entry.account_id.clone(), index);
+                index
+            }
+        };
+        self.entries.entry(source.offset).or_insert((0, entry.sequence.0, account)).0 += 1;
         match self.applied_ids.get(&entry.input_id) {
             Some(&(first, _)) if first != source.offset => self.problems.push(Problem::IdAppliedTwice {
                 partition: self.partition,
@@ -214,7 +228,7 @@ impl Coverage {
     /// letter, to tell a duplicate.
     pub fn input(&mut self, offset: i64, decode: impl FnOnce() -> Result<Input, String>) {
         let partition = self.partition;
-        let entries = self.entries.remove(&offset).map_or(0, |(n, _)| n);
+        let entries = self.entries.remove(&offset).map_or(0, |(n, ..)| n);
         let letters = self.dead_letters.remove(&offset).unwrap_or(0);
         match (entries, letters) {
             (1, 0) => self.classified.applied += 1,
@@ -253,7 +267,15 @@ impl Coverage {
     /// dead letters below the watermark whose input was never read come
     /// last, by offset.
     pub fn finish(mut self) -> (Classified, Vec<Problem>) {
-        let mut left: Vec<(i64, String)> = self.entries.into_iter().map(|(offset, (_, who))| (offset, who)).collect();
+        let accounts = &self.accounts;
+        let mut left: Vec<(i64, String)> = self
+            .entries
+            .into_iter()
+            .map(|(offset, (_, sequence, account))| {
+                let account = accounts.get(account as usize).map_or("?", |a| a.as_str());
+                (offset, format!("entry {sequence} of account {account}"))
+            })
+            .collect();
         left.extend(
             self.dead_letters.into_keys().filter(|&o| o < self.watermark).map(|o| (o, "a dead letter".to_string())),
         );
