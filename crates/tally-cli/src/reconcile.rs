@@ -182,7 +182,9 @@ async fn check(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
     report.inputs_read = ledger.inputs_read;
     report.inputs = ledger.inputs;
     report.input_problems = ledger.input_problems;
+    progress!("comparing {} ledger keys with {} ClickHouse keys", ledger.tallies.len(), clickhouse.len());
     report.differences = reconcile::compare(&ledger.tallies, &clickhouse);
+    progress!("compared: {} differences", report.differences.len());
     Ok(())
 }
 
@@ -257,8 +259,9 @@ struct LedgerSide {
 }
 
 impl LedgerSide {
+    /// Adds `other` in, except its tallies: the caller merges every
+    /// partition's at once ([`reconcile::merge`]).
     fn merge(&mut self, other: LedgerSide) {
-        reconcile::merge(&mut self.tallies, other.tallies);
         self.entries += other.entries;
         self.in_range += other.in_range;
         self.violations.extend(other.violations);
@@ -302,9 +305,14 @@ fn read_ledger(kafka: &Kafka, threads: usize, from: chrono::NaiveDate, to: chron
     }
     done.sort_by_key(|(partition, _)| *partition);
     let mut side = LedgerSide::default();
+    let mut tallies = Vec::with_capacity(done.len());
     for (_, one) in done {
-        side.merge(one?);
+        let mut one = one?;
+        tallies.push(std::mem::take(&mut one.tallies));
+        side.merge(one);
     }
+    side.tallies = reconcile::merge(tallies);
+    progress!("ledger side done: {} counted entries, {} keys in the range", side.entries, side.tallies.len());
     Ok(side)
 }
 

@@ -141,47 +141,35 @@ impl Tallier {
     }
 }
 
-/// Adds the tallies `other` (of another ledger partition) to `into`. An
-/// account lives in one partition, so keys do not meet; if they do (an
-/// account written to two partitions), they add up as one key would, so
-/// nothing read is lost from the comparison. Both maps are walked once,
-/// side by side, and the result built from the sorted sequence (inserting
-/// 1M keys one by one into a map of millions cost seconds at 10M entries).
-pub fn merge(into: &mut Tallies, other: Tallies) {
-    use std::cmp::Ordering;
-    if other.is_empty() {
-        return;
+/// The tallies of several ledger partitions as one. An account lives in
+/// one partition, so keys do not meet; if they do (an account written to
+/// two partitions), they add up as one key would, so nothing read is lost
+/// from the comparison. Every key is moved once: the maps' sorted runs are
+/// concatenated, merged by one stable sort, equal keys combined, and the map
+/// built in bulk from the sorted sequence (merging maps two at a time,
+/// rebuilding the growing one each time, took 6.5 s at 4.5M keys).
+pub fn merge(parts: Vec<Tallies>) -> Tallies {
+    let mut all: Vec<(Key, Totals)> = Vec::with_capacity(parts.iter().map(BTreeMap::len).sum());
+    for part in parts {
+        all.extend(part);
     }
-    let mut merged = Vec::with_capacity(into.len() + other.len());
-    let (mut ours, mut theirs) = (std::mem::take(into).into_iter().peekable(), other.into_iter().peekable());
-    loop {
-        let order = match (ours.peek(), theirs.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((a, _)), Some((b, _))) => a.cmp(b),
-        };
-        let next = match order {
-            Ordering::Less => ours.next(),
-            Ordering::Greater => theirs.next(),
-            Ordering::Equal => match (ours.next(), theirs.next()) {
-                (Some((key, mut mine)), Some((_, theirs))) => {
-                    mine.entries += theirs.entries;
-                    mine.credits = (mine.credits + theirs.credits).normalize();
-                    mine.dollars = (mine.dollars + theirs.dollars).normalize();
-                    if theirs.last_sequence > mine.last_sequence {
-                        mine.last_sequence = theirs.last_sequence;
-                        mine.last_balance = theirs.last_balance;
-                    }
-                    Some((key, mine))
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(Key, Totals)> = Vec::with_capacity(all.len());
+    for (key, theirs) in all {
+        match merged.last_mut() {
+            Some((last, mine)) if *last == key => {
+                mine.entries += theirs.entries;
+                mine.credits = (mine.credits + theirs.credits).normalize();
+                mine.dollars = (mine.dollars + theirs.dollars).normalize();
+                if theirs.last_sequence > mine.last_sequence {
+                    mine.last_sequence = theirs.last_sequence;
+                    mine.last_balance = theirs.last_balance;
                 }
-                _ => None,
-            },
-        };
-        merged.extend(next);
+            }
+            _ => merged.push((key, theirs)),
+        }
     }
-    // Sorted input: the map is built in bulk.
-    *into = merged.into_iter().collect();
+    merged.into_iter().collect()
 }
 
 /// One difference between the ledger and ClickHouse.
@@ -405,24 +393,22 @@ mod tests {
 
     #[test]
     fn merged_tallies_keep_every_key_and_add_up_the_ones_that_meet() {
-        let mut into = Tallies::from([(key("a"), totals(2, "1.5")), (key("c"), totals(1, "1"))]);
+        let first = Tallies::from([(key("a"), totals(2, "1.5")), (key("c"), totals(1, "1"))]);
         let mut later = totals(3, "0.5");
         later.last_sequence = 9;
         later.last_balance = Decimal::ONE;
-        merge(&mut into, Tallies::from([(key("b"), totals(1, "2")), (key("c"), later), (key("d"), totals(1, "1"))]));
-        let keys: Vec<&str> = into.keys().map(|k| k.account_id.as_str()).collect();
+        let second = Tallies::from([(key("b"), totals(1, "2")), (key("c"), later), (key("d"), totals(1, "1"))]);
+        let merged = merge(vec![first, Tallies::new(), second]);
+        let keys: Vec<&str> = merged.keys().map(|k| k.account_id.as_str()).collect();
         assert_eq!(keys, ["a", "b", "c", "d"]);
-        let c = &into[&key("c")];
+        let c = &merged[&key("c")];
         assert_eq!(
             (c.entries, c.credits, c.last_sequence, c.last_balance),
             (4, "1.5".parse().expect("d"), 9, Decimal::ONE)
         );
-        assert_eq!(into[&key("a")], totals(2, "1.5"));
-        merge(&mut into, Tallies::new());
-        assert_eq!(into.len(), 4);
-        let mut empty = Tallies::new();
-        merge(&mut empty, Tallies::from([(key("z"), totals(1, "1"))]));
-        assert_eq!(empty.len(), 1);
+        assert_eq!(merged[&key("a")], totals(2, "1.5"));
+        assert!(merge(Vec::new()).is_empty());
+        assert_eq!(merge(vec![Tallies::from([(key("z"), totals(1, "1"))])]).len(), 1);
     }
 
     #[test]
