@@ -210,7 +210,7 @@ async fn clickhouse_side(
             .with_context(|| format!("reading {first} to {last} from ClickHouse"))?;
         let keys = month.len();
         report.clickhouse_keys += keys;
-        // Later days than any before: appended in bulk, not key by key.
+        // Later days than any before: still sorted.
         tallies.append(&mut month);
         let days = finance::read_account_days(warehouse, first, last).await?;
         let mut account_days = 0;
