@@ -53,7 +53,7 @@ pub mod reason;
 pub mod records;
 
 pub use codec::{Codec, CodecError, Message};
-pub use ids::{AccountId, Epoch, Sequence};
+pub use ids::{AccountId, Epoch, Interner, Sequence};
 pub use money::{Credits, CreditsPerUnit, Dollars, DollarsPerCredit};
 pub use reason::Reason;
 pub use records::*;

@@ -28,7 +28,7 @@
 //! partition (its offset, id and digest), plus each account once.
 
 use rustc_hash::FxHashMap;
-use tally_events::{AccountId, Input, InputDigest, LedgerEntry, LedgerMarker};
+use tally_events::{AccountId, Input, InputDigest, Interner, LedgerEntry, LedgerMarker};
 use uuid::Uuid;
 
 use crate::digest::digest;
@@ -132,9 +132,8 @@ pub struct Coverage {
     /// and account (an index into `accounts`): named only if no input
     /// matches, so no text is made per entry.
     entries: FxHashMap<i64, (u32, i64, u32)>,
-    /// The accounts of `entries`, and their indexes.
-    accounts: Vec<AccountId>,
-    account_index: FxHashMap<AccountId, u32>,
+    /// The accounts of `entries`.
+    accounts: Interner<AccountId>,
     /// First applied input offset and digest per input id.
     applied_ids: FxHashMap<Uuid, (i64, Option<InputDigest>)>,
     /// Dead letters per input offset.
@@ -151,8 +150,7 @@ impl Coverage {
             partition,
             watermark: 0,
             entries: FxHashMap::default(),
-            accounts: Vec::new(),
-            account_index: FxHashMap::default(),
+            accounts: Interner::default(),
             applied_ids: FxHashMap::default(),
             dead_letters: FxHashMap::default(),
             classified: Classified::default(),
@@ -173,15 +171,7 @@ impl Coverage {
             return;
         }
         self.watermark = self.watermark.max(source.offset + 1);
-        let account = match self.account_index.get(entry.account_id.as_str()) {
-            Some(&index) => index,
-            None => {
-                let index = self.accounts.len() as u32;
-                self.accounts.push(entry.account_id.clone());
-                self.account_index.insert(entry.account_id.clone(), index);
-                index
-            }
-        };
+        let account = self.accounts.intern(&entry.account_id);
         self.entries.entry(source.offset).or_insert((0, entry.sequence.0, account)).0 += 1;
         match self.applied_ids.get(&entry.input_id) {
             Some(&(first, _)) if first != source.offset => self.problems.push(Problem::IdAppliedTwice {
@@ -272,7 +262,7 @@ impl Coverage {
             .entries
             .into_iter()
             .map(|(offset, (_, sequence, account))| {
-                let account = accounts.get(account as usize).map_or("?", |a| a.as_str());
+                let account = accounts.get(account).map_or("?", |a| a.as_str());
                 (offset, format!("entry {sequence} of account {account}"))
             })
             .collect();

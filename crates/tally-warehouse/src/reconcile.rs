@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap as HashMap;
 
 use rust_decimal::Decimal;
-use tally_events::LedgerEntry;
+use tally_events::{Interner, LedgerEntry};
 
 use crate::{
     client::{Warehouse, WarehouseError},
@@ -97,10 +97,8 @@ pub fn tally<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Tallies 
 /// side). [`Tallier::finish`] gives the same [`Tallies`] as [`tally`].
 #[derive(Default)]
 pub struct Tallier {
-    accounts: Vec<tally_events::AccountId>,
-    account_index: HashMap<tally_events::AccountId, u32>,
-    services: Vec<String>,
-    service_index: HashMap<String, u32>,
+    accounts: Interner<tally_events::AccountId>,
+    services: Interner<String>,
     totals: HashMap<(u32, chrono::NaiveDate, u32), Totals>,
 }
 
@@ -108,24 +106,8 @@ impl Tallier {
     /// Counts `entry` in, under [`key_of`]'s day.
     pub fn add(&mut self, entry: &LedgerEntry) {
         let day = day_of(entry);
-        let account = match self.account_index.get(entry.account_id.as_str()) {
-            Some(&index) => index,
-            None => {
-                let index = self.accounts.len() as u32;
-                self.accounts.push(entry.account_id.clone());
-                self.account_index.insert(entry.account_id.clone(), index);
-                index
-            }
-        };
-        let service = match self.service_index.get(entry.service.as_str()) {
-            Some(&index) => index,
-            None => {
-                let index = self.services.len() as u32;
-                self.services.push(entry.service.clone());
-                self.service_index.insert(entry.service.clone(), index);
-                index
-            }
-        };
+        let account = self.accounts.intern(&entry.account_id);
+        let service = self.services.intern(&entry.service);
         self.totals.entry((account, day, service)).or_default().add(entry);
     }
 
@@ -138,8 +120,8 @@ impl Tallier {
             .map(|((account, day, service), totals)| {
                 let key = Key {
                     day,
-                    account_id: accounts[account as usize].to_string(),
-                    service: services[service as usize].clone(),
+                    account_id: accounts.get(account).map(ToString::to_string).unwrap_or_default(),
+                    service: services.get(service).cloned().unwrap_or_default(),
                 };
                 (key, totals)
             })

@@ -37,8 +37,7 @@
 
 use crate::{
     client::{Warehouse, WarehouseError},
-    migrations::MIGRATIONS,
-    rollups::{month_expression, partitions, rollups, Rollup},
+    rollups::{latest_create_table, month_expression, partitions, rollups, Rollup},
 };
 
 /// One rollup compared with what its view's query gives over the raw
@@ -152,20 +151,10 @@ fn contribution(expr: &str) -> Option<String> {
 /// the latest `CREATE TABLE` of it in the migrations; `None` for another
 /// engine.
 pub fn summed_columns(table: &str) -> Option<Vec<String>> {
-    let mut found = None;
-    let head = format!("CREATE TABLE IF NOT EXISTS {table} ");
-    for migration in MIGRATIONS {
-        for statement in migration.statements() {
-            let flat: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
-            if flat.starts_with(&head) {
-                found = flat.split_once("ENGINE = SummingMergeTree((").and_then(|(_, rest)| {
-                    let (list, _) = rest.split_once("))")?;
-                    Some(list.split(',').map(|c| c.trim().to_string()).collect())
-                });
-            }
-        }
-    }
-    found
+    let flat = latest_create_table(table)?;
+    let (_, rest) = flat.split_once("ENGINE = SummingMergeTree((")?;
+    let (list, _) = rest.split_once("))")?;
+    Some(list.split(',').map(|c| c.trim().to_string()).collect())
 }
 
 fn is_decimal(kind: &str) -> bool {

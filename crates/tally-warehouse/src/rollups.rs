@@ -94,23 +94,25 @@ pub fn rollups() -> Vec<Rollup> {
     found
 }
 
+/// The latest `CREATE TABLE` of `table` in the migrations, whitespace
+/// collapsed.
+pub fn latest_create_table(table: &str) -> Option<String> {
+    let head = format!("CREATE TABLE IF NOT EXISTS {table} ");
+    MIGRATIONS
+        .iter()
+        .flat_map(|migration| migration.statements())
+        .map(|statement| statement.split_whitespace().collect::<Vec<_>>().join(" "))
+        .rfind(|flat| flat.starts_with(&head))
+}
+
 /// The expression of `table`'s month in its partition key, from the
 /// latest `CREATE TABLE` of it in the migrations: `PARTITION BY (<month>,
 /// ledger_partition)`. Each rollup's month is its rows' `occurred_at` month,
 /// the raw table's partition month.
 pub fn month_expression(table: &str) -> Option<String> {
-    let mut found = None;
-    let head = format!("CREATE TABLE IF NOT EXISTS {table} ");
-    for migration in MIGRATIONS {
-        for statement in migration.statements() {
-            let flat: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
-            if flat.starts_with(&head) {
-                let key = flat.split_once("PARTITION BY (").map(|(_, rest)| rest);
-                found = key.and_then(|k| k.split_once(", ledger_partition)")).map(|(month, _)| month.to_string());
-            }
-        }
-    }
-    found
+    let flat = latest_create_table(table)?;
+    let key = flat.split_once("PARTITION BY (").map(|(_, rest)| rest)?;
+    key.split_once(", ledger_partition)").map(|(month, _)| month.to_string())
 }
 
 /// A partition of the raw table and of every rollup: month x ledger
