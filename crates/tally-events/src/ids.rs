@@ -127,16 +127,18 @@ impl fmt::Display for Epoch {
 /// Values kept once each and numbered in order of first sight, so that a
 /// tally over millions of records holds a small number per record instead
 /// of a clone of its account id or service (reconciliation's coverage and
-/// tallies).
+/// tallies). Looked up once per record, so with the fast non-keyed hash
+/// both used before sharing this (the ids are the ledger's, not an
+/// attacker's).
 #[derive(Debug, Clone)]
 pub struct Interner<K> {
     values: Vec<K>,
-    index: std::collections::HashMap<K, u32>,
+    index: rustc_hash::FxHashMap<K, u32>,
 }
 
 impl<K> Default for Interner<K> {
     fn default() -> Self {
-        Interner { values: Vec::new(), index: std::collections::HashMap::new() }
+        Interner { values: Vec::new(), index: rustc_hash::FxHashMap::default() }
     }
 }
 
