@@ -56,14 +56,15 @@ pub struct RollupCheck {
     pub equal: bool,
 }
 
-/// How a rollup is fingerprinted (module docs).
+/// How a rollup is fingerprinted (module docs, linear or finalized): the
+/// rollup side and the raw side as two queries with one result row each,
+/// `(rows, fingerprint)`, with `{MONTH}` for the month.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Linear: the rollup side and the raw side as two queries with one
-    /// result row each, `(rows, fingerprint)`, with `{MONTH}` for the month.
-    Linear { rollup: String, raw: String },
-    /// Finalized (AggregatingMergeTree): the same shape.
-    Finalized { rollup: String, raw: String },
+pub struct Plan {
+    /// The rollup side.
+    pub rollup: String,
+    /// The raw side.
+    pub raw: String,
 }
 
 /// A column of a rollup table.
@@ -238,7 +239,7 @@ pub fn plan(rollup: &Rollup, columns: &[Column], engine: &str) -> Result<Plan, W
                     hashed.join(", ")
                 )
             };
-            Ok(Plan::Linear {
+            Ok(Plan {
                 rollup: query(&hashed_rollup, &sums_rollup, &rollup_from),
                 raw: query(&hashed_raw, &sums_raw, &format!("ledger_entries WHERE {raw_where}")),
             })
@@ -259,7 +260,7 @@ pub fn plan(rollup: &Rollup, columns: &[Column], engine: &str) -> Result<Plan, W
                 let all: Vec<String> = key_text.iter().chain(values).cloned().collect();
                 format!("cityHash64({})", all.join(", "))
             };
-            Ok(Plan::Finalized {
+            Ok(Plan {
                 rollup: format!(
                     "SELECT count() AS rows, toString(sum(h)) AS fingerprint FROM \
                      (SELECT {} AS h FROM {rollup_from} GROUP BY {})",
@@ -313,9 +314,8 @@ impl Plan {
     /// The rollup side's and the raw side's queries for `month`
     /// (`toYYYYMM`).
     pub fn queries(&self, month: u32) -> (String, String) {
-        let (Plan::Linear { rollup, raw } | Plan::Finalized { rollup, raw }) = self;
         let month = month.to_string();
-        (rollup.replace("{MONTH}", &month), raw.replace("{MONTH}", &month))
+        (self.rollup.replace("{MONTH}", &month), self.raw.replace("{MONTH}", &month))
     }
 }
 
