@@ -177,14 +177,15 @@ async fn check(args: &Args, from: chrono::NaiveDate, to: chrono::NaiveDate, repo
     )?;
     report.ledger_entries = ledger.entries;
     report.ledger_entries_in_range = ledger.in_range;
-    report.ledger_keys = ledger.tallies.len();
     report.ledger_violations = ledger.violations;
     report.inputs_read = ledger.inputs_read;
     report.inputs = ledger.inputs;
     report.input_problems = ledger.input_problems;
-    progress!("comparing {} ledger keys with {} ClickHouse keys", ledger.tallies.len(), clickhouse.len());
-    report.differences = reconcile::compare(&ledger.tallies, &clickhouse);
-    progress!("compared: {} differences", report.differences.len());
+    progress!("comparing the ledger partitions' tallies, walked as one, with {} ClickHouse keys", clickhouse.len());
+    let mut walk = reconcile::merged(&ledger.parts);
+    report.differences = reconcile::compare(walk.by_ref(), reconcile::walk(&clickhouse));
+    report.ledger_keys = walk.yielded();
+    progress!("compared {} ledger keys: {} differences", report.ledger_keys, report.differences.len());
     Ok(())
 }
 
@@ -249,7 +250,9 @@ struct Kafka {
 /// What the ledger side found (of one partition, or merged).
 #[derive(Default)]
 struct LedgerSide {
-    tallies: Tallies,
+    /// Each partition's tallies, in partition order: compared walked as
+    /// one ([`reconcile::merged`]), never merged into one vector.
+    parts: Vec<Tallies>,
     entries: u64,
     in_range: u64,
     violations: Vec<String>,
@@ -259,9 +262,9 @@ struct LedgerSide {
 }
 
 impl LedgerSide {
-    /// Adds `other` in, except its tallies: the caller merges every
-    /// partition's at once ([`reconcile::merge`]).
+    /// Adds `other` in, its tallies as one more part.
     fn merge(&mut self, other: LedgerSide) {
+        self.parts.extend(other.parts);
         self.entries += other.entries;
         self.in_range += other.in_range;
         self.violations.extend(other.violations);
@@ -305,14 +308,11 @@ fn read_ledger(kafka: &Kafka, threads: usize, from: chrono::NaiveDate, to: chron
     }
     done.sort_by_key(|(partition, _)| *partition);
     let mut side = LedgerSide::default();
-    let mut tallies = Vec::with_capacity(done.len());
     for (_, one) in done {
-        let mut one = one?;
-        tallies.push(std::mem::take(&mut one.tallies));
-        side.merge(one);
+        side.merge(one?);
     }
-    side.tallies = reconcile::merge(tallies);
-    progress!("ledger side done: {} counted entries, {} keys in the range", side.entries, side.tallies.len());
+    let keys: usize = side.parts.iter().map(Vec::len).sum();
+    progress!("ledger side done: {} counted entries, {keys} partition x key tallies in the range", side.entries);
     Ok(side)
 }
 
@@ -361,7 +361,7 @@ fn read_partition_side(
         Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
     })
     .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
-    side.tallies = tallier.finish();
+    side.parts.push(tallier.finish());
     progress!("ledger partition {partition} ({partitions} in all): {read} records read");
     inputs_against_debits(kafka, coverage, &mut side)?;
     Ok(side)
