@@ -144,7 +144,9 @@ fn plan(warehouse: &Warehouse, fingerprints: &[(String, String)]) -> Result<Vec<
         chrono::NaiveDate::from_ymd_opt(2026, 12, 1).context("date")?,
     );
     let days = tally_warehouse::reconcile::days_query(warehouse.client(), first, last);
-    steps.push(("query reconcile days".into(), days.sql_display().to_string()));
+    // Unordered by design (reconcile sorts); ordered here to compare.
+    let days = format!("SELECT * FROM ({}) ORDER BY day, account_id, service", days.sql_display());
+    steps.push(("query reconcile days".into(), days));
     let accounts = finance::account_days_query(warehouse.client(), first, last);
     steps.push(("query reconcile account days".into(), accounts.sql_display().to_string()));
     // Every named query is in the plan.
