@@ -21,14 +21,13 @@
 //! Memory: the range's tallies (day x account x service) twice, plus, per
 //! partition being read, its accounts and about 60 bytes per applied input.
 
-use std::{collections::HashMap, io::Write, time::Duration};
+use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use chrono::Datelike;
 use tally_events::{
     ledger_reader::{FencedReader, LedgerRecord},
     names::topics,
-    AccountId,
 };
 use tally_events::{Codec, DeadLetter};
 use tally_ledger::{
@@ -327,7 +326,9 @@ fn read_partition_side(
 ) -> Result<LedgerSide> {
     let mut side = LedgerSide::default();
     let mut tallier = reconcile::Tallier::default();
-    let mut previous: HashMap<AccountId, Previous> = HashMap::new();
+    // Per account number (the coverage check's): what its previous entry
+    // left, for the ledger's invariants.
+    let mut previous: Vec<Previous> = Vec::new();
     let mut reader = FencedReader::new(partition);
     let mut coverage = Coverage::new(&kafka.inputs, partition);
     let mut read = 0u64;
@@ -337,22 +338,19 @@ fn read_partition_side(
         match reader.read(m.offset(), m.payload().unwrap_or_default())? {
             LedgerRecord::Entry(entry) => {
                 side.entries += 1;
-                coverage.entry(&entry);
-                // Looked up by reference: an account's key is cloned once.
-                let check = match previous.get_mut(entry.account_id.as_str()) {
-                    Some(before) => std::mem::replace(before, Previous::after(&entry)),
-                    None => {
-                        previous.insert(entry.account_id.clone(), Previous::after(&entry));
-                        Previous::START
-                    }
-                };
+                let account = coverage.entry(&entry);
+                let index = account as usize;
+                if index >= previous.len() {
+                    previous.resize(index + 1, Previous::START);
+                }
+                let check = std::mem::replace(&mut previous[index], Previous::after(&entry));
                 if let Err(violation) = invariants::check_entry(&check, &entry) {
                     side.violations.push(violation.to_string());
                 }
                 let day = reconcile::day_of(&entry);
                 if day >= from && day <= to {
                     side.in_range += 1;
-                    tallier.add(&entry);
+                    tallier.add(account, &entry);
                 }
             }
             LedgerRecord::Progress(marker) => coverage.progress(&marker),
@@ -361,7 +359,7 @@ fn read_partition_side(
         Ok::<(), tally_events::ledger_reader::LedgerReadError>(())
     })
     .map_err(|e| anyhow::anyhow!("reading ledger partition {partition}: {e}"))?;
-    side.parts.push(tallier.finish());
+    side.parts.push(tallier.finish(coverage.accounts()));
     progress!("ledger partition {partition} ({partitions} in all): {read} records read");
     inputs_against_debits(kafka, coverage, &mut side)?;
     Ok(side)

@@ -158,8 +158,11 @@ impl Coverage {
         }
     }
 
-    /// A counted entry of the ledger partition.
-    pub fn entry(&mut self, entry: &LedgerEntry) {
+    /// A counted entry of the ledger partition. Returns its account's
+    /// number in [`Coverage::accounts`], for the caller's other per-account
+    /// checks of the same entries (one lookup of the account's text).
+    pub fn entry(&mut self, entry: &LedgerEntry) -> u32 {
+        let account = self.accounts.intern(&entry.account_id);
         let source = &entry.source;
         if source.topic != self.topic || source.partition != self.partition {
             self.problems.push(Problem::NoSuchInput {
@@ -168,10 +171,9 @@ impl Coverage {
                 partition: source.partition,
                 offset: source.offset,
             });
-            return;
+            return account;
         }
         self.watermark = self.watermark.max(source.offset + 1);
-        let account = self.accounts.intern(&entry.account_id);
         self.entries.get_or_insert(source.offset, (0, entry.sequence.0, account)).0 += 1;
         match self.applied_ids.get(&entry.input_id) {
             Some(&(first, _)) if first != source.offset => self.problems.push(Problem::IdAppliedTwice {
@@ -185,6 +187,7 @@ impl Coverage {
                 self.applied_ids.insert(entry.input_id, (source.offset, entry.input_digest));
             }
         }
+        account
     }
 
     /// A counted PROGRESS marker of the ledger partition.
@@ -200,6 +203,12 @@ impl Coverage {
         if topic == self.topic && partition == self.partition {
             *self.dead_letters.entry(offset).or_default() += 1;
         }
+    }
+
+    /// The accounts of the entries read, numbered as [`Coverage::entry`]
+    /// returned them.
+    pub fn accounts(&self) -> &Interner<AccountId> {
+        &self.accounts
     }
 
     /// The input partition checked.
