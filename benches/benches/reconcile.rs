@@ -22,7 +22,9 @@
 //!   as its source of truth (and checks inputs against debits) pays before
 //!   it compares anything.
 //!
-//! Each figure is `TALLY_BENCH_REPS` runs (default 3), median [min - max];
+//! `TALLY_BENCH_THREADS` sets reconcile's `--threads` (default: its own,
+//! the cores). Each figure is `TALLY_BENCH_REPS` runs (default 3), median
+//! [min - max];
 //! the ratio reconcile / baseline has the goal < 2, and reconcile / floor
 //! says how much of the rest is reconcile's own.
 //!
@@ -268,12 +270,15 @@ fn main() -> Result<()> {
             bail!("clickhouse-client read failed: {status}");
         }
         let started = Instant::now();
-        let out = Command::new(&tally)
-            .args(["reconcile", "--clickhouse-url", &clickhouse.url(), "--database", DATABASE])
-            .args(["--brokers", &bootstrap, "--from", &from, "--to", &to, "--timeout-s", "600"])
-            .stderr(Stdio::inherit())
-            .output()
-            .context("tally reconcile")?;
+        let mut command = Command::new(&tally);
+        command.args(["reconcile", "--clickhouse-url", &clickhouse.url(), "--database", DATABASE]);
+        command.args(["--brokers", &bootstrap, "--from", &from, "--to", &to, "--timeout-s", "600"]);
+        // `TALLY_BENCH_THREADS` sets reconcile's --threads (its default:
+        // the cores).
+        if let Ok(threads) = std::env::var("TALLY_BENCH_THREADS") {
+            command.args(["--threads", &threads]);
+        }
+        let out = command.stderr(Stdio::inherit()).output().context("tally reconcile")?;
         let took = started.elapsed().as_secs_f64();
         if !out.status.success() {
             let stdout = String::from_utf8_lossy(&out.stdout);
