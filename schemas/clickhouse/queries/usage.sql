@@ -47,6 +47,8 @@ FROM
     FROM ledger_entries
     WHERE {account} != ''
         AND account_id = {account}
+        -- The account's ledger partitions only (see activity.sql).
+        AND ledger_partition IN (SELECT DISTINCT ledger_partition FROM ledger_entries WHERE account_id = {account})
         AND entry_type = 'Consume'
         AND occurred_at >= toDateTime(toDate({from}), {tz})
         AND occurred_at < toDateTime(toDate({to}) + 1, {tz})
