@@ -23,6 +23,7 @@ use std::{
 use anyhow::{bail, Result};
 use tally_benches::{
     account_id,
+    figures::{median, median_range, percentile},
     ledger_rows::{tsv_line, LedgerRows},
     XorShift,
 };
@@ -36,22 +37,10 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The nearest-rank percentile of sorted values (with 200 runs, p99 is
-/// the 198th, not the slowest).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
 /// "median [min - max] ms" over the rounds.
 fn spread(values: &[f64]) -> String {
-    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    format!("{:>6.1} [{min:>5.1} - {max:>5.1}] ms", median(values))
+    let (median, min, max) = median_range(values);
+    format!("{median:>6.1} [{min:>5.1} - {max:>5.1}] ms")
 }
 
 fn main() -> Result<()> {

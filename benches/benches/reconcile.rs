@@ -214,9 +214,9 @@ fn client(clickhouse: &ClickHouse, query: &str) -> Command {
     command
 }
 
-fn summary(values: &mut [f64], unit: &str) -> String {
-    values.sort_by(f64::total_cmp);
-    format!("{:.2} {unit} [{:.2} - {:.2}]", values[values.len() / 2], values[0], values[values.len() - 1])
+fn summary(values: &[f64], unit: &str) -> String {
+    let (median, min, max) = tally_benches::figures::median_range(values);
+    format!("{median:.2} {unit} [{min:.2} - {max:.2}]")
 }
 
 fn main() -> Result<()> {
@@ -297,10 +297,10 @@ fn main() -> Result<()> {
         floor_ratios.push(took / topics);
     }
     println!("\n== reconcile bench: {rows} ledger rows ({from} to {to}), {reps} runs each, median [min - max]");
-    println!("  clickhouse-client read, FORMAT Native  {}", summary(&mut read, "s"));
-    println!("  tally reconcile, every day            {}", summary(&mut reconcile, "s"));
-    println!("  ratio reconcile / read                {}   goal < 2", summary(&mut ratios, "x"));
-    println!("  bare read of ledger + input topics, {threads} consumers  {}", summary(&mut floor, "s"));
-    println!("  ratio reconcile / bare topic read     {}", summary(&mut floor_ratios, "x"));
+    println!("  clickhouse-client read, FORMAT Native  {}", summary(&read, "s"));
+    println!("  tally reconcile, every day            {}", summary(&reconcile, "s"));
+    println!("  ratio reconcile / read                {}   goal < 2", summary(&ratios, "x"));
+    println!("  bare read of ledger + input topics, {threads} consumers  {}", summary(&floor, "s"));
+    println!("  ratio reconcile / bare topic read     {}", summary(&floor_ratios, "x"));
     Ok(())
 }

@@ -39,7 +39,10 @@ use rdkafka::{
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
     ClientConfig, Message,
 };
-use tally_benches::ledger_rows::{tsv_line, LedgerRows};
+use tally_benches::{
+    figures::percentile,
+    ledger_rows::{tsv_line, LedgerRows},
+};
 use tally_events::{Codec, Epoch, LedgerEntry, LedgerMarker, MarkerKind};
 use tally_testkit::{create_topics, free_port, tally_binary, Broker, ClickHouse};
 use tally_warehouse::{migrations, rollups, Warehouse, WarehouseConfig};
@@ -247,13 +250,9 @@ fn aggregator(bootstrap: &str, clickhouse: &ClickHouse, database: &str, topic: &
     result
 }
 
-fn summary(values: &mut [f64]) -> String {
-    values.sort_by(f64::total_cmp);
-    format!("{:>9.0} [{:.0} - {:.0}]", values[values.len() / 2], values[0], values[values.len() - 1])
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+fn summary(values: &[f64]) -> String {
+    let (median, min, max) = tally_benches::figures::median_range(values);
+    format!("{median:>9.0} [{min:.0} - {max:.0}]")
 }
 
 /// Freshness at `rate` records/s for `seconds`: (aggregator, floor) latencies in ms.
@@ -407,10 +406,10 @@ fn freshness_runs(bootstrap: &str, clickhouse: &ClickHouse, rate: f64, reps: usi
     }
     Ok(format!(
         "freshness at {rate:.0}/s, append -> visible in ClickHouse: p50 {} ms, p99 {} ms; broker append -> poll p99 {} ms; p99 over the floor {} ms (goal < 1000)",
-        summary(&mut p50).trim(),
-        summary(&mut p99).trim(),
-        summary(&mut floor).trim(),
-        summary(&mut over).trim()
+        summary(&p50).trim(),
+        summary(&p99).trim(),
+        summary(&floor).trim(),
+        summary(&over).trim()
     ))
 }
 
@@ -466,26 +465,18 @@ fn main() -> Result<()> {
             clickhouse.query(&format!("DROP DATABASE IF EXISTS bench_{db}_{rep}"))?;
         }
     }
-    let mut ratios: Vec<f64> = agg_all.iter().zip(&client_all).map(|(a, c)| a / c).collect();
-    let mut ratios_none: Vec<f64> = agg_none.iter().zip(&client_none).map(|(a, c)| a / c).collect();
-    report.push(format!("clickhouse-client, all 5 views   {} rows/s", summary(&mut client_all)));
-    report.push(format!("aggregator, all 5 views          {} rows/s", summary(&mut agg_all)));
-    ratios.sort_by(f64::total_cmp);
-    report.push(format!(
-        "ratio aggregator / client (views) {:.2} [{:.2} - {:.2}]   goal >= 0.9",
-        ratios[ratios.len() / 2],
-        ratios[0],
-        ratios[ratios.len() - 1]
-    ));
-    report.push(format!("clickhouse-client, no view       {} rows/s", summary(&mut client_none)));
-    report.push(format!("aggregator, no view              {} rows/s", summary(&mut agg_none)));
-    ratios_none.sort_by(f64::total_cmp);
-    report.push(format!(
-        "ratio aggregator / client (none)  {:.2} [{:.2} - {:.2}]",
-        ratios_none[ratios_none.len() / 2],
-        ratios_none[0],
-        ratios_none[ratios_none.len() - 1]
-    ));
+    let ratios: Vec<f64> = agg_all.iter().zip(&client_all).map(|(a, c)| a / c).collect();
+    let ratios_none: Vec<f64> = agg_none.iter().zip(&client_none).map(|(a, c)| a / c).collect();
+    let ratio = |values: &[f64]| {
+        let (median, min, max) = tally_benches::figures::median_range(values);
+        format!("{median:.2} [{min:.2} - {max:.2}]")
+    };
+    report.push(format!("clickhouse-client, all 5 views   {} rows/s", summary(&client_all)));
+    report.push(format!("aggregator, all 5 views          {} rows/s", summary(&agg_all)));
+    report.push(format!("ratio aggregator / client (views) {}   goal >= 0.9", ratio(&ratios)));
+    report.push(format!("clickhouse-client, no view       {} rows/s", summary(&client_none)));
+    report.push(format!("aggregator, no view              {} rows/s", summary(&agg_none)));
+    report.push(format!("ratio aggregator / client (none)  {}", ratio(&ratios_none)));
     // What each rollup costs alone (clickhouse-client, the same rows).
     for rollup in rollups::rollups() {
         let mut rates = Vec::new();
@@ -495,7 +486,7 @@ fn main() -> Result<()> {
             rates.push(client_insert(&clickhouse, &db, &file, "Native", rows_n)?);
             clickhouse.query(&format!("DROP DATABASE IF EXISTS {db}"))?;
         }
-        report.push(format!("clickhouse-client, only {:<19} {} rows/s", rollup.table, summary(&mut rates)));
+        report.push(format!("clickhouse-client, only {:<19} {} rows/s", rollup.table, summary(&rates)));
     }
     let _ = std::fs::remove_file(&file);
 

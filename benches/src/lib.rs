@@ -252,3 +252,30 @@ mod tests {
         }
     }
 }
+
+/// How every bench reports repeated figures: the median with the range
+/// (min, max) of the runs or rounds, and nearest-rank percentiles.
+pub mod figures {
+    /// `(median, min, max)` of `values` (the upper median of an even
+    /// count).
+    ///
+    /// ```
+    /// assert_eq!(tally_benches::figures::median_range(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+    /// ```
+    pub fn median_range(values: &[f64]) -> (f64, f64, f64) {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+    }
+
+    /// The median of `values` ([`median_range`]'s).
+    pub fn median(values: &[f64]) -> f64 {
+        median_range(values).0
+    }
+
+    /// The nearest-rank `p` percentile of sorted values (with 200 runs,
+    /// p99 is the 198th, not the slowest).
+    pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+}

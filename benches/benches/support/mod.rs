@@ -50,17 +50,13 @@ pub async fn publish<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     Ok(published)
 }
 
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
+pub use tally_benches::figures::median;
 
 /// "median (min-max) unit" over the rounds.
 pub fn spread(values: &[f64], unit: &str) -> String {
-    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (median, min, max) = tally_benches::figures::median_range(values);
     let digits = if unit.is_empty() { 2 } else { 0 };
-    format!("{:.digits$} ({min:.digits$}-{max:.digits$}) {unit}", median(values))
+    format!("{median:.digits$} ({min:.digits$}-{max:.digits$}) {unit}")
 }
 
 pub struct Metering {
