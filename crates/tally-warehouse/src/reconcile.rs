@@ -247,12 +247,6 @@ impl<'a> Iterator for Merged<'a> {
     }
 }
 
-/// The tallies of several ledger partitions as one vector ([`merged`],
-/// collected).
-pub fn merge(parts: &[Tallies]) -> Tallies {
-    merged(parts).map(|(key, totals)| (key.clone(), totals)).collect()
-}
-
 /// `tallies` as [`compare`] walks them.
 pub fn walk(tallies: &Tallies) -> impl Iterator<Item = (&Key, Totals)> {
     tallies.iter().map(|(key, totals)| (key, *totals))
@@ -502,6 +496,11 @@ mod tests {
         let totals = &a_sms.expect("acct-a sms on the 2nd").1;
         assert_eq!((totals.entries, totals.credits, totals.last_sequence), (2, "0.75".parse().expect("d"), 3));
         assert!(Tallier::default().finish(&accounts).is_empty());
+    }
+
+    /// [`merged`], collected.
+    fn merge(parts: &[Tallies]) -> Tallies {
+        super::merged(parts).map(|(key, totals)| (key.clone(), totals)).collect()
     }
 
     #[test]
