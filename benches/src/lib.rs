@@ -15,7 +15,10 @@
 //! The pool is small (it stays in cache, like an input just decoded) and
 //! the account id is rewritten in place for each event: a pool as large as
 //! the account set would make the bench measure cache misses on its own
-//! inputs rather than on the ledger's state.
+//! inputs rather than on the ledger's state. The account and id of the
+//! event [`LOOKAHEAD`] ahead are drawn early and prefetched, as the
+//! metering loop prefetches the inputs it decodes ahead: the misses on the
+//! ledger's state are still paid, overlapped as in the service.
 //!
 //! ```
 //! let mut workload = tally_benches::UsageWorkload::new(100, 1_000);
@@ -158,7 +161,16 @@ pub struct UsageWorkload {
     clock: DateTime<Utc>,
     step: TimeDelta,
     source: SourceOffset,
+    /// The accounts of the next [`LOOKAHEAD`] events, drawn ahead so that
+    /// each event's account and id are prefetched that early, as the
+    /// metering loop does for the inputs it decodes ahead.
+    upcoming: std::collections::VecDeque<usize>,
+    scratch: String,
 }
+
+/// How many inputs ahead the workload prefetches an input's account and
+/// id ([`Ledger::prefetch_ids`]), like the metering loop (`tally_metering::service::PREFETCH_AHEAD`).
+pub const LOOKAHEAD: usize = 8;
 
 impl UsageWorkload {
     /// `accounts` funded accounts and a pool of `pool_size` usage events
@@ -211,7 +223,13 @@ impl UsageWorkload {
             clock: start + TimeDelta::days(8),
             step: spacing,
             source: SourceOffset { topic: "tally.inputs".into(), partition: 0, offset },
+            upcoming: std::collections::VecDeque::with_capacity(LOOKAHEAD + 1),
+            scratch: String::new(),
         };
+        for _ in 0..LOOKAHEAD {
+            let account = workload.random.below(accounts);
+            workload.upcoming.push_back(account);
+        }
         // The first event prunes the setup ids: keep that out of the timings.
         workload.apply_next();
         workload
@@ -225,10 +243,16 @@ impl UsageWorkload {
         self.next_id += 1;
         self.clock += self.step;
         self.source.offset += 1;
+        let account = self.upcoming.pop_front().unwrap_or_default();
+        let ahead = self.random.below(self.accounts);
+        self.upcoming.push_back(ahead);
+        // The input LOOKAHEAD ahead: its account and its id.
+        write_account_id(&mut self.scratch, ahead);
+        self.ledger.prefetch_ids(&self.scratch, &Uuid::from_u128(self.next_id + LOOKAHEAD as u128));
         if let Input::Usage(event) = input {
             event.event_id = Uuid::from_u128(self.next_id);
             event.occurred_at = self.clock;
-            write_account_id(&mut event.account_id, self.random.below(self.accounts));
+            write_account_id(&mut event.account_id, account);
         }
         self.ledger.apply(input, &self.source, tally_events::Epoch(1))
     }

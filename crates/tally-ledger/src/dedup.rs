@@ -140,6 +140,11 @@ impl Dedup {
         Found::Absent(Probe { index, hash, version: self.table.version })
     }
 
+    /// Starts loading the slot a [`Dedup::find`] of `id` reads first.
+    pub(crate) fn prefetch(&self, id: &Uuid) {
+        crate::prefetch(&self.table.slots[(hash(id) >> self.table.shift) as usize]);
+    }
+
     #[cfg(test)]
     pub(crate) fn contains(&self, id: &Uuid) -> bool {
         matches!(self.find(id), Found::Live(_))

@@ -270,6 +270,26 @@ impl Ledger {
         self.newest_occurred_at
     }
 
+    /// Hints that an input of `account_id` with id `input_id` comes soon:
+    /// starts loading the account's slot and the id's slot in the dedup
+    /// set, the two cache misses of an [`Ledger::apply`], without waiting
+    /// for them. With a million accounts and a week of ids each is
+    /// otherwise a memory miss the loop waits for; called a few inputs
+    /// ahead, the misses overlap the work on the inputs before. Changes
+    /// nothing: leaving it out, or calling it for an input that never
+    /// comes, gives the same results.
+    #[inline]
+    pub fn prefetch_ids(&self, account_id: &str, input_id: &Uuid) {
+        self.accounts.prefetch(account_id);
+        self.dedup.prefetch(input_id);
+    }
+
+    /// [`Ledger::prefetch_ids`] of a decoded input.
+    #[inline]
+    pub fn prefetch_input(&self, input: &Input) {
+        self.prefetch_ids(input.account_id(), &input.id());
+    }
+
     /// The rate table this ledger prices with.
     pub fn rates(&self) -> &Arc<RateTable> {
         &self.rates

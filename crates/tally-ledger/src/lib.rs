@@ -49,3 +49,14 @@ pub use invariants::Violation;
 pub use ledger::{Ledger, ENTRY_ID_NAMESPACE};
 pub use rates::{RateTable, RateVersion, RatesError, ServiceRate};
 pub use state::{AccountState, Applied, DedupId, LedgerConfig, LedgerSnapshot, LedgerStats, RestoreError};
+
+/// Asks the CPU to bring `value`'s cache line in, without waiting for it
+/// (x86-64's `prefetcht0`; nothing on other targets). A hint: no state,
+/// no result depends on it.
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    safe_arch::prefetch_t0(value);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = value;
+}

@@ -638,6 +638,26 @@ proptest! {
     /// Applying every input twice in a row gives the same entries and the
     /// same state as applying it once; the second application is a
     /// duplicate (or the same rejection).
+    /// Prefetching is a hint: prefetching each input some inputs ahead
+    /// (as the metering loop does), and inputs that never come, gives the
+    /// same results and the same state as not prefetching at all.
+    #[test]
+    fn prefetching_changes_nothing(steps in steps(), ahead in 0usize..10) {
+        let inputs = inputs(&steps);
+        let (plain, plain_ledger) = run(&inputs);
+        let mut ledger = Ledger::new(rates(), config());
+        let mut results = Vec::new();
+        for (offset, input) in inputs.iter().enumerate() {
+            if let Some(next) = inputs.get(offset + ahead) {
+                ledger.prefetch_input(next);
+            }
+            ledger.prefetch_ids("acct-never-seen", &uuid::Uuid::from_u128(offset as u128));
+            results.push(ledger.apply(input, &source(offset), Epoch(1)));
+        }
+        prop_assert_eq!(results, plain);
+        prop_assert_eq!(ledger.snapshot(), plain_ledger.snapshot());
+    }
+
     #[test]
     fn applying_twice_is_applying_once(steps in steps()) {
         let inputs = inputs(&steps);

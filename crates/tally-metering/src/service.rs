@@ -36,7 +36,7 @@
 //! followed by later entries (`enable.gapless.guarantee` too).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -45,7 +45,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     Offset, TopicPartitionList,
 };
-use tally_events::{LedgerMarker, MarkerKind, SourceOffset};
+use tally_events::{CodecError, Input, LedgerMarker, MarkerKind, SourceOffset};
 use tally_ledger::RateTable;
 use tally_service::{
     http::Health,
@@ -66,7 +66,7 @@ use crate::{
     sends::{Done, Sends},
     snapshot::SnapshotPoint,
     snapshot_writer::{SnapshotJob, SnapshotWriter},
-    step::{step, Step},
+    step::{decode, step_decoded, Step},
     tally::Tally,
     topics,
     watch::{Watch, WatchState},
@@ -449,7 +449,24 @@ impl Metering {
         // One source per batch, its partition and offset set per input (no
         // allocation per input).
         let mut source = SourceOffset { topic: self.config.input_topic.clone(), partition: 0, offset: 0 };
-        for (n, message) in batch.inputs().iter().enumerate() {
+        let inputs = batch.inputs();
+        // Inputs decoded ahead of the one applied, each with its index: an
+        // input's account and id are each a cache miss in its partition's
+        // ledger once the accounts outgrow the cache, so they are
+        // prefetched `PREFETCH_AHEAD` inputs early. Decoding reads no
+        // state, so decoding early changes no outcome.
+        let mut decoded: VecDeque<(usize, Result<Input, CodecError>)> = VecDeque::with_capacity(PREFETCH_AHEAD + 1);
+        let mut decoded_to = 0;
+        for (n, message) in inputs.iter().enumerate() {
+            while decoded_to < inputs.len() && decoded_to <= n + PREFETCH_AHEAD {
+                let ahead = &inputs[decoded_to];
+                let input = decode(batch.payload(ahead));
+                if let (Ok(input), Some(state)) = (&input, self.states.get(&ahead.partition)) {
+                    state.ledger.prefetch_input(input);
+                }
+                decoded.push_back((decoded_to, input));
+                decoded_to += 1;
+            }
             if n % 64 == 63 {
                 // Acknowledgements of side records release held ones.
                 sends.pump()?;
@@ -480,7 +497,14 @@ impl Metering {
             handled += 1;
             (source.partition, source.offset) = (partition, message.offset);
             let (key, payload) = (batch.key(message), batch.payload(message));
-            match step(&mut state.ledger, key, payload, message.timestamp_ms, &source, state.epoch) {
+            while decoded.front().is_some_and(|(index, _)| *index < n) {
+                decoded.pop_front(); // skipped above
+            }
+            let input = match decoded.pop_front() {
+                Some((_, input)) => input,
+                None => decode(payload),
+            };
+            match step_decoded(&mut state.ledger, input, key, payload, message.timestamp_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
                     tally.input(input_type);
                     tally.entry(&entry);
@@ -660,6 +684,13 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// backoff (`tally_service::kafka::consumer_config`; docs/DESIGN.md, the
 /// batch protocol).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// How many inputs ahead of the one applied the loop decodes and prefetches
+/// (`Ledger::prefetch_input`): enough that the account's and the id's cache
+/// lines arrive before they are read, few enough to stay in cache. The
+/// `ledger_core` bench prefetches the same distance
+/// (`tally_benches::LOOKAHEAD`).
+pub const PREFETCH_AHEAD: usize = 8;
 
 /// Longest single poll while batches are in flight: their completions are
 /// checked between polls.

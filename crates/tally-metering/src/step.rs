@@ -6,7 +6,7 @@
 
 use tally_events::{
     limits::{quote, quote_bytes},
-    Alert, Codec, DeadLetter, Epoch, Input, LedgerEntry, Reason, SourceOffset,
+    Alert, Codec, CodecError, DeadLetter, Epoch, Input, LedgerEntry, Reason, SourceOffset,
 };
 use tally_ledger::{Applied, Ledger};
 
@@ -56,10 +56,31 @@ pub fn step(
     source: &SourceOffset,
     epoch: Epoch,
 ) -> Step {
+    step_decoded(ledger, decode(payload), key, payload, appended_ms, source, epoch)
+}
+
+/// Decodes a message's payload as an input: the part of [`step`] that
+/// reads no state, so the service can run it a few messages ahead and
+/// prefetch what the input will look up ([`Ledger::prefetch_input`]).
+pub fn decode(payload: Option<&[u8]>) -> Result<Input, CodecError> {
+    Codec::global().decode_input(payload.unwrap_or_default())
+}
+
+/// [`step`] with the payload already decoded by [`decode`]: the same
+/// outcome, byte for byte.
+pub fn step_decoded(
+    ledger: &mut Ledger,
+    decoded: Result<Input, CodecError>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    appended_ms: Option<i64>,
+    source: &SourceOffset,
+    epoch: Epoch,
+) -> Step {
     let dead = |reason: Reason, detail: String, input_id: String| {
         DeadLetter::of_input(reason, detail, source.clone(), key, payload, input_id)
     };
-    let input = match Codec::global().decode_input(payload.unwrap_or_default()) {
+    let input = match decoded {
         Ok(input) => input,
         Err(e) => {
             return Step::DeadLetter {
