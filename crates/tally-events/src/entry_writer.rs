@@ -47,13 +47,13 @@ fn write_fields(entry: &LedgerEntry, out: &mut Vec<u8>) -> Option<()> {
     string(out, &entry.service);
     string(out, &entry.engine);
     string(out, &entry.photo_event_id);
-    text(out, &entry.quantity)?;
-    text(out, &entry.credits)?;
-    text(out, &entry.dollars)?;
+    decimal(out, entry.quantity)?;
+    decimal(out, entry.credits.decimal())?;
+    decimal(out, entry.dollars.decimal())?;
     long(out, entry.tier as i64);
     string(out, &entry.rate_version);
-    text(out, &entry.balance_after)?;
-    text(out, &entry.low_balance_threshold)?;
+    decimal(out, entry.balance_after.decimal())?;
+    decimal(out, entry.low_balance_threshold.decimal())?;
     out.push(u8::from(entry.paused));
     millis(out, &entry.occurred_at);
     string(out, &entry.source.topic);
@@ -102,6 +102,38 @@ fn uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
     string(out, id.hyphenated().encode_lower(&mut buffer));
 }
 
+/// A decimal's `Display` text (every digit of its scale, as rust_decimal
+/// prints it). Amounts are non-negative and far below 2^64 units of their
+/// scale, so their digits come from one u64, written back to front; any
+/// other value (negative, or a mantissa past 64 bits) takes `Display`.
+/// rust_decimal's own formatting divides the 96-bit mantissa word by word
+/// and was about 5% of metering's CPU (five amounts per entry).
+fn decimal(out: &mut Vec<u8>, value: rust_decimal::Decimal) -> Option<()> {
+    let mantissa = value.mantissa();
+    let Ok(mut units) = u64::try_from(mantissa) else { return text(out, &value) };
+    if value.is_sign_negative() {
+        return text(out, &value);
+    }
+    let scale = value.scale() as usize;
+    // Digits back to front: at most 20 for a u64, plus the point and the
+    // leading zeros of a scale (at most 28) larger than the digits.
+    let mut buffer = [b'0'; 52];
+    let mut at = buffer.len();
+    let mut written = 0;
+    while units > 0 || written <= scale {
+        if written == scale && scale > 0 {
+            at -= 1;
+            buffer[at] = b'.';
+        }
+        at -= 1;
+        buffer[at] = b'0' + (units % 10) as u8;
+        units /= 10;
+        written += 1;
+    }
+    bytes(out, &buffer[at..]);
+    Some(())
+}
+
 /// A value's `Display` text, formatted on the stack.
 fn text(out: &mut Vec<u8>, value: &impl fmt::Display) -> Option<()> {
     let mut buffer = Stack::default();
@@ -139,7 +171,41 @@ impl fmt::Write for Stack {
 
 #[cfg(test)]
 mod tests {
+    use rust_decimal::Decimal;
+
     use super::*;
+
+    /// The fast path writes exactly `Display`'s text, for every scale,
+    /// zeros with scale, mantissas at and past 64 bits, and negatives.
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        let mut values = Vec::new();
+        for scale in 0..=28u32 {
+            for mantissa in [0i128, 1, 5, 9, 10, 99, 100, 1234, 120, 1_000_000, i128::from(u64::MAX)] {
+                for negative in [false, true] {
+                    let m = if negative { -mantissa } else { mantissa };
+                    values.push(Decimal::from_i128_with_scale(m, scale));
+                }
+            }
+            values.push(Decimal::from_i128_with_scale(i128::from(u64::MAX) + 1, scale));
+            values.push(Decimal::MAX);
+            values.push(Decimal::MIN);
+        }
+        let mut random = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let mantissa = i128::from(random >> (random % 64));
+            values.push(Decimal::from_i128_with_scale(mantissa, (random % 29) as u32));
+        }
+        for value in values {
+            let (mut fast, mut shown) = (Vec::new(), Vec::new());
+            decimal(&mut fast, value).expect("fits");
+            text(&mut shown, &value).expect("fits");
+            assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&shown), "{value:?}");
+        }
+    }
 
     #[test]
     fn longs_are_zig_zag_varints() {
