@@ -25,7 +25,6 @@
 //!   the service: the restart rebuilds from the ledger).
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Condvar, Mutex, MutexGuard,
@@ -41,6 +40,8 @@ use rdkafka::{
     ClientConfig, ClientContext, Message,
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::error::MeteringError;
 
 /// A record on its way (see the module docs).
@@ -51,7 +52,9 @@ type Report = Result<(i32, i64), KafkaError>;
 
 #[derive(Default)]
 struct Table {
-    reports: HashMap<Ticket, Report>,
+    /// By ticket. Fx, not SipHash: tickets are our own counter, and this
+    /// map takes an insert and a remove per record written.
+    reports: FxHashMap<Ticket, Report>,
     /// The ticket each waiter waits for: only its report wakes it.
     awaited: Vec<Ticket>,
 }
@@ -161,7 +164,9 @@ impl Outbox {
     ) -> Result<usize, MeteringError> {
         let mut table = self.reports.lock();
         for (taken, &ticket) in tickets.iter().enumerate() {
-            let deadline = Instant::now() + self.patience;
+            // Read the clock only for a report not in yet: this runs once
+            // per record written.
+            let mut deadline = None;
             let report = loop {
                 if let Some(report) = table.reports.remove(&ticket) {
                     break report;
@@ -169,6 +174,7 @@ impl Outbox {
                 if !block {
                     return Ok(taken);
                 }
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.patience);
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(MeteringError::Delivery { topic: topic.to_string(), source: KafkaError::Canceled });

@@ -306,11 +306,13 @@ impl Metering {
         let mut first_at: Option<Instant> = None;
         let polling_since = Instant::now();
         let mut polled: u32 = 0;
+        // One clock read per poll, after it, serves the next poll's start,
+        // its wait, the poll's time and the batch's start: this runs per
+        // input. (So the poll phase also counts the pushes and checks
+        // between two polls, well under a microsecond each.)
+        let mut polling = polling_since;
         while batch.len() < self.config.batch_size_max.get() {
             let busy = self.sends.busy();
-            // One clock read before the poll and one after serve the wait,
-            // the poll's time and the batch's start: this runs per input.
-            let polling = Instant::now();
             let mut wait = match first_at {
                 None => IDLE_POLL.saturating_sub(polling.duration_since(polling_since)),
                 Some(at) => self.config.batch_wait.saturating_sub(polling.duration_since(at)),
@@ -321,6 +323,7 @@ impl Metering {
             let polled_one = self.consumer.poll(wait);
             let polled_at = Instant::now();
             self.spent.poll += polled_at.duration_since(polling);
+            polling = polled_at;
             let got_nothing = match polled_one {
                 Some(Ok(message)) => {
                     first_at.get_or_insert(polled_at);
@@ -337,9 +340,10 @@ impl Metering {
             polled = polled.wrapping_add(1);
             if busy && (got_nothing || polled % 64 == 0) {
                 self.settle_ready()?;
+                polling = Instant::now(); // settling is counted apart
             }
-            let waited_out = first_at.is_some_and(|at| at.elapsed() >= self.config.batch_wait);
-            let idle = got_nothing && first_at.is_none() && polling_since.elapsed() >= IDLE_POLL;
+            let waited_out = first_at.is_some_and(|at| polled_at.duration_since(at) >= self.config.batch_wait);
+            let idle = got_nothing && first_at.is_none() && polled_at.duration_since(polling_since) >= IDLE_POLL;
             if idle || waited_out || *shutdown.borrow() {
                 break;
             }
