@@ -5,15 +5,16 @@
 //! Run: `cargo bench -p tally-benches --bench codec`. Metering decodes one
 //! input and encodes one entry per event; the aggregator and every ledger
 //! reader decode entries. Each decode is timed twice in one run: by the
-//! codec as shipped (the fast reader) and by [`Codec::reference`], the
-//! apache-avro reader it falls back to, and each encode by the fast writer
+//! codec as shipped (usage events and entries by their hand-written
+//! readers) and by [`Codec::reference`], the apache-avro reader it falls
+//! back to, and each encode by the fast writer
 //! and by apache-avro's, so the gain is printed side by side.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput};
 use tally_benches::UsageWorkload;
-use tally_events::{Codec, LedgerEntry};
+use tally_events::{codec::Record as _, Codec, LedgerEntry, UsageEvent};
 use tally_ledger::Applied;
 
 fn codec(c: &mut Criterion) {
@@ -31,6 +32,10 @@ fn codec(c: &mut Criterion) {
 
     let encoded: Vec<Vec<u8>> = entries.iter().map(|entry| codec.encode(entry).expect("entry encodes")).collect();
     assert!(inputs.iter().chain(&encoded).all(|bytes| codec.decodes_fast(bytes)), "the hot path takes the fast reader");
+    // Usage events and entries take their hand-written readers first.
+    let body = |bytes: &Vec<u8>| bytes[tally_events::codec::HEADER_LEN..].to_vec();
+    assert!(inputs.iter().all(|bytes| UsageEvent::read_body(&body(bytes)).is_some()), "usage events read by hand");
+    assert!(encoded.iter().all(|bytes| LedgerEntry::read_body(&body(bytes)).is_some()), "entries read by hand");
     let reference = Codec::reference();
 
     let mut group = c.benchmark_group("codec");

@@ -40,6 +40,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod body_reader;
 pub mod codec;
 pub mod decimal;
 mod entry_writer;
