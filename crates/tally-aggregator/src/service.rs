@@ -547,6 +547,7 @@ impl Service for Aggregator {
 
     fn run(mut self, shutdown: watch::Receiver<bool>, health: Health) -> Result<(), AggregatorError> {
         let mut last_report = Instant::now() - Duration::from_secs(1);
+        let (mut key_buffer, mut payload_buffer) = (Vec::new(), Vec::new());
         loop {
             if *shutdown.borrow() {
                 break;
@@ -558,18 +559,32 @@ impl Service for Aggregator {
             if changed {
                 self.assign()?;
             }
-            // Read until a batch is due: full, or waited long enough.
+            // Read until a batch is due: full, or waited long enough. The
+            // clock is read after an empty poll and every 64 records, not
+            // per record; each record's bytes are copied out of the
+            // consumer's message into buffers reused across records.
             let until = Instant::now() + self.config.batch_wait.max(Duration::from_millis(5));
-            while Instant::now() < until && !self.full() {
+            let mut polls: u32 = 0;
+            let mut check_clock = false;
+            while !self.full() {
+                if (check_clock || polls % 64 == 0) && Instant::now() >= until {
+                    break;
+                }
+                polls = polls.wrapping_add(1);
+                check_clock = false;
                 match self.consumer.poll(Duration::from_millis(5)) {
-                    None => {}
+                    None => check_clock = true,
                     Some(Err(error)) => tracing::debug!(%error, "ledger consumer error (retried by the client)"),
                     Some(Ok(message)) => {
                         let (partition, offset) = (message.partition(), message.offset());
-                        let key = message.key().map(<[u8]>::to_vec);
-                        let payload = message.payload().unwrap_or_default().to_vec();
+                        let has_key = message.key().map(|key| {
+                            key_buffer.clear();
+                            key_buffer.extend_from_slice(key);
+                        });
+                        payload_buffer.clear();
+                        payload_buffer.extend_from_slice(message.payload().unwrap_or_default());
                         drop(message);
-                        self.take_record(partition, offset, key.as_deref(), &payload);
+                        self.take_record(partition, offset, has_key.map(|()| &key_buffer[..]), &payload_buffer);
                     }
                 }
             }

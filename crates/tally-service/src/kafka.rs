@@ -292,29 +292,39 @@ pub fn read_partition<E: std::fmt::Display>(
     let mut next = from;
     let mut reread = ReRead::default();
     let mut seen = false;
+    // The deadline is checked after an empty poll and every 256 polls, not
+    // per record: a clock read per record was 5% of reconcile's profile.
+    let mut polls: u32 = 0;
+    let mut check_clock = true;
     loop {
         if let Until::Offset(last) = until {
             if next > last {
                 return Ok(next);
             }
         }
-        if Instant::now() > deadline {
+        polls = polls.wrapping_add(1);
+        if (check_clock || polls % 256 == 0) && Instant::now() > deadline {
             let target = match until {
                 Until::Offset(o) => Some(o),
                 Until::End => None,
             };
             return Err(ReadError::Timeout { topic: topic.into(), partition, target, at: next, timeout });
         }
+        check_clock = false;
         match consumer.poll(Duration::from_millis(10)) {
-            None => {}
+            None => check_clock = true,
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
                 if matches!(until, Until::End) {
                     return Ok(next);
                 }
+                check_clock = true;
             }
             // Transport errors are retried by librdkafka; the deadline
             // bounds the read.
-            Some(Err(e)) => tracing::debug!(error = %e, topic, partition, "consumer error while reading (retried)"),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, topic, partition, "consumer error while reading (retried)");
+                check_clock = true;
+            }
             Some(Ok(message)) => {
                 if !seen && message.offset() > next && from > 0 {
                     if let Some(start) = reread.next_start(from) {
