@@ -27,6 +27,8 @@
 //! input matched. Pure. Memory: about 60 bytes per applied input of the
 //! partition (its offset, id and digest), plus each account once.
 
+use std::collections::hash_map::Entry;
+
 use rustc_hash::FxHashMap;
 use tally_events::{AccountId, Input, InputDigest, Interner, LedgerEntry, LedgerMarker};
 use uuid::Uuid;
@@ -175,16 +177,22 @@ impl Coverage {
         }
         self.watermark = self.watermark.max(source.offset + 1);
         self.entries.get_or_insert(source.offset, (0, entry.sequence.0, account)).0 += 1;
-        match self.applied_ids.get(&entry.input_id) {
-            Some(&(first, _)) if first != source.offset => self.problems.push(Problem::IdAppliedTwice {
-                partition: self.partition,
-                input_id: entry.input_id,
-                first: first.min(source.offset),
-                second: first.max(source.offset),
-            }),
-            Some(_) => {}
-            None => {
-                self.applied_ids.insert(entry.input_id, (source.offset, entry.input_digest));
+        // One probe of the map, which misses the cache on nearly every
+        // entry once it holds a partition's ids.
+        match self.applied_ids.entry(entry.input_id) {
+            Entry::Occupied(held) => {
+                let first = held.get().0;
+                if first != source.offset {
+                    self.problems.push(Problem::IdAppliedTwice {
+                        partition: self.partition,
+                        input_id: entry.input_id,
+                        first: first.min(source.offset),
+                        second: first.max(source.offset),
+                    });
+                }
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert((source.offset, entry.input_digest));
             }
         }
         account
