@@ -504,9 +504,9 @@ impl Metering {
             while decoded.front().is_some_and(|(index, _)| *index < n) {
                 decoded.pop_front(); // skipped above
             }
-            let input = match decoded.pop_front() {
-                Some((_, input)) => input,
-                None => decode(payload),
+            let input = match decoded.front() {
+                Some((index, _)) if *index == n => decoded.pop_front().map_or_else(|| decode(payload), |(_, i)| i),
+                _ => decode(payload),
             };
             match step_decoded(&mut state.ledger, input, key, payload, message.timestamp_ms, &source, state.epoch) {
                 Step::Entry { entry, alerts, input_type } => {
