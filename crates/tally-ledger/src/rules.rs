@@ -47,16 +47,17 @@ impl Alerts {
     }
 }
 
-/// An entry before its owned strings are made: borrows the input and the
-/// rate table, so deciding allocates nothing until the entry is built.
+/// An entry before its owned strings are made: borrows the rate table, and
+/// nothing of the input, so deciding allocates nothing and the input's
+/// strings can still be moved into the entry ([`EntryStrings::take`]).
 pub(crate) struct Draft<'a> {
     pub(crate) input_id: Uuid,
-    pub(crate) account_id: &'a str,
     pub(crate) entry_type: EntryType,
     pub(crate) status: EntryStatus,
     /// A FAILED entry's reason.
     pub(crate) reason: Option<Reason>,
-    pub(crate) usage: Option<(&'a UsageEvent, Decimal)>,
+    /// A usage entry's quantity (CONSUME only).
+    pub(crate) quantity: Option<Decimal>,
     pub(crate) credits: Credits,
     pub(crate) dollars: Dollars,
     pub(crate) rate_version: &'a str,
@@ -74,28 +75,75 @@ pub(crate) struct Decision<'a> {
 /// Dollars of an entry that moves no money, with the usual 2 digits.
 pub(crate) const NO_DOLLARS: Dollars = Dollars::new(Decimal::from_parts(0, 0, 0, false, 2));
 
+/// The strings an entry takes from its input: the account, and a usage
+/// event's service, engine, photo-booth event and booth (empty for other
+/// inputs).
+pub(crate) struct EntryStrings {
+    account_id: String,
+    service: String,
+    engine: String,
+    photo_event_id: String,
+    booth_id: String,
+}
+
+impl EntryStrings {
+    /// Copies of `input`'s.
+    pub(crate) fn of(input: &Input) -> EntryStrings {
+        match input {
+            Input::Usage(event) => EntryStrings {
+                account_id: event.account_id.clone(),
+                service: event.service.clone(),
+                engine: event.engine.clone(),
+                photo_event_id: event.photo_event_id.clone(),
+                booth_id: event.booth_id.clone(),
+            },
+            other => EntryStrings::account_only(other.account_id().to_owned()),
+        }
+    }
+
+    /// `input`'s own, moved out (it keeps empty strings): an input applied
+    /// by value gives its strings to its entry instead of copies.
+    pub(crate) fn take(input: &mut Input) -> EntryStrings {
+        let take = std::mem::take::<String>;
+        match input {
+            Input::Usage(event) => EntryStrings {
+                account_id: take(&mut event.account_id),
+                service: take(&mut event.service),
+                engine: take(&mut event.engine),
+                photo_event_id: take(&mut event.photo_event_id),
+                booth_id: take(&mut event.booth_id),
+            },
+            Input::Purchase(purchase) => EntryStrings::account_only(take(&mut purchase.account_id)),
+            Input::Account(change) => EntryStrings::account_only(take(&mut change.account_id)),
+        }
+    }
+
+    fn account_only(account_id: String) -> EntryStrings {
+        EntryStrings {
+            account_id,
+            service: String::new(),
+            engine: String::new(),
+            photo_event_id: String::new(),
+            booth_id: String::new(),
+        }
+    }
+}
+
 impl Draft<'_> {
     pub(crate) fn build(
         self,
+        strings: EntryStrings,
         after: &AccountState,
         source: &SourceOffset,
         epoch: Epoch,
         digest: InputDigest,
     ) -> LedgerEntry {
-        let (service, engine, photo_event_id, booth_id, quantity) = match self.usage {
-            Some((event, quantity)) => (
-                event.service.clone(),
-                event.engine.clone(),
-                event.photo_event_id.clone(),
-                event.booth_id.clone(),
-                quantity,
-            ),
-            None => (String::new(), String::new(), String::new(), String::new(), Decimal::ZERO),
-        };
+        let EntryStrings { account_id, service, engine, photo_event_id, booth_id } = strings;
+        let quantity = self.quantity.unwrap_or(Decimal::ZERO);
         LedgerEntry {
             entry_id: entry_id(self.input_id),
             // Checked by rule 1 before any rule ran.
-            account_id: AccountId::new_unchecked(self.account_id),
+            account_id: AccountId::new_unchecked(account_id),
             sequence: after.last_sequence,
             epoch,
             entry_type: self.entry_type,
@@ -177,7 +225,7 @@ pub(crate) fn check_identifiers(input: &Input) -> Result<(), Rejection> {
 pub(crate) fn decide<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    input: &'a Input,
+    input: &Input,
 ) -> Result<Decision<'a>, Rejection> {
     match input {
         Input::Usage(event) => consume(rates, current, event),
@@ -213,7 +261,7 @@ pub(crate) fn existing(current: Option<&AccountState>, account_id: &str) -> Resu
 pub(crate) fn consume<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    event: &'a UsageEvent,
+    event: &UsageEvent,
 ) -> Result<Decision<'a>, Rejection> {
     let state = existing(current, &event.account_id)?;
     let quantity = event.quantity.normalize();
@@ -291,11 +339,10 @@ pub(crate) fn consume<'a>(
     Ok(Decision {
         draft: Draft {
             input_id: event.event_id,
-            account_id: &event.account_id,
             entry_type: EntryType::Consume,
             status,
             reason,
-            usage: Some((event, quantity)),
+            quantity: Some(quantity),
             credits,
             dollars,
             rate_version: version.id(),
@@ -312,7 +359,7 @@ pub(crate) fn consume<'a>(
 pub(crate) fn add<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    purchase: &'a CreditPurchase,
+    purchase: &CreditPurchase,
 ) -> Result<Decision<'a>, Rejection> {
     let state = existing(current, &purchase.account_id)?;
     let amount = purchase.amount_dollars.normalize();
@@ -350,11 +397,10 @@ pub(crate) fn add<'a>(
     Ok(Decision {
         draft: Draft {
             input_id: purchase.purchase_id,
-            account_id: &purchase.account_id,
             entry_type: EntryType::Add,
             status: EntryStatus::Success,
             reason: None,
-            usage: None,
+            quantity: None,
             credits,
             dollars,
             rate_version: version.id(),
@@ -370,7 +416,7 @@ pub(crate) fn add<'a>(
 pub(crate) fn open<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    change: &'a AccountChange,
+    change: &AccountChange,
 ) -> Result<Decision<'a>, Rejection> {
     match current {
         Some(state) if state.deleted => {
@@ -402,7 +448,7 @@ pub(crate) fn open<'a>(
 pub(crate) fn update<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    change: &'a AccountChange,
+    change: &AccountChange,
 ) -> Result<Decision<'a>, Rejection> {
     let state = existing(current, &change.account_id)?;
     let threshold = valid_threshold(change)?;
@@ -419,7 +465,7 @@ pub(crate) fn update<'a>(
 pub(crate) fn delete<'a>(
     rates: &'a RateTable,
     current: Option<&AccountState>,
-    change: &'a AccountChange,
+    change: &AccountChange,
 ) -> Result<Decision<'a>, Rejection> {
     let state = existing(current, &change.account_id)?;
     let credits = state.balance;
@@ -436,7 +482,7 @@ pub(crate) fn delete<'a>(
 
 pub(crate) fn change_decision<'a>(
     rates: &'a RateTable,
-    change: &'a AccountChange,
+    change: &AccountChange,
     entry_type: EntryType,
     credits: Credits,
     dollars: Dollars,
@@ -446,11 +492,10 @@ pub(crate) fn change_decision<'a>(
     Decision {
         draft: Draft {
             input_id: change.change_id,
-            account_id: &change.account_id,
             entry_type,
             status: EntryStatus::Success,
             reason: None,
-            usage: None,
+            quantity: None,
             credits,
             dollars,
             // Account changes do not need a price; they name the

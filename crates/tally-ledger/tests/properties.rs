@@ -658,6 +658,22 @@ proptest! {
         prop_assert_eq!(ledger.snapshot(), plain_ledger.snapshot());
     }
 
+    /// Applying inputs by value (their strings moved into the entries)
+    /// gives the same results and state as applying them borrowed.
+    #[test]
+    fn applying_owned_inputs_is_applying_borrowed_ones(steps in steps()) {
+        let inputs = inputs(&steps);
+        let (borrowed, borrowed_ledger) = run(&inputs);
+        let mut ledger = Ledger::new(rates(), config());
+        let owned: Vec<Applied> = inputs
+            .iter()
+            .enumerate()
+            .map(|(offset, input)| ledger.apply_owned(input.clone(), &source(offset), Epoch(1)))
+            .collect();
+        prop_assert_eq!(owned, borrowed);
+        prop_assert_eq!(ledger.snapshot(), borrowed_ledger.snapshot());
+    }
+
     #[test]
     fn applying_twice_is_applying_once(steps in steps()) {
         let inputs = inputs(&steps);

@@ -114,11 +114,13 @@ pub fn step_decoded(
             return Step::DeadLetter { letter: dead(Reason::FromFuture, detail, input.id().to_string()), input_type };
         }
     }
-    match ledger.apply(&input, source, epoch) {
+    let input_id = input.id();
+    // By value: the entry takes the decoded input's strings.
+    match ledger.apply_owned(input, source, epoch) {
         Applied::Entry { entry, alerts } => Step::Entry { entry, alerts, input_type },
         Applied::Duplicate => Step::Duplicate { input_type },
         Applied::Rejected { reason, detail } => {
-            Step::DeadLetter { letter: dead(reason, detail, input.id().to_string()), input_type }
+            Step::DeadLetter { letter: dead(reason, detail, input_id.to_string()), input_type }
         }
     }
 }
