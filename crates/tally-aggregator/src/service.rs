@@ -23,7 +23,7 @@ use rdkafka::{
 use tally_events::Codec;
 use tally_service::{
     http::Health,
-    kafka::{consumer_config, ensure_topics, partition_count, LagContext, ProducerSettings, ReRead},
+    kafka::{consumer_config, ensure_topics, partition_count, LagContext, PollDeadline, ProducerSettings, ReRead},
     lifecycle::Service,
 };
 use tally_warehouse::migrations;
@@ -559,21 +559,15 @@ impl Service for Aggregator {
             if changed {
                 self.assign()?;
             }
-            // Read until a batch is due: full, or waited long enough. The
-            // clock is read after an empty poll and every 64 records, not
-            // per record; each record's bytes are copied out of the
-            // consumer's message into buffers reused across records.
-            let until = Instant::now() + self.config.batch_wait.max(Duration::from_millis(5));
-            let mut polls: u32 = 0;
-            let mut check_clock = false;
-            while !self.full() {
-                if (check_clock || polls % 64 == 0) && Instant::now() >= until {
-                    break;
-                }
-                polls = polls.wrapping_add(1);
-                check_clock = false;
+            // Read until a batch is due: full, or waited long enough (the
+            // clock read every 64 records, not per record). Each record's
+            // bytes are copied out of the consumer's message into buffers
+            // reused across records.
+            let mut until =
+                PollDeadline::new(Instant::now() + self.config.batch_wait.max(Duration::from_millis(5)), 64);
+            while !self.full() && !until.passed() {
                 match self.consumer.poll(Duration::from_millis(5)) {
-                    None => check_clock = true,
+                    None => until.no_record(),
                     Some(Err(error)) => tracing::debug!(%error, "ledger consumer error (retried by the client)"),
                     Some(Ok(message)) => {
                         let (partition, offset) = (message.partition(), message.offset());

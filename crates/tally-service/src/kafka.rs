@@ -265,6 +265,39 @@ impl ReRead {
     }
 }
 
+/// A deadline for a poll loop that does not read the clock per record: a
+/// clock read per record was 5% of reconcile's profile. The clock is read
+/// on the first check, after a poll that gave no record (nothing, an
+/// error, an end of partition: polls that waited, or may repeat at once),
+/// and every `every` polls; a loop of records passes the deadline by at
+/// most `every` records.
+#[derive(Debug, Clone)]
+pub struct PollDeadline {
+    at: Instant,
+    every: u32,
+    polls: u32,
+    read_clock: bool,
+}
+
+impl PollDeadline {
+    /// A deadline at `at`, checked against the clock every `every` polls.
+    pub fn new(at: Instant, every: u32) -> PollDeadline {
+        PollDeadline { at, every: every.max(1), polls: 0, read_clock: true }
+    }
+
+    /// Whether the deadline has passed; call once before each poll.
+    pub fn passed(&mut self) -> bool {
+        self.polls = self.polls.wrapping_add(1);
+        let read = std::mem::take(&mut self.read_clock) || self.polls % self.every == 0;
+        read && Instant::now() >= self.at
+    }
+
+    /// The last poll gave no record: the next check reads the clock.
+    pub fn no_record(&mut self) {
+        self.read_clock = true;
+    }
+}
+
 /// Reads one partition from `from` to `until`, calling `visit` on each
 /// record in offset order. Returns the next offset after the last record
 /// read.
@@ -288,42 +321,36 @@ pub fn read_partition<E: std::fmt::Display>(
         consumer.assign(&assignment).map_err(kafka)
     };
     assign(from)?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = PollDeadline::new(Instant::now() + timeout, 256);
     let mut next = from;
     let mut reread = ReRead::default();
     let mut seen = false;
-    // The deadline is checked after an empty poll and every 256 polls, not
-    // per record: a clock read per record was 5% of reconcile's profile.
-    let mut polls: u32 = 0;
-    let mut check_clock = true;
     loop {
         if let Until::Offset(last) = until {
             if next > last {
                 return Ok(next);
             }
         }
-        polls = polls.wrapping_add(1);
-        if (check_clock || polls % 256 == 0) && Instant::now() > deadline {
+        if deadline.passed() {
             let target = match until {
                 Until::Offset(o) => Some(o),
                 Until::End => None,
             };
             return Err(ReadError::Timeout { topic: topic.into(), partition, target, at: next, timeout });
         }
-        check_clock = false;
         match consumer.poll(Duration::from_millis(10)) {
-            None => check_clock = true,
+            None => deadline.no_record(),
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
                 if matches!(until, Until::End) {
                     return Ok(next);
                 }
-                check_clock = true;
+                deadline.no_record();
             }
             // Transport errors are retried by librdkafka; the deadline
             // bounds the read.
             Some(Err(e)) => {
                 tracing::debug!(error = %e, topic, partition, "consumer error while reading (retried)");
-                check_clock = true;
+                deadline.no_record();
             }
             Some(Ok(message)) => {
                 if !seen && message.offset() > next && from > 0 {
@@ -436,7 +463,26 @@ pub fn partition_count_with<C: ConsumerContext>(
 
 #[cfg(test)]
 mod tests {
-    use super::ReRead;
+    use std::time::{Duration, Instant};
+
+    use super::{PollDeadline, ReRead};
+
+    /// A passed deadline is seen at the first check, after a poll with no
+    /// record, and within `every` polls of records; never before it passes.
+    #[test]
+    fn a_poll_deadline_reads_the_clock_first_after_empty_polls_and_every_n() {
+        let past = Instant::now() - Duration::from_secs(1);
+        assert!(PollDeadline::new(past, 4).passed(), "the first check reads the clock");
+        let mut deadline = PollDeadline::new(past, 4);
+        deadline.read_clock = false; // as after a first check of records
+        let checks: Vec<bool> = (0..4).map(|_| deadline.passed()).collect();
+        assert_eq!(checks, [false, false, false, true], "every 4th poll of records");
+        deadline.read_clock = false;
+        deadline.no_record();
+        assert!(deadline.passed(), "after a poll with no record");
+        let mut future = PollDeadline::new(Instant::now() + Duration::from_secs(3600), 1);
+        assert!((0..10).all(|_| !future.passed()));
+    }
 
     #[test]
     fn rereads_go_further_back_down_to_zero_then_stop() {
