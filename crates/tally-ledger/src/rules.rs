@@ -56,8 +56,8 @@ pub(crate) struct Draft<'a> {
     pub(crate) status: EntryStatus,
     /// A FAILED entry's reason.
     pub(crate) reason: Option<Reason>,
-    /// A usage entry's quantity (CONSUME only).
-    pub(crate) quantity: Option<Decimal>,
+    /// A usage entry's quantity (zero for other entries).
+    pub(crate) quantity: Decimal,
     pub(crate) credits: Credits,
     pub(crate) dollars: Dollars,
     pub(crate) rate_version: &'a str,
@@ -139,7 +139,6 @@ impl Draft<'_> {
         digest: InputDigest,
     ) -> LedgerEntry {
         let EntryStrings { account_id, service, engine, photo_event_id, booth_id } = strings;
-        let quantity = self.quantity.unwrap_or(Decimal::ZERO);
         LedgerEntry {
             entry_id: entry_id(self.input_id),
             // Checked by rule 1 before any rule ran.
@@ -153,7 +152,7 @@ impl Draft<'_> {
             service,
             engine,
             photo_event_id,
-            quantity,
+            quantity: self.quantity,
             credits: self.credits,
             dollars: self.dollars,
             tier: after.tier,
@@ -342,7 +341,7 @@ pub(crate) fn consume<'a>(
             entry_type: EntryType::Consume,
             status,
             reason,
-            quantity: Some(quantity),
+            quantity,
             credits,
             dollars,
             rate_version: version.id(),
@@ -400,7 +399,7 @@ pub(crate) fn add<'a>(
             entry_type: EntryType::Add,
             status: EntryStatus::Success,
             reason: None,
-            quantity: None,
+            quantity: Decimal::ZERO,
             credits,
             dollars,
             rate_version: version.id(),
@@ -495,7 +494,7 @@ pub(crate) fn change_decision<'a>(
             entry_type,
             status: EntryStatus::Success,
             reason: None,
-            quantity: None,
+            quantity: Decimal::ZERO,
             credits,
             dollars,
             // Account changes do not need a price; they name the
