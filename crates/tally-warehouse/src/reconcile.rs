@@ -124,8 +124,8 @@ impl Tallier {
         let by_service = match slot {
             Some((current, by_service)) if *current == day => by_service,
             _ => {
-                if let Some((left, by_service)) = slot.take() {
-                    self.done.extend(by_service.into_iter().map(|(service, totals)| (account, left, service, totals)));
+                if let Some(left) = slot.take() {
+                    retire(&mut self.done, account, left);
                 }
                 &mut slot.insert((day, Vec::new())).1
             }
@@ -145,8 +145,8 @@ impl Tallier {
     pub fn finish(self, accounts: &Interner<tally_events::AccountId>) -> Tallies {
         let Tallier { services, current, mut done } = self;
         for (account, slot) in current.into_iter().enumerate() {
-            if let Some((day, by_service)) = slot {
-                done.extend(by_service.into_iter().map(|(service, totals)| (account as u32, day, service, totals)));
+            if let Some(day) = slot {
+                retire(&mut done, account as u32, day);
             }
         }
         let mut keyed: Vec<(Key, Totals)> = done
@@ -171,6 +171,11 @@ impl Tallier {
         }
         tallies
     }
+}
+
+/// Moves an account's finished day into the list of days left behind.
+fn retire(done: &mut Vec<(u32, chrono::NaiveDate, u32, Totals)>, account: u32, (day, by_service): CurrentDay) {
+    done.extend(by_service.into_iter().map(|(service, totals)| (account, day, service, totals)));
 }
 
 impl Totals {
