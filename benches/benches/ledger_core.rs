@@ -11,7 +11,7 @@
 //!
 //! What an event costs, roughly: one account lookup and one dedup probe
 //! (each a cache miss once the tables outgrow the cache; prefetched
-//! [`tally_benches::LOOKAHEAD`] events ahead, as the metering loop
+//! [`tally_ledger::PREFETCH_AHEAD`] events ahead, as the metering loop
 //! prefetches the inputs it decodes ahead, so that they overlap the work
 //! on the events before), seven small strings for the entry (allocated, and
 //! freed when the entry is dropped), and exact decimal arithmetic with the

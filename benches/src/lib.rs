@@ -16,7 +16,7 @@
 //! the account id is rewritten in place for each event: a pool as large as
 //! the account set would make the bench measure cache misses on its own
 //! inputs rather than on the ledger's state. The account and id of the
-//! event [`LOOKAHEAD`] ahead are drawn early and prefetched, as the
+//! event [`PREFETCH_AHEAD`] ahead are drawn early and prefetched, as the
 //! metering loop prefetches the inputs it decodes ahead: the misses on the
 //! ledger's state are still paid, overlapped as in the service.
 //!
@@ -33,7 +33,7 @@ use tally_events::records::{
     AccountChange, AccountChangeKind, CreditPurchase, Input, JobOutcome, PlanTier, Producer, SourceOffset, Unit,
     UsageEvent,
 };
-use tally_ledger::{Applied, Ledger, LedgerConfig, RateTable};
+use tally_ledger::{Applied, Ledger, LedgerConfig, RateTable, PREFETCH_AHEAD};
 use uuid::Uuid;
 
 /// The default rate table, read from the repository.
@@ -161,16 +161,12 @@ pub struct UsageWorkload {
     clock: DateTime<Utc>,
     step: TimeDelta,
     source: SourceOffset,
-    /// The accounts of the next [`LOOKAHEAD`] events, drawn ahead so that
+    /// The accounts of the next [`PREFETCH_AHEAD`] events, drawn ahead so that
     /// each event's account and id are prefetched that early, as the
     /// metering loop does for the inputs it decodes ahead.
     upcoming: std::collections::VecDeque<usize>,
     scratch: String,
 }
-
-/// How many inputs ahead the workload prefetches an input's account and
-/// id ([`Ledger::prefetch_ids`]), like the metering loop (`tally_metering::service::PREFETCH_AHEAD`).
-pub const LOOKAHEAD: usize = 8;
 
 impl UsageWorkload {
     /// `accounts` funded accounts and a pool of `pool_size` usage events
@@ -223,10 +219,10 @@ impl UsageWorkload {
             clock: start + TimeDelta::days(8),
             step: spacing,
             source: SourceOffset { topic: "tally.inputs".into(), partition: 0, offset },
-            upcoming: std::collections::VecDeque::with_capacity(LOOKAHEAD + 1),
+            upcoming: std::collections::VecDeque::with_capacity(PREFETCH_AHEAD + 1),
             scratch: String::new(),
         };
-        for _ in 0..LOOKAHEAD {
+        for _ in 0..PREFETCH_AHEAD {
             let account = workload.random.below(accounts);
             workload.upcoming.push_back(account);
         }
@@ -246,9 +242,9 @@ impl UsageWorkload {
         let account = self.upcoming.pop_front().unwrap_or_default();
         let ahead = self.random.below(self.accounts);
         self.upcoming.push_back(ahead);
-        // The input LOOKAHEAD ahead: its account and its id.
+        // The input PREFETCH_AHEAD ahead: its account and its id.
         write_account_id(&mut self.scratch, ahead);
-        self.ledger.prefetch_ids(&self.scratch, &Uuid::from_u128(self.next_id + LOOKAHEAD as u128));
+        self.ledger.prefetch_ids(&self.scratch, &Uuid::from_u128(self.next_id + PREFETCH_AHEAD as u128));
         if let Input::Usage(event) = input {
             event.event_id = Uuid::from_u128(self.next_id);
             event.occurred_at = self.clock;

@@ -389,6 +389,13 @@ impl Ledger {
     }
 }
 
+/// How many inputs ahead of the one applied a caller should call
+/// [`Ledger::prefetch_ids`]: enough that the account's and the id's cache
+/// lines arrive before they are read, few enough that they are still in
+/// cache. The metering loop decodes and prefetches this far ahead, and the
+/// `ledger_core` bench's workload does the same.
+pub const PREFETCH_AHEAD: usize = 8;
+
 /// An input as [`Ledger::apply`] (borrowed: the entry copies its strings)
 /// or [`Ledger::apply_owned`] (by value: the entry takes them) gives it.
 trait InputSource {

@@ -46,7 +46,7 @@ mod rules;
 pub mod state;
 
 pub use invariants::Violation;
-pub use ledger::{Ledger, ENTRY_ID_NAMESPACE};
+pub use ledger::{Ledger, ENTRY_ID_NAMESPACE, PREFETCH_AHEAD};
 pub use rates::{RateTable, RateVersion, RatesError, ServiceRate};
 pub use state::{AccountState, Applied, DedupId, LedgerConfig, LedgerSnapshot, LedgerStats, RestoreError};
 

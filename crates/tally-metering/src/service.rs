@@ -46,7 +46,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 use tally_events::{CodecError, Input, LedgerMarker, MarkerKind, SourceOffset};
-use tally_ledger::RateTable;
+use tally_ledger::{RateTable, PREFETCH_AHEAD};
 use tally_service::{
     http::Health,
     kafka::{consumer_config, ProducerSettings},
@@ -688,13 +688,6 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// backoff (`tally_service::kafka::consumer_config`; docs/DESIGN.md, the
 /// batch protocol).
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
-
-/// How many inputs ahead of the one applied the loop decodes and prefetches
-/// (`Ledger::prefetch_input`): enough that the account's and the id's cache
-/// lines arrive before they are read, few enough to stay in cache. The
-/// `ledger_core` bench prefetches the same distance
-/// (`tally_benches::LOOKAHEAD`).
-pub const PREFETCH_AHEAD: usize = 8;
 
 /// Longest single poll while batches are in flight: their completions are
 /// checked between polls.
