@@ -329,8 +329,14 @@ pub struct ClickHouse {
 impl ClickHouse {
     /// Starts a server and waits until it answers `/ping`.
     pub fn start() -> Result<ClickHouse> {
+        ClickHouse::start_in(&std::env::temp_dir())
+    }
+
+    /// Starts a server keeping its data under `root` (a tmpfs, say, to
+    /// measure without the file system under the temp dir).
+    pub fn start_in(root: &Path) -> Result<ClickHouse> {
         let (http_port, tcp_port) = (free_port()?, free_port()?);
-        let dir = std::env::temp_dir().join(format!("tally-clickhouse-{http_port}"));
+        let dir = root.join(format!("tally-clickhouse-{http_port}"));
         let mut server = ClickHouse { child: None, http_port, tcp_port, dir };
         server.configure()?;
         server.spawn()?;
