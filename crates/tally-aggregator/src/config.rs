@@ -64,7 +64,9 @@ pub struct AggregatorConfig {
     /// Most rows per batch (each month of a batch is one INSERT, far under
     /// ClickHouse's 1,048,576-row block, the bound of an atomic INSERT).
     pub batch_rows_max: usize,
-    /// Longest wait to fill a batch.
+    /// How long a batch's first row waits for more before the batch is
+    /// due (it goes once the flush ahead of it has finished, and is filled
+    /// first while the broker holds a full batch more).
     pub batch_wait: Duration,
     /// Wait after claiming a partition its owner did not release.
     pub claim_grace: Duration,
