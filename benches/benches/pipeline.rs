@@ -342,6 +342,7 @@ async fn main() -> Result<()> {
     }
     let batch_p50 = latency.histogram_quantile("batch_seconds", 0.5);
     let batch_p99 = latency.histogram_quantile("batch_seconds", 0.99);
+    let held = latency.gauge("ledger_held_total");
     drop(latency);
     let ledger = read_topic(&bootstrap, "lat-ledger", Duration::from_secs(60))?;
     // Timestamps are the producers' append times: the worker's publish for
@@ -372,6 +373,15 @@ async fn main() -> Result<()> {
             "  metering batches ({batches}): p50 <= {:.0} ms, p99 <= {:.0} ms (first input polled to outputs acknowledged)",
             p50 * 1e3,
             p99 * 1e3
+        );
+    }
+    // What the hold rule cost this run: each held record waited for an
+    // alert's or dead letter's acknowledgement before it was sent.
+    if let Some(held) = held {
+        println!(
+            "  ledger records held behind an alert or dead letter: {held} of {} ({:.0}%)",
+            ledger.len(),
+            100.0 * held as f64 / ledger.len().max(1) as f64
         );
     }
 

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Alerts, by kind.
     pub alerts: IntCounterVec,
+    /// Ledger records held behind an alert or dead letter not yet
+    /// acknowledged (the hold rule).
+    pub ledger_held: IntCounter,
     /// Inputs whose batch completed: every output acknowledged.
     pub inputs_acknowledged: IntCounter,
     /// Inputs per batch.
@@ -102,12 +105,18 @@ impl Metrics {
         let restore_records =
             IntCounter::new("restore_records_total", "Ledger records read by restores, after their snapshot")?;
         registry.register(Box::new(restore_records.clone()))?;
+        let ledger_held = IntCounter::new(
+            "ledger_held_total",
+            "Ledger records held until an alert or dead letter before them was acknowledged (the hold rule)",
+        )?;
+        registry.register(Box::new(ledger_held.clone()))?;
         Ok(Metrics {
             inputs: counter_vec("inputs_total", "Inputs read, by type", &["type"])?,
             entries: counter_vec("entries_total", "Ledger entries written, by type and status", &["type", "status"])?,
             duplicates,
             dead_letters: counter_vec("dead_letters_total", "Inputs dead-lettered, by reason", &["reason"])?,
             alerts: counter_vec("alerts_total", "Alerts written, by kind", &["kind"])?,
+            ledger_held,
             inputs_acknowledged,
             batch_size: histogram(
                 "batch_size",

@@ -152,6 +152,8 @@ pub(crate) struct Sends<O: Outlet> {
     next_batch: u64,
     /// Encoding buffer of a record sent at once (the outlet copies it).
     scratch: Vec<u8>,
+    /// Ledger records held since [`Sends::take_held`] last counted them.
+    held_count: u64,
 }
 
 impl<O: Outlet> Sends<O> {
@@ -168,6 +170,7 @@ impl<O: Outlet> Sends<O> {
             open: false,
             next_batch: 0,
             scratch: Vec::with_capacity(512),
+            held_count: 0,
         }
     }
 
@@ -254,8 +257,15 @@ impl<O: Outlet> Sends<O> {
         let batch = self.open_batch();
         batch.held += 1;
         let batch = batch.id;
+        self.held_count += 1;
         self.held.push_back(Held { batch, partition, bytes, key_len: key.len(), after_side: self.side_sent });
         Ok(())
+    }
+
+    /// How many ledger records were held (not sent at once) since the last
+    /// call: what the hold rule costs, for the metrics.
+    pub(crate) fn take_held(&mut self) -> u64 {
+        std::mem::take(&mut self.held_count)
     }
 
     /// Takes the side acknowledgements already in and sends the held
@@ -465,6 +475,8 @@ mod tests {
         sends.side("alerts", 0, b"a1", &letter()).expect("send");
         sends.ledger(0, b"e3", &marker(3)).expect("hold");
         close(&mut sends);
+        assert_eq!(sends.take_held(), 2, "e2 and e3 were held, e1 was not");
+        assert_eq!(sends.take_held(), 0, "counted once");
         let done = sends.complete(true).expect("complete").expect("a closed batch");
         let events = fake.events();
         // e1 went out at once; e2 and e3 only after d1 and a1 were acknowledged.
@@ -506,6 +518,7 @@ mod tests {
         sends.begin();
         sends.ledger(0, b"e3", &marker(3)).expect("send");
         assert!(fake.events().contains(&"send ledger:e3".to_string()));
+        assert_eq!(sends.take_held(), 2, "e1 and e2 were held, e3 went at once");
         close(&mut sends);
         // Batch 2's records are acknowledged first: batch 1 still completes first.
         fake.arrive("ledger:e2");

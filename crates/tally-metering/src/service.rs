@@ -560,6 +560,7 @@ impl Metering {
             }
         }
         tally.publish(&self.metrics);
+        self.metrics.ledger_held.inc_by(self.sends.take_held());
         let offsets = touched.iter().filter_map(|p| self.states.get(p).map(|s| (*p, s.next_offset))).collect();
         self.sends.close(offsets, handled, started);
         Ok(())
