@@ -126,7 +126,8 @@ impl Metering {
         buckets.iter().find(|(_, c)| *c >= target).map(|(le, _)| (*le, total))
     }
 
-    /// A gauge's value.
+    /// The value of a metric without labels (a gauge, or a counter such
+    /// as `ledger_held_total`).
     pub fn gauge(&self, name: &str) -> Option<i64> {
         let body = self.metrics()?;
         let prefix = format!("tally_metering_{name} ");

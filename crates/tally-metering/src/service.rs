@@ -504,8 +504,11 @@ impl Metering {
             while decoded.front().is_some_and(|(index, _)| *index < n) {
                 decoded.pop_front(); // skipped above
             }
-            let input = match decoded.front() {
-                Some((index, _)) if *index == n => decoded.pop_front().map_or_else(|| decode(payload), |(_, i)| i),
+            // Every input up to n + PREFETCH_AHEAD was decoded above, so the
+            // front is input n's; should it not be, input n is decoded here
+            // (and a later input whose decode was dropped is decoded then).
+            let input = match decoded.pop_front() {
+                Some((index, input)) if index == n => input,
                 _ => decode(payload),
             };
             match step_decoded(&mut state.ledger, input, key, payload, message.timestamp_ms, &source, state.epoch) {
